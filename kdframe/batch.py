@@ -1,0 +1,89 @@
+"""The neutral batch every architecture consumes.
+
+Atoms are flat and grouped by configuration: ``species[i]`` and ``positions[i]``
+belong to configuration ``conf_index[i]``, and the atoms of configuration ``c``
+are contiguous and come before those of ``c + 1``. Padded layouts (hippynn,
+torchani) are derived views; positions stay differentiable through them, so
+forces are always taken on ``Batch.positions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass
+class Padded:
+    """Padded (n_conf, max_atoms) layout; padding has species 0 and position 0."""
+
+    species: torch.Tensor  # (n_conf, max_atoms) long, 0 = no atom
+    positions: torch.Tensor  # (n_conf, max_atoms, 3)
+    mask: torch.Tensor  # (n_conf, max_atoms) bool, True = real atom
+
+
+@dataclass
+class Batch:
+    species: torch.Tensor  # (n_atoms,) long atomic numbers
+    positions: torch.Tensor  # (n_atoms, 3) Å
+    conf_index: torch.Tensor  # (n_atoms,) long, sorted, 0..n_conf-1
+    n_conf: int
+    cell: torch.Tensor | None = None  # (n_conf, 3, 3) Å, rows are lattice vectors
+    pbc: torch.Tensor | None = None  # (n_conf, 3) bool
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: torch.Tensor | None = None  # (n_conf,) dataset index of each configuration
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.species.shape[0])
+
+    def atoms_per_conf(self) -> torch.Tensor:
+        return torch.bincount(self.conf_index, minlength=self.n_conf)
+
+    def local_index(self) -> torch.Tensor:
+        """Position of each atom inside its configuration (0..n_i-1)."""
+        counts = self.atoms_per_conf()
+        starts = torch.cumsum(counts, 0) - counts
+        return torch.arange(self.n_atoms, device=self.species.device) - starts[self.conf_index]
+
+    def to_padded(self) -> Padded:
+        max_atoms = int(self.atoms_per_conf().max()) if self.n_atoms else 0
+        local = self.local_index()
+        species = self.species.new_zeros((self.n_conf, max_atoms))
+        species[self.conf_index, local] = self.species
+        positions = self.positions.new_zeros((self.n_conf, max_atoms, 3))
+        positions = positions.index_put((self.conf_index, local), self.positions)
+        return Padded(species=species, positions=positions, mask=species > 0)
+
+    @classmethod
+    def from_padded(cls, species: torch.Tensor, positions: torch.Tensor, **extra) -> "Batch":
+        """Inverse of :meth:`to_padded`; species 0 (or negative, torchani style) marks padding."""
+        mask = species > 0
+        conf_index = torch.arange(species.shape[0], device=species.device)[:, None].expand_as(species)[mask]
+        return cls(species=species[mask], positions=positions[mask], conf_index=conf_index,
+                   n_conf=int(species.shape[0]), **extra)
+
+    def sum_per_conf(self, per_atom: torch.Tensor) -> torch.Tensor:
+        """Sum a per-atom tensor (n_atoms, ...) into configurations (n_conf, ...)."""
+        out = per_atom.new_zeros((self.n_conf, *per_atom.shape[1:]))
+        return out.index_add(0, self.conf_index, per_atom)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+        def move(t: torch.Tensor | None, floating: bool = False) -> torch.Tensor | None:
+            if t is None:
+                return None
+            if floating and dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device)
+
+        return replace(
+            self,
+            species=move(self.species),
+            positions=move(self.positions, True),
+            conf_index=move(self.conf_index),
+            cell=move(self.cell, True),
+            pbc=move(self.pbc),
+            labels={k: move(v, True) for k, v in self.labels.items()},
+            index=move(self.index),
+        )

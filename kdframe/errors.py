@@ -1,0 +1,23 @@
+"""User-facing errors: one clear message naming the file, key or YAML path and what is valid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class KdframeError(Exception):
+    """An error the CLI prints as one message, without a traceback."""
+
+
+class ConfigError(KdframeError):
+    def __init__(self, where: str, problem: str, valid: Iterable[str] | str | None = None):
+        message = f"{where}: {problem}"
+        if valid is not None:
+            choices = valid if isinstance(valid, str) else ", ".join(sorted(map(str, valid))) or "(none)"
+            message += f" (valid: {choices})"
+        super().__init__(message)
+        self.where = where
+
+
+class DataError(KdframeError):
+    """A data file that is missing, malformed or lacks a requested key."""

@@ -1,0 +1,69 @@
+"""Loading plugins from the ``kdframe`` entry-point group and looking up what they register."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError
+
+ENTRY_POINT_GROUP = "kdframe"
+# Core features are plugins too, registered beside the entry points.
+DEFAULT_PLUGINS = ("kdframe.schedule", "kdframe.knowledge.ensemble", "kdframe.knowledge.atomic")
+
+
+@dataclass
+class Registry:
+    """What every loaded plugin registered, by kind and name."""
+
+    architectures: dict[str, Any] = field(default_factory=dict)
+    knowledge_sources: dict[str, Any] = field(default_factory=dict)
+    schedules: dict[str, Callable] = field(default_factory=dict)
+    labelers: dict[str, Any] = field(default_factory=dict)
+
+    def lookup(self, kind: str, name: str, where: str) -> Any:
+        table: dict[str, Any] = getattr(self, kind)
+        if name not in table:
+            raise ConfigError(where, f"unknown {kind.rstrip('s').replace('_', ' ')} {name!r}", table)
+        return table[name]
+
+
+@functools.cache
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("kdframe")
+    pm.add_hookspecs(hookspecs)
+    import importlib
+
+    for module in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module), name=module)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return pm
+
+
+@functools.cache
+def registry() -> Registry:
+    reg = Registry()
+    hook = plugin_manager().hook
+    hook.register_architectures(register=lambda arch: reg.architectures.__setitem__(arch.name, arch))
+    hook.register_knowledge_sources(register=lambda cls: reg.knowledge_sources.__setitem__(cls.name, cls))
+    hook.register_schedules(register=lambda name, factory: reg.schedules.__setitem__(name, factory))
+    hook.register_labelers(register=lambda labeler: reg.labelers.__setitem__(labeler.method, labeler))
+    return reg
+
+
+def installed_plugins() -> list[tuple[str, str, str]]:
+    """(plugin name, distribution, version) for every loaded plugin."""
+    rows = []
+    for plugin, dist in plugin_manager().list_plugin_distinfo():
+        rows.append((plugin_manager().get_name(plugin), dist.project_name, dist.version))
+    from . import __version__
+
+    for module in DEFAULT_PLUGINS:
+        rows.append((module, "kdframe", __version__))
+    return sorted(rows)

@@ -1,0 +1,135 @@
+"""A trained or trainable MLIP: an architecture's network plus the core's conventions.
+
+Reference-energy convention (shared by every architecture, so teachers and
+students of different families agree): per-species reference energies
+``ref[Z, head]`` are fitted by least squares on the training split and the
+network learns what is left. A configuration's energy is
+``E = sum_i (e_i^net + ref[Z_i])`` and an atom's energy is
+``e_i = e_i^net + ref[Z_i]``, all in eV.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import derivatives
+from .architecture import Architecture, EnergyModel
+from .batch import Batch
+from .errors import ConfigError, DataError
+from .io import atomic_write
+
+MODEL_FORMAT = "kdframe-model/1"
+
+
+class Potential(torch.nn.Module):
+    def __init__(
+        self,
+        architecture: Architecture,
+        hyperparameters: dict[str, Any],
+        species: Sequence[int],
+        heads: Sequence[str] = ("energy",),
+        reference_energies: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        architecture.prepare()
+        self.architecture = architecture
+        self.hyperparameters = dict(hyperparameters)
+        self.species = sorted(int(z) for z in species)
+        self.heads = list(heads)
+        parsed = architecture.parse(self.hyperparameters)
+        self.net: EnergyModel = architecture.build(parsed, self.species, self.heads)
+        ref = torch.zeros(max(self.species) + 1, len(self.heads), dtype=torch.float64)
+        if reference_energies is not None:
+            ref[: reference_energies.shape[0]] = reference_energies.to(ref)
+        self.register_buffer("reference_energies", ref)
+
+    def head_index(self, head: str, where: str = "head") -> int:
+        """Index of a named head; unknown names are an error, never silently another head."""
+        if head not in self.heads:
+            raise ConfigError(where, f"unknown head {head!r}", self.heads)
+        return self.heads.index(head)
+
+    def check_species(self, species: torch.Tensor, where: str) -> None:
+        unknown = sorted(set(torch.unique(species).tolist()) - set(self.species))
+        if unknown:
+            raise DataError(f"{where}: elements {unknown} are outside this model's set {self.species}")
+
+    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
+        """Energies (n_conf, n_heads), atom energies (n_atoms, n_heads) and, if asked, forces (n_atoms, 3, n_heads)."""
+        if forces and not batch.positions.requires_grad:
+            batch.positions.requires_grad_(True)
+        out = self.net(batch)
+        dtype = out.energy.dtype
+        atom_ref = self.reference_energies.to(dtype)[batch.species]
+        result = {
+            "energy": out.energy + batch.sum_per_conf(atom_ref),
+            "atom_energies": out.atom_energies + atom_ref,
+            **{f"regulariser:{k}": v for k, v in out.regularisers.items()},
+        }
+        if forces:
+            result["forces"] = derivatives.forces(result["energy"], batch.positions, create_graph)
+        return result
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        state = {
+            "format": MODEL_FORMAT,
+            "architecture": self.architecture.name,
+            "hyperparameters": self.hyperparameters,
+            "species": self.species,
+            "heads": self.heads,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        atomic_write(path, lambda f: torch.save(state, f))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Potential":
+        from .plugins import registry
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: model file not found")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+            raise DataError(f"{path}: not a kdframe model file ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+            raise DataError(f"{path}: not a kdframe model file (expected format {MODEL_FORMAT})")
+        architecture = registry().lookup("architectures", state["architecture"], f"{path}: architecture")
+        model = cls(architecture, state["hyperparameters"], state["species"], state["heads"])
+        model.load_state_dict(state["state_dict"])
+        return model
+
+    def n_weights(self) -> int:
+        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+
+
+class Ensemble(torch.nn.Module):
+    """Mean of several potentials; its forces are the ensemble-averaged forces (autograd of the mean)."""
+
+    def __init__(self, members: Sequence[Potential]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.heads = members[0].heads
+        self.species = sorted(set().union(*(m.species for m in members)))
+
+    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
+        if forces and not batch.positions.requires_grad:
+            batch.positions.requires_grad_(True)
+        outs = [m(batch, forces=False) for m in self.members]
+        result = {k: torch.stack([o[k] for o in outs]).mean(0) for k in ("energy", "atom_energies")}
+        if forces:
+            result["forces"] = derivatives.forces(result["energy"], batch.positions, create_graph)
+        return result
+
+    def head_index(self, head: str, where: str = "head") -> int:
+        return self.members[0].head_index(head, where)
+
+    def check_species(self, species: torch.Tensor, where: str) -> None:
+        for m in self.members:
+            m.check_species(species, where)
