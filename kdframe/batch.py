@@ -84,6 +84,6 @@ class Batch:
             conf_index=move(self.conf_index),
             cell=move(self.cell, True),
             pbc=move(self.pbc),
-            labels={k: move(v, True) for k, v in self.labels.items()},
+            labels={k: move(v) for k, v in self.labels.items()},  # labels keep float64: energies are ~1e4 eV
             index=move(self.index),
         )

@@ -50,3 +50,8 @@ def register_commands(subparsers) -> None:
 
     Set ``func=callable(args) -> int | None`` on the parser you add.
     """
+
+
+@hookspec
+def register_workflows(register: Callable) -> None:
+    """Register workflows: ``register(WorkflowSubclass())``; YAML selects one with ``workflow: NAME``."""

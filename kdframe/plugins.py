@@ -15,7 +15,13 @@ from .errors import ConfigError
 
 ENTRY_POINT_GROUP = "kdframe"
 # Core features are plugins too, registered beside the entry points.
-DEFAULT_PLUGINS = ("kdframe.schedule", "kdframe.knowledge.ensemble", "kdframe.knowledge.atomic")
+DEFAULT_PLUGINS = (
+    "kdframe.schedule",
+    "kdframe.knowledge.ensemble",
+    "kdframe.knowledge.atomic",
+    "kdframe.workflows.train",
+    "kdframe.workflows.ekd",
+)
 
 
 @dataclass
@@ -26,6 +32,7 @@ class Registry:
     knowledge_sources: dict[str, Any] = field(default_factory=dict)
     schedules: dict[str, Callable] = field(default_factory=dict)
     labelers: dict[str, Any] = field(default_factory=dict)
+    workflows: dict[str, Any] = field(default_factory=dict)
 
     def lookup(self, kind: str, name: str, where: str) -> Any:
         table: dict[str, Any] = getattr(self, kind)
@@ -54,6 +61,7 @@ def registry() -> Registry:
     hook.register_knowledge_sources(register=lambda cls: reg.knowledge_sources.__setitem__(cls.name, cls))
     hook.register_schedules(register=lambda name, factory: reg.schedules.__setitem__(name, factory))
     hook.register_labelers(register=lambda labeler: reg.labelers.__setitem__(labeler.method, labeler))
+    hook.register_workflows(register=lambda workflow: reg.workflows.__setitem__(workflow.name, workflow))
     return reg
 
 

@@ -64,11 +64,11 @@ class Potential(torch.nn.Module):
         if forces and not batch.positions.requires_grad:
             batch.positions.requires_grad_(True)
         out = self.net(batch)
-        dtype = out.energy.dtype
-        atom_ref = self.reference_energies.to(dtype)[batch.species]
+        # Totals are summed in float64: molecular energies are ~1e4 eV, where float32 resolves only ~1 meV.
+        atom_ref = self.reference_energies.double()[batch.species]
         result = {
-            "energy": out.energy + batch.sum_per_conf(atom_ref),
-            "atom_energies": out.atom_energies + atom_ref,
+            "energy": out.energy.double() + batch.sum_per_conf(atom_ref),
+            "atom_energies": out.atom_energies.double() + atom_ref,
             **{f"regulariser:{k}": v for k, v in out.regularisers.items()},
         }
         if forces:

@@ -1,0 +1,49 @@
+"""An ASE calculator for any trained kdframe model, whatever its architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .batch import Batch
+from .potential import Ensemble, Potential
+
+
+class KdframeCalculator(Calculator):
+    """Energy (eV), forces (eV/Å) and per-atom energies from one head of a kdframe model."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+
+    def __init__(self, model: Potential | Ensemble, head: str | None = None, device: str | torch.device = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.head = 0 if head is None else model.head_index(head, "KdframeCalculator(head=...)")
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs) -> "KdframeCalculator":
+        return cls(Potential.load(path), **kwargs)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        species = torch.as_tensor(self.atoms.numbers, dtype=torch.long)
+        self.model.check_species(species, "KdframeCalculator")
+        pbc = bool(self.atoms.pbc.any())
+        batch = Batch(
+            species=species,
+            positions=torch.as_tensor(self.atoms.positions, dtype=torch.float64),
+            conf_index=torch.zeros(len(self.atoms), dtype=torch.long),
+            n_conf=1,
+            cell=torch.as_tensor(np.asarray(self.atoms.cell)[None], dtype=torch.float64) if pbc else None,
+            pbc=torch.as_tensor(self.atoms.pbc[None]) if pbc else None,
+        ).to(self.device, self.dtype)
+        out = self.model(batch, forces=True)
+        energy = float(out["energy"][0, self.head])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"][..., self.head].detach().cpu().double().numpy(),
+            "energies": out["atom_energies"][:, self.head].detach().cpu().double().numpy(),
+        }

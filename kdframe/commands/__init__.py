@@ -1,0 +1,1 @@
+"""Built-in CLI sub-commands (each a plugin module with ``register_commands``)."""

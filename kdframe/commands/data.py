@@ -1,0 +1,276 @@
+"""``kdframe data``: sample geometries from SMILES, label them with a level of theory, inspect files.
+
+Also runnable without the main CLI: ``python -m kdframe.commands.data {sample,label,merge,info} ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+from ase.units import Hartree, kcal, mol
+
+from .. import __version__, hookimpl
+from ..errors import ConfigError, DataError, KdframeError
+from ..io import atomic_write
+
+KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)
+
+
+@hookimpl
+def register_commands(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="sample, label and inspect quantum-chemistry data (ANI-layout HDF5)")
+    add_data_arguments(parser)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser("sample", help="non-equilibrium geometries from SMILES (RDKit + GFN2-xTB normal modes / MD)")
+    p.add_argument("output", help="HDF5 file to write (ANI layout, one group per molecule)")
+    p.add_argument("--smiles", nargs="+", default=[], metavar="NAME:SMILES", help="molecules, NAME:SMILES or SMILES (named by formula)")
+    p.add_argument("--smiles-file", help="text file with 'NAME SMILES' per line (# comments)")
+    p.add_argument("--conformers", type=int, default=4, help="RDKit embeddings per molecule")
+    p.add_argument("--max-conformers", type=int, default=4, help="distinct xTB-optimised conformers kept")
+    p.add_argument("--normal-modes", type=int, default=24, help="normal-mode samples per molecule")
+    p.add_argument("--nms-temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0], metavar="K")
+    p.add_argument("--md-frames", type=int, default=12, help="xTB MD frames per molecule")
+    p.add_argument("--md-temperatures", type=float, nargs="+", default=[500.0, 1000.0], metavar="K")
+    p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
+    p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces); resumable")
+    p.add_argument("file")
+    p.add_argument("--method", required=True, help="labeler, e.g. xtb, wb97x_dz, mp2_dz, ccsd(t)_dz")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes, one thread each (0: in this process)")
+    p.add_argument("--molecules", help="comma-separated group names to label (default: all)")
+    p.add_argument("--per-molecule", type=int, help="at most this many conformations per molecule, evenly spread")
+    p.add_argument("--limit", type=int, help="at most this many conformations in all (after ordering)")
+    p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
+                   help="size: smallest molecules first; round-robin: one of each molecule in turn")
+    p.add_argument("--merge-every", type=int, default=25, help="merge finished items into the file every N items")
+    p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("merge", help="fold finished labelling journals into the file (atomic)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges")
+    p.add_argument("file")
+    p.add_argument("--per-molecule", action="store_true", help="one line per molecule")
+    p.set_defaults(func=cmd_info)
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def parse_smiles(entries: Sequence[str], smiles_file: str | None) -> list[tuple[str, str]]:
+    """(name, SMILES) pairs from NAME=SMILES arguments and a 'NAME SMILES' file."""
+    pairs: list[tuple[str, str]] = []
+    if smiles_file:
+        path = Path(smiles_file)
+        if not path.is_file():
+            raise DataError(f"{path}: SMILES file not found")
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise DataError(f"{path}:{n}: expected 'NAME SMILES', got {line!r}")
+            pairs.append((parts[0], parts[1]))
+    for entry in entries:
+        name, sep, smiles = entry.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_\-+,()']+", name) or "[" in name:
+            name, smiles = "", entry
+        pairs.append((name or _formula(smiles), smiles))
+    if not pairs:
+        raise ConfigError("kdframe data sample", "no molecules given (use --smiles or --smiles-file)")
+    names = [n for n, _ in pairs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"duplicate molecule names: {', '.join(dupes)}")
+    return pairs
+
+
+def _formula(smiles: str) -> str:
+    from rdkit import Chem
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    m = Chem.MolFromSmiles(smiles)
+    if m is None:
+        raise DataError(f"invalid SMILES {smiles!r}")
+    return CalcMolFormula(Chem.AddHs(m))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..labeler import get_labeler
+    from ..sampling import SamplingSettings, sample_molecule
+
+    pairs = parse_smiles(args.smiles, args.smiles_file)
+    out = Path(args.output)
+    if out.exists() and not args.append:
+        raise DataError(f"{out}: exists (use --append to add molecules, or remove it)")
+    existing = set()
+    if out.exists():
+        with h5py.File(out, "r") as f:
+            existing = set(f.keys())
+    settings = SamplingSettings(conformers=args.conformers, max_conformers=args.max_conformers,
+                                normal_modes=args.normal_modes, nms_temperatures=tuple(args.nms_temperatures),
+                                md_frames=args.md_frames, md_temperatures=tuple(args.md_temperatures),
+                                include_optimized=not args.no_optimized, seed=args.seed, method=args.method)
+    labeler = get_labeler(args.method)
+    todo = [(n, s) for n, s in pairs if n not in existing]
+    sampled = [sample_molecule(n, s, settings, labeler) for n, s in tqdm(todo, desc="sampling", unit="mol")]
+    write_sampled(out, sampled, settings, labeler)
+    print(f"{out}: {len(sampled)} molecules, {sum(len(m.coordinates) for m in sampled)} conformations added")
+    return 0
+
+
+def write_sampled(path: Path, molecules: list, settings, labeler) -> None:
+    """Write (or extend) an ANI-layout file atomically; labels of existing groups are kept."""
+    import rdkit
+
+    def write(fh) -> None:
+        with h5py.File(fh, "w") as f:
+            if path.exists():
+                with h5py.File(path, "r") as old:
+                    for key in old:
+                        old.copy(old[key], f, name=key)
+                    f.attrs.update(dict(old.attrs))
+            for m in molecules:
+                g = f.create_group(m.name)
+                g.create_dataset("atomic_numbers", data=np.asarray(m.atomic_numbers, dtype=np.int64))
+                g.create_dataset("coordinates", data=np.asarray(m.coordinates, dtype=np.float64))
+                g.attrs["smiles"] = m.smiles
+                g.attrs["origins"] = json.dumps(m.origins)
+            f.attrs["layout"] = "ANI: one group per molecule; Hartree, Angstrom; NaN where a label is missing"
+            f.attrs["provenance.sample"] = json.dumps({
+                "settings": asdict(settings), "labeler_settings": labeler.settings(),
+                "versions": {"kdframe": __version__, "python": platform.python_version(), "rdkit": rdkit.__version__,
+                             **labeler.versions()}})
+
+    atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- label, merge
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from ..labelling import label_file
+
+    molecules = [m for m in (args.molecules or "").split(",") if m] or None
+    summary = label_file(args.file, args.method, workers=args.workers, molecules=molecules,
+                         per_molecule=args.per_molecule, limit=args.limit, order=args.order,
+                         merge_every=args.merge_every, retry_failed=args.retry_failed,
+                         progress=not args.no_progress)
+    print(f"{args.file} {args.method}: {summary.selected} selected, {summary.skipped} already done, "
+          f"{summary.done} labelled, {summary.failed} failed, {summary.errors} errors"
+          + (f", {summary.mean_seconds:.2f} s/conformation" if summary.seconds else ""))
+    return 1 if summary.errors else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ..labelling import merge
+
+    if not Path(args.file).is_file():
+        raise DataError(f"{args.file}: data file not found")
+    print(f"{args.file}: {merge(args.file)} labels merged")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
+    """Human-readable summary: molecules, conformations, labels present and energy ranges."""
+    from ..labelling import journal_dir, read_journal
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    lines: list[str] = []
+    stats: dict[str, dict] = {}
+    n_mol = n_conf = 0
+    rows = []
+    with h5py.File(path, "r") as f:
+        groups = [(k, g) for k, g in f.items() if isinstance(g, h5py.Group) and "coordinates" in g]
+        for name, g in groups:
+            nc, na = g["coordinates"].shape[:2]
+            n_mol += 1
+            n_conf += nc
+            row = [name, str(g.attrs.get("smiles", "")), na, nc]
+            for key in sorted(k for k in g if "." in k):
+                method, quantity = key.rsplit(".", 1)
+                data = g[key][()]
+                ok = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+                s = stats.setdefault(key, {"n": 0, "mols": 0, "min": np.inf, "max": -np.inf, "spread": 0.0, "failed": 0})
+                s["n"] += int(ok.sum())
+                s["mols"] += int(ok.any())
+                s["failed"] += len(json.loads(g.attrs.get(f"{method}.failures", "{}"))) if quantity == "energy" else 0
+                if ok.any() and data.ndim == 1:
+                    s["min"], s["max"] = min(s["min"], data[ok].min()), max(s["max"], data[ok].max())
+                    s["spread"] = max(s["spread"], float(np.ptp(data[ok])))
+                if quantity == "energy":
+                    row.append(f"{method}:{int(ok.sum())}")
+            rows.append(row)
+    lines.append(f"{path}: {n_mol} molecules, {n_conf} conformations")
+    if per_molecule:
+        for row in rows:
+            lines.append(f"  {row[0]:<22} {row[1]:<18} atoms {row[2]:>3}  conformations {row[3]:>4}  " + " ".join(row[4:]))
+    lines.append(f"  {'label':<28} {'conformations':>13} {'molecules':>9} {'failed':>6}  range")
+    for key, s in stats.items():
+        rng = ""
+        if np.isfinite(s["min"]):
+            unit = "Ha" if key.endswith("energy") else ""
+            rng = f"[{s['min']:.6f}, {s['max']:.6f}] {unit}"
+            if key.endswith("energy"):
+                rng += f"; largest spread in a molecule {s['spread'] * KCAL_MOL_PER_HARTREE:.1f} kcal/mol"
+        lines.append(f"  {key:<28} {s['n']:>8}/{n_conf:<4} {s['mols']:>9} {s['failed']:>6}  {rng}")
+    jdir = journal_dir(path)
+    if jdir.is_dir():
+        for jp in sorted(jdir.glob("*.jsonl")):
+            runs, items = read_journal(jp)
+            ok = sum(r["ok"] for r in items.values())
+            secs = [r["seconds"] for r in items.values()]
+            lines.append(f"  journal {jp.name}: {ok} done, {len(items) - ok} failed"
+                         + (f", {np.mean(secs):.2f} s/conformation" if secs else ""))
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(describe(args.file, args.per_molecule))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m kdframe.commands.data ...``."""
+    parser = argparse.ArgumentParser(prog="kdframe data", description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KdframeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""YAML run configuration, validated before any work.
+
+Every problem is reported as one :class:`~kdframe.errors.ConfigError` naming the file,
+the YAML path (``student.training.lr``) and what would be valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from .errors import ConfigError
+from .training.trainer import TrainSettings
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DIR = Path(__file__).parent / "datasets"
+
+
+class Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class DataFile(Strict):
+    """One data file and which of its keys play which role (ANI keys, e.g. ``ccsd(t)_dz.energy``)."""
+
+    path: str
+    energy: str
+    forces: str | None = None  # reference forces: evaluated; trained on only where a workflow says so
+    units: Literal["auto", "hartree", "ev"] = "auto"
+    name: str | None = None
+
+    def keys(self) -> dict[str, str]:
+        return {"energy": self.energy, **({"forces": self.forces} if self.forces else {})}
+
+
+class SplitSpec(Strict):
+    by: Literal["configuration", "molecule"] = "configuration"
+    fractions: dict[Literal["train", "valid", "test"], float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+
+    @pydantic.field_validator("fractions")
+    @classmethod
+    def _all_three(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"train", "valid", "test"} or any(x <= 0 for x in v.values()):
+            raise ValueError("needs positive fractions for all of train, valid and test")
+        return v
+
+
+class DataSpec(Strict):
+    train: DataFile
+    split: SplitSpec = SplitSpec()
+    evaluate: list[DataFile] = []
+
+
+class ModelSpec(pydantic.BaseModel):
+    """``architecture`` plus that architecture's hyperparameters (checked by its plugin)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    architecture: str
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainOverrides(TrainSettings):
+    """Per-model training settings; unset keys fall back to the top-level ``training`` block."""
+
+
+class Base(Strict):
+    workflow: str
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSpec
+    training: TrainSettings = TrainSettings()
+
+
+def training_for(base: TrainSettings, overrides: dict[str, Any] | None) -> TrainSettings:
+    return TrainSettings.model_validate({**base.model_dump(), **(overrides or {})})
+
+
+def resolve_path(path: str, config_dir: Path) -> Path:
+    """Relative paths are relative to the YAML file; ``bundled:NAME`` is a dataset shipped with kdframe."""
+    if path.startswith(BUNDLED_PREFIX):
+        return BUNDLED_DIR / path[len(BUNDLED_PREFIX):]
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else config_dir / p
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "the top level must be a mapping of keys", "workflow, data, ...")
+    return raw
+
+
+def validate(model: type[pydantic.BaseModel], raw: Any, source: str, prefix: str = "") -> Any:
+    """``model.model_validate(raw)`` with pydantic's errors turned into one ConfigError naming YAML paths."""
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise config_error(exc, source, model, prefix) from None
+
+
+def config_error(exc: pydantic.ValidationError, source: str, model: type[pydantic.BaseModel] | None = None,
+                 prefix: str = "") -> ConfigError:
+    """One ConfigError listing every problem as ``yaml.path: what is wrong (valid: ...)``."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]])
+        if err["type"] == "extra_forbidden" and model is not None:
+            lines.append(f"{path}: unknown key (valid: {', '.join(_fields_at(model, err['loc'][:-1]))})")
+        else:
+            lines.append(f"{path}: {err['msg']}")
+    return ConfigError(source, lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+
+
+def _fields_at(model: type[pydantic.BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, for 'unknown key' messages."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
+                model = candidate
+                break
+        else:
+            if isinstance(part, int):
+                continue
+            return []
+    return sorted(model.model_fields)

@@ -1,0 +1,127 @@
+"""An in-memory set of configurations with labels, batched into :class:`~kdframe.batch.Batch`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..batch import Batch
+
+PER_CONF, PER_ATOM = "conf", "atom"
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where a label lives: per configuration (energies) or per atom (forces, atom energies)."""
+
+    kind: str  # PER_CONF or PER_ATOM
+
+
+@dataclass
+class Dataset:
+    """Configurations stored flat: atoms of configuration c are ``atom_ptr[c]:atom_ptr[c+1]``.
+
+    Labels are in eV and eV/Å; NaN marks a missing label (masked in losses, never zero).
+    """
+
+    species: np.ndarray  # (A,) int64
+    positions: np.ndarray  # (A, 3) float64
+    atom_ptr: np.ndarray  # (C+1,) int64
+    molecule: np.ndarray  # (C,) int64 index into molecule_names
+    molecule_names: list[str]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # (C,) or (A,) or (A, 3)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.atom_ptr) - 1
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.diff(self.atom_ptr)
+
+    def label_kind(self, name: str) -> str:
+        return PER_CONF if self.labels[name].shape[0] == len(self) else PER_ATOM
+
+    def atom_indices(self, confs: np.ndarray) -> np.ndarray:
+        starts, stops = self.atom_ptr[confs], self.atom_ptr[confs + 1]
+        lengths = stops - starts
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        return np.arange(lengths.sum()) + offsets
+
+    def subset(self, confs: Sequence[int] | np.ndarray) -> "Dataset":
+        confs = np.asarray(confs, dtype=np.int64)
+        atoms = self.atom_indices(confs)
+        ptr = np.concatenate([[0], np.cumsum(self.n_atoms[confs])])
+        labels = {k: (v[confs] if self.label_kind(k) == PER_CONF else v[atoms]) for k, v in self.labels.items()}
+        return Dataset(self.species[atoms], self.positions[atoms], ptr, self.molecule[confs],
+                       self.molecule_names, labels, self.source)
+
+    def with_labels(self, **labels: np.ndarray) -> "Dataset":
+        for name, value in labels.items():
+            if value.shape[0] not in (len(self), len(self.species)):
+                raise ValueError(f"label {name!r} has {value.shape[0]} rows; expected {len(self)} or {len(self.species)}")
+        return Dataset(self.species, self.positions, self.atom_ptr, self.molecule, self.molecule_names,
+                       {**self.labels, **labels}, self.source)
+
+    def element_counts(self) -> np.ndarray:
+        """(C, max Z + 1) number of atoms of each element per configuration."""
+        conf_of_atom = np.repeat(np.arange(len(self)), self.n_atoms)
+        counts = np.zeros((len(self), int(self.species.max()) + 1))
+        np.add.at(counts, (conf_of_atom, self.species), 1)
+        return counts
+
+    def content_hash(self) -> str:
+        """Hash of geometry, species and labels: a changed dataset never reuses a stale cache."""
+        h = hashlib.sha256()
+        for array in (self.species, self.positions, self.atom_ptr):
+            h.update(np.ascontiguousarray(array).tobytes())
+        for name in sorted(self.labels):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.labels[name]).tobytes())
+        return h.hexdigest()[:16]
+
+    def batch(self, confs: Sequence[int] | np.ndarray, labels: Sequence[str] | None = None) -> Batch:
+        confs = np.asarray(confs, dtype=np.int64)
+        atoms = self.atom_indices(confs)
+        counts = self.n_atoms[confs]
+        names = self.labels if labels is None else labels
+        batch_labels = {}
+        for name in names:
+            rows = confs if self.label_kind(name) == PER_CONF else atoms
+            batch_labels[name] = torch.from_numpy(self.labels[name][rows])
+        return Batch(
+            species=torch.from_numpy(self.species[atoms]),
+            positions=torch.from_numpy(self.positions[atoms]),
+            conf_index=torch.from_numpy(np.repeat(np.arange(len(confs)), counts)),
+            n_conf=len(confs),
+            labels=batch_labels,
+            index=torch.from_numpy(confs),
+        )
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                labels: Sequence[str] | None = None) -> Iterator[Batch]:
+        order = torch.randperm(len(self), generator=generator).numpy() if shuffle else np.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start:start + batch_size], labels)
+
+
+def concatenate(datasets: Sequence[Dataset]) -> Dataset:
+    """One dataset from several (molecule names are made unique by source)."""
+    names: list[str] = []
+    molecule, ptrs, offset = [], [np.zeros(1, dtype=np.int64)], 0
+    for d in datasets:
+        molecule.append(d.molecule + len(names))
+        names += [f"{d.source}:{n}" if len(datasets) > 1 else n for n in d.molecule_names]
+        ptrs.append(d.atom_ptr[1:] + offset)
+        offset += int(d.atom_ptr[-1])
+    common = set.intersection(*(set(d.labels) for d in datasets))
+    return Dataset(
+        np.concatenate([d.species for d in datasets]), np.concatenate([d.positions for d in datasets]),
+        np.concatenate(ptrs), np.concatenate(molecule), names,
+        {k: np.concatenate([d.labels[k] for d in datasets]) for k in sorted(common)},
+        "+".join(d.source for d in datasets),
+    )

@@ -1,0 +1,129 @@
+"""Readers for ANI-layout HDF5 (ANI-1x, ANI-1ccx, COMP6) and extxyz (through ase.io).
+
+``keys`` maps a kdframe label name to the key in the file, e.g.
+``{"energy": "ccsd(t)_cbs.energy", "forces": "wb97x_dz.forces"}``. Energies become
+eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convention).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+from ase.data import atomic_numbers as SYMBOL_TO_Z
+
+from ..errors import DataError
+from ..units import HARTREE_TO_EV
+from .dataset import Dataset
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = "auto") -> Dataset:
+    """Read a dataset; every key in ``keys`` must exist in the file (NaN entries are allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _read_ani_hdf5(path, keys, HARTREE_TO_EV if units in ("auto", "hartree") else 1.0)
+    if path.suffix.lower() in XYZ_SUFFIXES:
+        return _read_extxyz(path, keys, HARTREE_TO_EV if units == "hartree" else 1.0)
+    raise DataError(f"{path}: unknown data format (valid suffixes: {', '.join(HDF5_SUFFIXES + XYZ_SUFFIXES)})")
+
+
+def _molecule_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
+    """Every group holding ``coordinates`` and atomic numbers, at any depth (COMP6 nests them)."""
+    found: list[tuple[str, h5py.Group]] = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Group) and "coordinates" in obj and ("atomic_numbers" in obj or "species" in obj):
+            found.append((name, obj))
+
+    f.visititems(visit)
+    return found
+
+
+def _species(group: h5py.Group) -> np.ndarray:
+    if "atomic_numbers" in group:
+        return np.asarray(group["atomic_numbers"][()], dtype=np.int64)
+    symbols = [s.decode() if isinstance(s, bytes) else str(s) for s in group["species"][()]]
+    return np.array([SYMBOL_TO_Z[s] for s in symbols], dtype=np.int64)
+
+
+def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
+    species, positions, ptr, molecule, names = [], [], [0], [], []
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        groups = _molecule_groups(f)
+        if not groups:
+            raise DataError(f"{path}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
+        for name, group in groups:
+            z = _species(group)
+            xyz = np.asarray(group["coordinates"][()], dtype=np.float64)
+            if xyz.ndim != 3 or xyz.shape[1:] != (len(z), 3):
+                raise DataError(f"{path}:/{name}/coordinates: shape {xyz.shape}, expected (n_conf, {len(z)}, 3)")
+            n_conf = xyz.shape[0]
+            for label, key in keys.items():
+                if key not in group:
+                    available = sorted(k for k in group.keys() if k not in ("coordinates", "atomic_numbers", "species"))
+                    raise DataError(f"{path}:/{name}: key {key!r} (for {label!r}) not found (available: {', '.join(available)})")
+                value = np.asarray(group[key][()], dtype=np.float64) * to_ev
+                if value.shape[0] != n_conf:
+                    raise DataError(f"{path}:/{name}/{key}: {value.shape[0]} rows for {n_conf} conformations")
+                labels[label].append(value.reshape(n_conf * len(z), *value.shape[2:]) if value.ndim >= 2 else value)
+            species.append(np.tile(z, n_conf))
+            positions.append(xyz.reshape(-1, 3))
+            ptr.extend(ptr[-1] + len(z) * np.arange(1, n_conf + 1))
+            molecule.append(np.full(n_conf, len(names)))
+            names.append(name)
+    return Dataset(
+        np.concatenate(species), np.concatenate(positions), np.asarray(ptr, dtype=np.int64),
+        np.concatenate(molecule), names, {k: np.concatenate(v) for k, v in labels.items()}, path.stem,
+    )
+
+
+def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":", format="extxyz")
+    except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed files
+        raise DataError(f"{path}: not a readable extxyz file ({exc.__class__.__name__}: {exc})") from None
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
+    names: list[str] = []
+    molecule = []
+    for i, atoms in enumerate(frames):
+        formula = atoms.info.get("molecule", atoms.get_chemical_formula())
+        if formula not in names:
+            names.append(formula)
+        molecule.append(names.index(formula))
+        for label, key in keys.items():
+            labels[label].append(_frame_value(path, i, atoms, key) * to_ev)
+    ptr = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
+    return Dataset(
+        np.concatenate([a.numbers for a in frames]).astype(np.int64),
+        np.concatenate([a.positions for a in frames]).astype(np.float64),
+        ptr.astype(np.int64), np.asarray(molecule, dtype=np.int64), names,
+        {k: (np.concatenate(v) if v[0].ndim else np.asarray(v, dtype=np.float64)) for k, v in labels.items()},
+        path.stem,
+    )
+
+
+def _frame_value(path: Path, i: int, atoms, key: str) -> np.ndarray:
+    if key in atoms.info:
+        return np.asarray(atoms.info[key], dtype=np.float64)
+    if key in atoms.arrays:
+        return np.asarray(atoms.arrays[key], dtype=np.float64)
+    calc = atoms.calc
+    if calc is not None and key in getattr(calc, "results", {}):
+        return np.asarray(calc.results[key], dtype=np.float64)
+    available = sorted(set(atoms.info) | set(atoms.arrays) | set(getattr(calc, "results", {}) if calc else ()))
+    raise DataError(f"{path}: frame {i}: key {key!r} not found (available: {', '.join(available)})")

@@ -1,0 +1,84 @@
+"""Errors of a model on a dataset: energies, per-atom energies, forces and conformer energy differences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .data.dataset import Dataset
+from .potential import Ensemble, Potential
+from .units import EV_TO_KCAL_MOL
+
+CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's minimum are left out of dE
+
+
+@dataclass
+class Predictions:
+    energy: np.ndarray  # (C,) eV
+    forces: np.ndarray | None  # (A, 3) eV/Å
+
+
+@dataclass
+class Metrics:
+    values: dict[str, float] = field(default_factory=dict)
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # reference, predicted
+
+
+def predict(model: Potential | Ensemble, dataset: Dataset, head: int = 0, forces: bool = True,
+            batch_size: int = 128, device: str | torch.device = "cpu") -> Predictions:
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    energies, force_chunks = [], []
+    for batch in dataset.batches(batch_size, labels=()):
+        batch = batch.to(device, dtype)
+        with torch.enable_grad() if forces else torch.no_grad():
+            out = model(batch, forces=forces)
+        energies.append(out["energy"][:, head].detach().cpu().double().numpy())
+        if forces:
+            force_chunks.append(out["forces"][..., head].detach().cpu().double().numpy())
+    return Predictions(np.concatenate(energies), np.concatenate(force_chunks) if forces else None)
+
+
+def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All within-molecule pairwise energy differences (reference, predicted), excluding high conformers."""
+    ref_pairs, pred_pairs = [], []
+    for m in np.unique(dataset.molecule):
+        idx = np.flatnonzero((dataset.molecule == m) & ~np.isnan(reference))
+        idx = idx[(reference[idx] - reference[idx].min()) * EV_TO_KCAL_MOL <= CONFORMER_WINDOW_KCAL_MOL]
+        if len(idx) < 2:
+            continue
+        i, j = np.triu_indices(len(idx), k=1)
+        ref_pairs.append(reference[idx][i] - reference[idx][j])
+        pred_pairs.append(predicted[idx][i] - predicted[idx][j])
+    if not ref_pairs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(ref_pairs), np.concatenate(pred_pairs)
+
+
+def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics) -> None:
+    keep = ~np.isnan(reference).reshape(len(reference), -1).any(axis=1)
+    ref, pred = reference[keep], predicted[keep]
+    out.pairs[prefix] = (ref, pred)
+    if ref.size == 0:
+        return
+    err = pred - ref
+    for name, value in (("rmse", np.sqrt(np.mean(err**2))), ("mae", np.mean(np.abs(err)))):
+        out.values[f"{prefix} {name} ({unit})"] = float(value)
+        out.values[f"{prefix} {name} (kcal/mol{unit[2:]})"] = float(value * EV_TO_KCAL_MOL)
+
+
+def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | None = "energy",
+             forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu") -> Metrics:
+    """Energy, per-atom energy, dE and (if a forces label is given) force errors, in eV and kcal/mol."""
+    pred = predict(model, dataset, head, forces=forces_label is not None, device=device)
+    out = Metrics()
+    if energy_label is not None:
+        ref = dataset.labels[energy_label]
+        _errors("E", ref, pred.energy, "eV", out)
+        _errors("E/atom", ref / dataset.n_atoms, pred.energy / dataset.n_atoms, "eV", out)
+        _errors("dE", *conformer_pairs(dataset, ref, pred.energy), "eV", out)
+    if forces_label is not None:
+        _errors("F", dataset.labels[forces_label], pred.forces, "eV/Å", out)
+    return out

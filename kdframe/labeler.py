@@ -1,0 +1,129 @@
+"""The labeler interface: one level of quantum-chemistry theory, as a plugin.
+
+A labeler computes reference labels for one conformation in ANI units (Hartree,
+Hartree/Å; forces = -gradient). Plugins register instances through the
+``register_labelers`` hook, keyed by ``method`` (the ANI key prefix, e.g.
+``wb97x_dz`` gives ``wb97x_dz.energy`` and ``wb97x_dz.forces``).
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.units import Hartree
+
+from .errors import ConfigError, KdframeError
+
+
+class LabelError(KdframeError):
+    """A conformation that could not be labelled (e.g. SCF not converged, T1 diagnostic too large).
+
+    The labelling runner records it as a failure and leaves the labels NaN.
+    """
+
+
+class Labeler(ABC):
+    """One level of theory. Instances must be picklable (they are sent to worker processes)."""
+
+    method: str = ""
+    #: Per-conformation quantities ``compute`` returns: "energy" (Hartree), "forces" (Hartree/Å).
+    provides: tuple[str, ...] = ("energy",)
+    #: Scalar diagnostics ``compute`` may also return (stored as ``<method>.<name>``), e.g. "t1_diagnostic".
+    extras: tuple[str, ...] = ()
+
+    @abstractmethod
+    def compute(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+        """Labels for one neutral closed-shell conformation; positions in Å. Raise ``LabelError`` on failure."""
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that defines the level of theory (basis, functional, grids, thresholds)."""
+        return {}
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the codes used, for provenance."""
+        return {"python": platform.python_version(), "numpy": np.__version__}
+
+    def setup_worker(self) -> None:
+        """Called once in each worker process before computing (e.g. to limit threads)."""
+
+    def hessian(self, atomic_numbers: np.ndarray, positions: np.ndarray, step: float = 5e-3) -> np.ndarray:
+        """(3N, 3N) Hessian in Hartree/Å² by central differences of the forces (override if analytic)."""
+        if "forces" not in self.provides:
+            raise ConfigError(self.method, "a Hessian needs a labeler that provides forces")
+        pos = np.asarray(positions, dtype=np.float64)
+        n = pos.size
+        hess = np.empty((n, n))
+        for k in range(n):
+            plus, minus = pos.copy().reshape(-1), pos.copy().reshape(-1)
+            plus[k] += step
+            minus[k] -= step
+            f_plus = self.compute(atomic_numbers, plus.reshape(pos.shape))["forces"].reshape(-1)
+            f_minus = self.compute(atomic_numbers, minus.reshape(pos.shape))["forces"].reshape(-1)
+            hess[k] = -(f_plus - f_minus) / (2 * step)
+        return 0.5 * (hess + hess.T)
+
+
+def labelers() -> dict[str, Labeler]:
+    """Every registered labeler by method.
+
+    Uses the plugin registry; if some unrelated plugin fails to import, falls back to
+    collecting labelers from the plugins that do import (with a warning), so that a
+    broken architecture plugin never stops hours of labelling.
+    """
+    from . import plugins
+
+    try:
+        return plugins.registry().labelers
+    except ImportError as exc:
+        warnings.warn(f"plugin registry incomplete ({exc}); collecting labelers from importable plugins only")
+        return _labelers_tolerant()
+
+
+def _labelers_tolerant() -> dict[str, Labeler]:
+    import importlib
+    from importlib import metadata
+
+    import pluggy
+
+    from . import hookspecs, plugins
+
+    pm = pluggy.PluginManager("kdframe")
+    pm.add_hookspecs(hookspecs)
+    modules = [(m, lambda m=m: importlib.import_module(m)) for m in plugins.DEFAULT_PLUGINS]
+    modules += [(ep.name, ep.load) for ep in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)]
+    for name, load in modules:
+        try:
+            pm.register(load(), name=name)
+        except Exception:  # noqa: BLE001 - an unrelated broken plugin must not block labelling
+            continue
+    found: dict[str, Labeler] = {}
+    pm.hook.register_labelers(register=lambda labeler: found.__setitem__(labeler.method, labeler))
+    return found
+
+
+def get_labeler(method: str) -> Labeler:
+    """The registered labeler for ``method``; a ``ConfigError`` listing the valid ones otherwise."""
+    table = labelers()
+    if method not in table:
+        raise ConfigError("--method", f"unknown labelling method {method!r}", table)
+    return table[method]
+
+
+class LabelerCalculator(Calculator):
+    """An ASE calculator (eV, eV/Å) around a labeler that provides energy and forces."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, labeler: Labeler, **kwargs):
+        super().__init__(**kwargs)
+        self.labeler = labeler
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        out = self.labeler.compute(self.atoms.numbers, self.atoms.positions)
+        self.results = {"energy": float(out["energy"]) * Hartree, "forces": np.asarray(out["forces"]) * Hartree}

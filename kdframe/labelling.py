@@ -1,0 +1,451 @@
+"""Resumable, parallel labelling of ANI-layout HDF5 files.
+
+Every finished conformation is appended as one JSON line to ``<file>.labelling/<method>.jsonl``
+(flushed and fsynced), so a ``kill -9`` loses only the items being computed. ``merge`` folds
+all journals of a file into the HDF5 atomically (copy, write, fsync, rename), every
+``merge_every`` items and at the end; a new run merges first and skips whatever is already
+labelled in the file or finished (or failed) in the journal. Floats go through JSON with
+Python's round-trip ``repr``, so merged values are bit-identical to the computed ones.
+
+Workers are spawned processes with one thread each (OMP_NUM_THREADS=1 etc.).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import DataError
+from .labeler import Labeler, LabelError, get_labeler
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+MAX_UNEXPECTED_ERRORS = 5
+
+
+@dataclass
+class Item:
+    """One conformation to label."""
+
+    group: str
+    index: int
+    numbers: np.ndarray
+    positions: np.ndarray
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.group, self.index)
+
+    @property
+    def digest(self) -> str:
+        return conformation_digest(self.numbers, self.positions)
+
+
+@dataclass
+class Summary:
+    """What one ``label_file`` call did."""
+
+    method: str
+    selected: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    errors: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean_seconds(self) -> float:
+        return float(np.mean(self.seconds)) if self.seconds else float("nan")
+
+
+def conformation_digest(numbers: np.ndarray, positions: np.ndarray) -> str:
+    """Identifies a conformation, so journal entries never attach to a changed geometry."""
+    h = hashlib.sha1(np.ascontiguousarray(numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(positions, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def journal_dir(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.labelling")
+
+
+def journal_path(path: str | os.PathLike, method: str) -> Path:
+    return journal_dir(path) / f"{method}.jsonl"
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+def read_journal(path: Path) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+    """(run records, last item record per (group, index)); a torn last line (kill -9) is ignored."""
+    runs: list[dict] = []
+    items: dict[tuple[str, int], dict] = {}
+    if not path.exists():
+        return runs, items
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "run":
+                runs.append(record)
+            elif record.get("type") == "item":
+                items[(record["group"], int(record["index"]))] = record
+    return runs, items
+
+
+class JournalWriter:
+    """Appends JSON lines, each flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "a+b")
+        self._f.seek(0, os.SEEK_END)
+        if self._f.tell():  # start on a fresh line after a torn write
+            self._f.seek(-1, os.SEEK_END)
+            if self._f.read(1) != b"\n":
+                self._f.write(b"\n")
+
+    def append(self, record: dict) -> None:
+        self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@contextmanager
+def _locked(path: Path, blocking: bool = True) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise DataError(f"{path}: another process is labelling this file with this method") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def read_items(path: str | os.PathLike) -> list[Item]:
+    """Every conformation of an ANI-layout file, in file order."""
+    items = []
+    with h5py.File(path, "r") as f:
+        for name, group in f.items():
+            if not isinstance(group, h5py.Group) or "coordinates" not in group:
+                continue
+            numbers = np.asarray(group["atomic_numbers"][()], dtype=np.int64)
+            coords = np.asarray(group["coordinates"][()], dtype=np.float64)
+            items.extend(Item(name, i, numbers, coords[i]) for i in range(len(coords)))
+    return items
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted(set(np.round(np.linspace(0, n - 1, k)).astype(int).tolist()))
+
+
+def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, per_molecule: int | None = None,
+                 limit: int | None = None, order: str = "size") -> list[Item]:
+    """The target set: chosen molecules, ``per_molecule`` evenly spread conformations each, smallest first.
+
+    The selection depends only on the file, never on what is done, so a rerun targets the same set.
+    """
+    by_group: dict[str, list[Item]] = {}
+    for item in items:
+        by_group.setdefault(item.group, []).append(item)
+    if molecules:
+        unknown = sorted(set(molecules) - set(by_group))
+        if unknown:
+            from .errors import ConfigError
+
+            raise ConfigError("--molecules", f"not in the file: {', '.join(unknown)}", by_group)
+        by_group = {g: by_group[g] for g in by_group if g in set(molecules)}
+    chosen: list[Item] = []
+    for group_items in by_group.values():
+        idx = spread_indices(len(group_items), per_molecule) if per_molecule else range(len(group_items))
+        chosen.extend(group_items[i] for i in idx)
+    if order == "size":  # smallest molecules (electrons) first: cheap levels finish many items early
+        chosen.sort(key=lambda it: (int(it.numbers.sum()), len(it.numbers), it.group, it.index))
+    elif order == "round-robin":  # every molecule represented as early as possible
+        seen: dict[str, int] = {}
+        rank = {}
+        for it in chosen:
+            rank[it.key] = seen.get(it.group, 0)
+            seen[it.group] = rank[it.key] + 1
+        chosen.sort(key=lambda it: (rank[it.key], int(it.numbers.sum()), it.group))
+    elif order != "file":
+        from .errors import ConfigError
+
+        raise ConfigError("--order", f"unknown order {order!r}", ("size", "round-robin", "file"))
+    return chosen[:limit] if limit else chosen
+
+
+def _labelled_in_file(path: str | os.PathLike, method: str) -> set[tuple[str, int]]:
+    done = set()
+    with h5py.File(path, "r") as f:
+        for name, group in f.items():
+            key = f"{method}.energy"
+            if isinstance(group, h5py.Group) and key in group:
+                done.update((name, int(i)) for i in np.flatnonzero(np.isfinite(group[key][()])))
+    return done
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER_LABELER: Labeler | None = None
+
+
+def _init_worker(labeler: Labeler) -> None:
+    global _WORKER_LABELER
+    for var in THREAD_VARIABLES:
+        os.environ[var] = "1"
+    _WORKER_LABELER = labeler
+    labeler.setup_worker()
+
+
+def _compute(labeler: Labeler | None, item: Item) -> dict[str, Any]:
+    """Label one item; returns a journal record (LabelError becomes a recorded failure)."""
+    labeler = labeler or _WORKER_LABELER
+    start = time.perf_counter()
+    record: dict[str, Any] = {"type": "item", "group": item.group, "index": item.index, "digest": item.digest}
+    try:
+        out = labeler.compute(item.numbers, item.positions)
+        record.update(ok=True, values={k: np.asarray(v, dtype=np.float64).tolist() for k, v in out.items()})
+    except LabelError as exc:
+        record.update(ok=False, error=str(exc))
+    record.update(seconds=round(time.perf_counter() - start, 3), host=socket.gethostname(),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return record
+
+
+def _worker_compute(item: Item) -> dict[str, Any]:
+    return _compute(None, item)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecules: Sequence[str] | None = None,
+               per_molecule: int | None = None, limit: int | None = None, order: str = "size",
+               merge_every: int = 25, retry_failed: bool = False, progress: bool = True,
+               labeler: Labeler | None = None) -> Summary:
+    """Label the selected conformations of ``path`` with ``method``; resumable (see module docstring).
+
+    ``workers=0`` computes in this process (tests, debugging); otherwise ``workers`` spawned
+    single-threaded processes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    labeler = labeler or get_labeler(method)
+    summary = Summary(method)
+    jpath = journal_path(path, method)
+    with _locked(jpath.with_suffix(".lock"), blocking=False):
+        merge(path)
+        runs, journal = read_journal(jpath)
+        _check_settings(path, method, runs, labeler)
+        targets = select_items(read_items(path), molecules, per_molecule, limit, order)
+        finished = _labelled_in_file(path, method)
+        pending = []
+        for item in targets:
+            record = journal.get(item.key)
+            if item.key in finished or (record and record["digest"] == item.digest and (record["ok"] or not retry_failed)):
+                continue
+            pending.append(item)
+        summary.selected, summary.skipped = len(targets), len(targets) - len(pending)
+        if not pending:
+            return summary
+        writer = JournalWriter(jpath)
+        writer.append({"type": "run", "method": method, "provides": list(labeler.provides),
+                       "extras": list(labeler.extras), "settings": labeler.settings(), "versions": _versions(labeler),
+                       "workers": workers, "host": socket.gethostname(), "items": len(pending),
+                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        try:
+            _run(pending, labeler, workers, writer, summary, path, merge_every, progress)
+        finally:
+            writer.close()
+            merge(path)
+    return summary
+
+
+def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWriter, summary: Summary,
+         path: Path, merge_every: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pending), desc=f"{labeler.method} {path.name}", unit="conf", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    since_merge = 0
+
+    def record_result(record: dict | None, item: Item, error: BaseException | None = None) -> None:
+        nonlocal since_merge
+        bar.update(1)
+        if error is not None:  # unexpected: not journalled, so a later run retries it
+            summary.errors += 1
+            print(f"\n{item.group}[{item.index}]: {type(error).__name__}: {error}", file=sys.stderr)
+            if summary.errors >= MAX_UNEXPECTED_ERRORS:
+                raise DataError(f"{labeler.method}: {summary.errors} unexpected errors, stopping (last: {error})")
+            return
+        writer.append(record)
+        summary.seconds.append(record["seconds"])
+        if record["ok"]:
+            summary.done += 1
+        else:
+            summary.failed += 1
+        bar.set_postfix(failed=summary.failed, s_per_conf=f"{summary.mean_seconds:.2f}")
+        since_merge += 1
+        if merge_every and since_merge >= merge_every:
+            merge(path)
+            since_merge = 0
+
+    try:
+        if workers <= 0:
+            labeler.setup_worker()
+            for item in pending:
+                try:
+                    record_result(_compute(labeler, item), item)
+                except DataError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    record_result(None, item, exc)
+            return
+        for var in THREAD_VARIABLES:
+            os.environ[var] = "1"
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(labeler,)) as pool:
+            queue = iter(pending)
+            running = {}
+            for item in queue:  # keep a bounded number in flight so an interrupt stops quickly
+                running[pool.submit(_worker_compute, item)] = item
+                if len(running) >= 2 * workers:
+                    break
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    exc = future.exception()
+                    record_result(None if exc else future.result(), item, exc)
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        running[pool.submit(_worker_compute, nxt)] = nxt
+    finally:
+        bar.close()
+
+
+def _versions(labeler: Labeler) -> dict[str, str]:
+    return {"kdframe": __version__, "python": platform.python_version(), "h5py": h5py.__version__,
+            **labeler.versions()}
+
+
+def _check_settings(path: Path, method: str, runs: list[dict], labeler: Labeler) -> None:
+    """Refuse to mix two different levels of theory under one method key."""
+    settings = json.loads(json.dumps(labeler.settings()))
+    for run in runs:
+        if run.get("settings") != settings:
+            raise DataError(f"{journal_path(path, method)}: earlier runs used settings {run.get('settings')}, "
+                            f"now {settings}; use another method name or a fresh journal")
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def merge(path: str | os.PathLike) -> int:
+    """Fold every journal of ``path`` into the HDF5 file atomically; returns the number of labels written."""
+    path = Path(path)
+    jdir = journal_dir(path)
+    journals = sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else []
+    if not journals:
+        return 0
+    with _locked(jdir / "merge.lock"):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "r+") as f:
+                written = sum(_merge_method(f, jp.stem, *read_journal(jp)) for jp in journals)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return written
+
+
+def _merge_method(f: h5py.File, method: str, runs: list[dict], items: dict[tuple[str, int], dict]) -> int:
+    if not runs:
+        return 0
+    provides = runs[-1].get("provides", ["energy"])
+    extras = runs[-1].get("extras", [])
+    written = 0
+    n_ok = n_failed = 0
+    for name, group in f.items():
+        if not isinstance(group, h5py.Group) or "coordinates" not in group:
+            continue
+        numbers = group["atomic_numbers"][()]
+        coords = group["coordinates"][()]
+        n_conf, n_atoms = coords.shape[:2]
+        arrays = {}
+        for key in [*provides, *extras]:
+            shape = (n_conf, n_atoms, 3) if key == "forces" else (n_conf,)
+            dname = f"{method}.{key}"
+            arrays[key] = group[dname][()] if dname in group else np.full(shape, np.nan)
+        failures = json.loads(group.attrs.get(f"{method}.failures", "{}"))
+        for i in range(n_conf):
+            record = items.get((name, i))
+            if record is None or record["digest"] != conformation_digest(numbers, coords[i]):
+                continue
+            if record["ok"]:
+                for key, value in record["values"].items():
+                    if key in arrays:
+                        arrays[key][i] = np.asarray(value, dtype=np.float64)
+                failures.pop(str(i), None)
+                n_ok += 1
+                written += 1
+            else:
+                failures[str(i)] = record["error"]
+                n_failed += 1
+        for key, array in arrays.items():
+            dname = f"{method}.{key}"
+            if dname in group:
+                group[dname][...] = array
+            else:
+                group.create_dataset(dname, data=array)
+        if failures:
+            group.attrs[f"{method}.failures"] = json.dumps(failures, sort_keys=True)
+        elif f"{method}.failures" in group.attrs:
+            del group.attrs[f"{method}.failures"]
+    f.attrs[f"provenance.{method}"] = json.dumps({
+        "method": method, "settings": runs[-1].get("settings"), "versions": runs[-1].get("versions"),
+        "units": {"energy": "Hartree", "forces": "Hartree/Angstrom"},
+        "runs": [{k: r.get(k) for k in ("started", "host", "workers", "items")} for r in runs],
+        "labelled": n_ok, "failed": n_failed})
+    return written

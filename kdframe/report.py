@@ -1,0 +1,71 @@
+"""Markdown tables and parity plots for a run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .evaluation import Metrics  # noqa: E402
+from .io import atomic_write, atomic_write_text  # noqa: E402
+from .units import EV_TO_KCAL_MOL  # noqa: E402
+
+TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
+
+
+def _cell(metrics: Metrics, column: str) -> str:
+    for key, value in metrics.values.items():
+        if key.startswith(column + " (kcal"):
+            return f"{value:.3f}"
+    return "—"
+
+
+def table(results: Mapping[str, Mapping[str, Metrics]]) -> str:
+    """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å."""
+    head = "| set | model | " + " | ".join(TABLE_COLUMNS) + " |"
+    rule = "|" + "---|" * (len(TABLE_COLUMNS) + 2)
+    rows = [f"| {s} | {m} | " + " | ".join(_cell(metrics, c) for c in TABLE_COLUMNS) + " |"
+            for s, per_model in results.items() for m, metrics in per_model.items()]
+    return "\n".join([head, rule, *rows])
+
+
+def parity_plot(path: Path, per_model: Mapping[str, Metrics], quantity: str, title: str) -> bool:
+    """Predicted vs reference for one quantity, one panel per model; False if nothing to plot."""
+    models = [(name, m.pairs[quantity]) for name, m in per_model.items() if quantity in m.pairs and m.pairs[quantity][0].size]
+    if not models:
+        return False
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
+    for ax, (name, (ref, pred)) in zip(axes[0], models):
+        ref, pred = ref.ravel() * EV_TO_KCAL_MOL, pred.ravel() * EV_TO_KCAL_MOL
+        lo, hi = min(ref.min(), pred.min()), max(ref.max(), pred.max())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.scatter(ref, pred, s=3, alpha=0.5)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(f"reference {quantity} (kcal/mol{'/Å' if quantity == 'F' else ''})", fontsize=7)
+    axes[0][0].set_ylabel("predicted", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: Path, title: str, results: Mapping[str, Mapping[str, Metrics]], notes: str = "") -> Path:
+    """``report.md`` with the table and parity plots (E, dE, F) per evaluation set."""
+    lines = [f"# {title}", "", table(results), "",
+             "Energies in kcal/mol, forces in kcal/mol/Å; dE = within-molecule conformer energy differences "
+             "(conformers > 100 kcal/mol above their molecule's minimum left out).", ""]
+    if notes:
+        lines += [notes, ""]
+    for set_name, per_model in results.items():
+        for quantity in ("E", "dE", "F"):
+            png = run_dir / "plots" / f"parity_{set_name}_{quantity.replace('/', '')}.png"
+            if parity_plot(png, per_model, quantity, f"{set_name}: {quantity}"):
+                lines.append(f"![{set_name} {quantity}](plots/{png.name})")
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

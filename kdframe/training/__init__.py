@@ -1,0 +1,6 @@
+"""Training: loss terms and the loop."""
+
+from .loss import LossTerm
+from .trainer import TrainSettings, Trainer
+
+__all__ = ["LossTerm", "TrainSettings", "Trainer"]

@@ -1,0 +1,194 @@
+"""The training loop shared by every workflow and architecture.
+
+Adam; the learning rate is multiplied by ``lr_factor`` when the monitored validation
+error has not improved for ``lr_patience`` epochs; training stops after
+``termination_patience`` epochs without improvement or at ``max_epochs``. A checkpoint
+is written atomically every epoch and training resumes from it; the shuffle order of
+epoch ``e`` depends only on (seed, e), so a resumed run ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import torch
+from tqdm import tqdm
+
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from ..io import atomic_write, atomic_write_text
+from ..knowledge.base import KnowledgeSource
+from ..potential import Potential
+from ..teacher import Teacher
+from .loss import LossTerm
+
+CHECKPOINT, METRICS = "checkpoint.pt", "metrics.csv"
+
+
+class TrainSettings(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    batch_size: int = pydantic.Field(32, ge=1)
+    max_epochs: int = pydantic.Field(400, ge=1)
+    lr: float = pydantic.Field(1e-3, gt=0)
+    lr_factor: float = pydantic.Field(0.5, gt=0, lt=1)
+    lr_patience: int = pydantic.Field(20, ge=1)
+    termination_patience: int = pydantic.Field(40, ge=1)
+    weight_l2: float = pydantic.Field(1e-4, ge=0)  # w_L2 on weight matrices (not biases)
+    regularisers: dict[str, float] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
+    dtype: Literal["float32", "float64"] = "float32"
+    eval_batch_size: int = pydantic.Field(128, ge=1)
+
+
+def _seed_for(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Potential,
+        terms: Sequence[LossTerm],
+        train: Dataset,
+        valid: Dataset,
+        settings: TrainSettings,
+        run_dir: str | Path,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        monitor: LossTerm | None = None,
+        online: Sequence[tuple[KnowledgeSource, Teacher]] = (),
+        progress: bool = True,
+    ):
+        self.dtype = getattr(torch, settings.dtype)
+        self.model = model.to(device=device, dtype=self.dtype)
+        self.terms, self.train_set, self.valid_set = list(terms), train, valid
+        self.settings, self.run_dir, self.seed, self.device = settings, Path(run_dir), seed, torch.device(device)
+        self.monitor = monitor or self.terms[0]
+        self.online = list(online)
+        self.progress = progress
+        self.labels = sorted({t.label for t in self.terms} - {s.label for s, _ in self.online})
+        self.needs_forces = any(t.quantity == "forces" for t in self.terms)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
+        self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.history: list[dict[str, float]] = []
+
+    # --- one step ----------------------------------------------------------------------------
+    def _regularisation(self, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = sum((p.pow(2).sum() for n, p in self.model.net.named_parameters() if p.dim() > 1), torch.zeros(()))
+        total = self.settings.weight_l2 * total.to(self.device)
+        for name, weight in self.settings.regularisers.items():
+            if f"regulariser:{name}" not in prediction:
+                provided = [k.split(":", 1)[1] for k in prediction if k.startswith("regulariser:")]
+                raise ConfigError(f"training.regularisers.{name}",
+                                  f"architecture {self.model.architecture.name!r} has no such regulariser", provided)
+            total = total + weight * prediction[f"regulariser:{name}"]
+        return total
+
+    def _prepare(self, batch):
+        batch = batch.to(self.device, self.dtype)
+        for source, teacher in self.online:
+            batch.labels[source.label] = source.compute(teacher, batch)
+        batch.positions.requires_grad_(self.needs_forces)
+        return batch
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
+        weights = [t.weight(epoch) for t in self.terms]
+        total, n = 0.0, 0
+        for batch in self.train_set.batches(self.settings.batch_size, True, generator, self.labels):
+            batch = self._prepare(batch)
+            prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
+            loss = self._regularisation(prediction)
+            for weight, term in zip(weights, self.terms):
+                if weight:
+                    rmse, mae = term.errors(prediction, batch)
+                    loss = loss + weight * (rmse + mae)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total, n = total + float(loss.detach()) * batch.n_conf, n + batch.n_conf
+        return total / max(n, 1)
+
+    def validate(self, dataset: Dataset | None = None) -> dict[str, float]:
+        """Unweighted RMSE of every term on a dataset (the validation split by default)."""
+        dataset = self.valid_set if dataset is None else dataset
+        self.model.eval()
+        sq = {t.name: [0.0, 0] for t in self.terms}
+        for batch in dataset.batches(self.settings.eval_batch_size, labels=self.labels):
+            batch = self._prepare(batch)
+            with torch.enable_grad() if self.needs_forces else torch.no_grad():
+                prediction = self.model(batch, forces=self.needs_forces)
+            for t in self.terms:
+                r = t.residual({k: v.detach() for k, v in prediction.items()}, batch)
+                sq[t.name][0] += float(r.pow(2).sum())
+                sq[t.name][1] += r.numel()
+        return {f"valid_rmse[{name}]": math.sqrt(s / c) if c else math.nan for name, (s, c) in sq.items()}
+
+    # --- the loop ----------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> Potential:
+        """Train (resuming from the checkpoint if present) and return the model with the best weights.
+
+        ``stop_after`` ends this call after that many epochs, as an interruption would (tests).
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        finished = self.bad_epochs >= self.settings.termination_patience
+        epochs = range(self.epoch + 1, self.settings.max_epochs + 1 if not finished else self.epoch + 1)
+        bar = tqdm(epochs, desc=self.run_dir.name, disable=not self.progress, leave=False,
+                   initial=self.epoch, total=self.settings.max_epochs)
+        for done, epoch in enumerate(bar, 1):
+            start = time.perf_counter()
+            train_loss = self._train_epoch(epoch)
+            metrics = self.validate()
+            monitored = metrics[f"valid_rmse[{self.monitor.name}]"]
+            self.plateau.step(monitored)
+            if monitored < self.best_metric:
+                self.best_metric, self.bad_epochs = monitored, 0
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                self.bad_epochs += 1
+            self.epoch = epoch
+            self.history.append({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                                 "train_loss": train_loss, **metrics,
+                                 **{f"weight[{t.name}]": t.weight(epoch) for t in self.terms},
+                                 "seconds": time.perf_counter() - start})
+            self._checkpoint()
+            bar.set_postfix(loss=f"{train_loss:.4g}", valid=f"{monitored:.4g}")
+            if self.bad_epochs >= self.settings.termination_patience or (stop_after and done >= stop_after):
+                break
+        bar.close()
+        self.model.load_state_dict(self.best_state)
+        return self.model
+
+    def _checkpoint(self) -> None:
+        state = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "plateau": self.plateau.state_dict(), "best_metric": self.best_metric,
+                 "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
+        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / METRICS, buffer.getvalue())
+
+    def _resume(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.epoch, self.best_metric, self.bad_epochs = state["epoch"], state["best_metric"], state["bad_epochs"]
+        self.best_state, self.history = state["best_state"], state["history"]

@@ -1,0 +1,1 @@
+"""Workflows: short compositions of teachers, knowledge sources, schedules and students."""

@@ -1,0 +1,187 @@
+"""What every workflow shares: the run directory, data, splits, reference energies, staged training, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pydantic
+import torch
+
+from ..config import Base, DataFile, ModelSpec, TrainSettings, config_error, resolve_path, validate
+from ..data.dataset import Dataset
+from ..data.readers import read_dataset
+from ..data.reference import fit_reference_energies
+from ..data.splits import split
+from ..errors import ConfigError, DataError
+from ..evaluation import Metrics, evaluate
+from ..io import atomic_write_text
+from ..knowledge import KnowledgeSource, offline_knowledge
+from ..plugins import registry
+from ..potential import Ensemble, Potential
+from ..report import table, write_report
+from ..schedule import make_schedule
+from ..teacher import Teacher
+from ..training import LossTerm, Trainer
+
+MODEL_FILE, STAGE_FILE = "model.pt", "stage.json"
+
+
+class Workflow(ABC):
+    """A named composition; ``Config`` extends :class:`~kdframe.config.Base` with its own sections."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[Base]]
+    stages: ClassVar[tuple[str, ...]] = ("train", "label", "run")  # what `kdframe train/label/run` stop after
+
+    @abstractmethod
+    def run(self, run: "Run", until: str = "run") -> str:
+        """Do the work up to stage ``until``; return the text to print (a table)."""
+
+    def model_specs(self, config: Base) -> dict[str, ModelSpec]:
+        """Every model block of the config by YAML path."""
+        return {}
+
+    def training_blocks(self, config: Base) -> dict[str, dict[str, Any]]:
+        """Every per-model ``training`` override block by YAML path."""
+        return {}
+
+    def check(self, config: Base, source: str) -> None:
+        """Validate model and training blocks before any work."""
+        for where, spec in self.model_specs(config).items():
+            check_model_spec(spec, where, source)
+        for where, overrides in self.training_blocks(config).items():
+            settings(config, overrides, where, source)
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def device_for(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda requested but torch sees no GPU", ["auto", "cpu"])
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+class Run:
+    """One run directory: data loaded and split once, models trained as resumable stages."""
+
+    def __init__(self, config: Base, config_path: Path, workflow: Workflow, progress: bool = True):
+        self.config, self.workflow, self.progress = config, workflow, progress
+        self.config_dir = config_path.parent
+        self.dir = resolve_path(config.run_dir, Path.cwd())
+        self.device = device_for(config.device)
+        workflow.check(config, str(config_path))
+        self.data = self.read(config.data.train, "data.train")
+        fractions = config.data.split.fractions
+        self.splits = split(self.data, fractions, config.seed, config.data.split.by)
+        self.train_set = self.data.subset(self.splits["train"])
+        self.reference = fit_reference_energies(self.train_set, "energy")
+        self.species = sorted(int(z) for z in np.unique(self.data.species))
+        self.eval_sets = {"test": self.data.subset(self.splits["test"])}
+        for i, spec in enumerate(config.data.evaluate):
+            name = spec.name or Path(spec.path).stem
+            self.eval_sets[name] = self.read(spec, f"data.evaluate[{i}]")
+            extra = sorted(set(np.unique(self.eval_sets[name].species).tolist()) - set(self.species))
+            if extra:
+                raise DataError(f"data.evaluate[{i}] ({spec.path}): elements {extra} do not occur in the training data "
+                                f"(elements there: {self.species})")
+
+    def read(self, spec: DataFile, where: str) -> Dataset:
+        path = resolve_path(spec.path, self.config_dir)
+        if not path.is_file():
+            raise ConfigError(f"{where}.path", f"file not found: {path}")
+        return read_dataset(path, spec.keys(), spec.units)
+
+    # --- building blocks ----------------------------------------------------------------------
+    def reference_for(self, heads: Sequence[str]) -> torch.Tensor:
+        return torch.as_tensor(np.repeat(self.reference[:, None], len(heads), axis=1))
+
+    def build(self, spec: ModelSpec, heads: Sequence[str] = ("energy",), seed: int = 0) -> Potential:
+        torch.manual_seed(seed)
+        arch = registry().architectures[spec.architecture]
+        return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads))
+
+    def terms(self, weights: Mapping[str, Any], labels: Mapping[str, tuple[str, str]], where: str) -> list[LossTerm]:
+        """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label)."""
+        unknown = set(weights) - set(labels)
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown loss term", labels)
+        return [LossTerm(*labels[name], make_schedule(weights[name], f"{where}.{name}")) for name in weights]
+
+    def train(self, stage: str, spec: ModelSpec, terms: Sequence[LossTerm], settings: TrainSettings, dataset: Dataset,
+              train_idx: np.ndarray, valid_idx: np.ndarray, seed: int, identity: Mapping[str, Any],
+              heads: Sequence[str] = ("energy",)) -> Potential:
+        """Train one model as a stage of this run, or load it if that stage already finished.
+
+        ``identity`` (weights spec, teacher fingerprints...) and everything else that determines the
+        result is recorded; a stage directory made with other settings is never silently reused.
+        """
+        stage_dir = self.dir / stage
+        record = {"model": spec.model_dump(), "training": settings.model_dump(), "seed": seed, "heads": list(heads),
+                  "data": dataset.content_hash(), "train": fingerprint(train_idx.tolist()),
+                  "valid": fingerprint(valid_idx.tolist()), **identity}
+        self._claim_stage(stage_dir, record)
+        if (stage_dir / MODEL_FILE).is_file():
+            return Potential.load(stage_dir / MODEL_FILE).to(self.device)
+        model = self.build(spec, heads, seed)
+        trainer = Trainer(model, terms, dataset.subset(train_idx), dataset.subset(valid_idx), settings, stage_dir,
+                          seed, self.device, progress=self.progress)
+        model = trainer.fit()
+        model.save(stage_dir / MODEL_FILE)
+        return model
+
+    def _claim_stage(self, stage_dir: Path, record: dict[str, Any]) -> None:
+        path = stage_dir / STAGE_FILE
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old != json.loads(json.dumps(record, default=str)):
+                changed = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record.get(k), default=str)))
+                raise ConfigError(str(stage_dir), f"this stage was made with other settings (changed: {', '.join(changed)}); "
+                                  "use a new run_dir or delete that folder")
+            return
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+
+    def knowledge(self, source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> np.ndarray:
+        return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device)
+
+    def evaluate(self, models: Mapping[str, Potential | Ensemble], title: str) -> str:
+        results: dict[str, dict[str, Metrics]] = {}
+        for set_name, dataset in self.eval_sets.items():
+            forces = "forces" if "forces" in dataset.labels else None
+            results[set_name] = {name: evaluate(model.to(self.device), dataset, "energy", forces, device=self.device)
+                                 for name, model in models.items()}
+        path = write_report(self.dir, title, results)
+        return f"{table(results)}\n\nReport: {path}"
+
+
+def check_model_spec(spec: ModelSpec, where: str, source: str) -> None:
+    """Architecture known and hyperparameters valid, before any work."""
+    arch = registry().lookup("architectures", spec.architecture, f"{source}: {where}.architecture")
+    try:
+        arch.parse(spec.hyperparameters())
+    except pydantic.ValidationError as exc:
+        raise config_error(exc, source, arch.Hyperparameters, where) from None
+
+
+def settings(config: Base, overrides: Mapping[str, Any], where: str, source: str = "config") -> TrainSettings:
+    """The top-level ``training`` block with a model's overrides applied, validated."""
+    return validate(TrainSettings, {**config.training.model_dump(), **overrides}, source, where)
+
+
+def load_config(path: Path) -> tuple[Workflow, Base]:
+    from ..config import load_yaml
+
+    raw = load_yaml(path)
+    name = raw.get("workflow")
+    if name is None:
+        raise ConfigError(f"{path}: workflow", "missing", registry().workflows)
+    workflow = registry().lookup("workflows", str(name), f"{path}: workflow")
+    return workflow, validate(workflow.Config, raw, str(path))

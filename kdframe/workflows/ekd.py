@@ -1,0 +1,137 @@
+"""Ensemble knowledge distillation (methods.md §1).
+
+k teachers trained on energies only (different seeds and splits) -> ensemble-averaged
+forces for every configuration -> a student trained on true energies + those forces
+with a scheduled force weight; a control of the student's architecture on energies
+only; optionally a second generation taught by an ensemble of first-generation students.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+
+from ..config import Base, ModelSpec, Strict, resolve_path
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+from ..knowledge.ensemble import EnsembleForces
+from ..potential import Ensemble, Potential
+from ..teacher import Teacher
+from .base import Run, Workflow, settings
+
+# w_F by epoch from methods.md §1 (w_E = 1 throughout).
+FORCE_SCHEDULE = {1: 10, 20: 9, 40: 8, 60: 7, 80: 6, 100: 5, 120: 4, 140: 3, 160: 2, 180: 1, 200: 0.5}
+ENERGY_ONLY = {"energy": ("energy", "energy")}
+WITH_TEACHER_FORCES = {**ENERGY_ONLY, "forces": ("forces", "teacher_forces")}
+
+
+class TeacherSpec(Strict):
+    count: int = pydantic.Field(4, ge=1)
+    model: ModelSpec | None = None
+    files: list[str] = []  # saved kdframe models to use instead of training teachers
+    training: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> "TeacherSpec":
+        if (self.model is None) == (not self.files):
+            raise ValueError("give exactly one of 'model' (train teachers here) or 'files' (saved models)")
+        return self
+
+
+class StudentSpec(Strict):
+    model: ModelSpec
+    training: dict[str, Any] = {}
+    weights: dict[str, Any] = {"energy": 1.0, "forces": FORCE_SCHEDULE}
+
+
+class EkdConfig(Base):
+    workflow: Literal["ekd"]
+    teachers: TeacherSpec
+    student: StudentSpec
+    control: bool = True
+    generations: Literal[1, 2] = 1
+    students_per_generation: int = pydantic.Field(4, ge=1)  # first-generation students teaching generation 2
+
+
+class Ekd(Workflow):
+    name = "ekd"
+    Config = EkdConfig
+
+    def model_specs(self, config: EkdConfig) -> dict[str, ModelSpec]:
+        specs = {"student.model": config.student.model}
+        if config.teachers.model is not None:
+            specs["teachers.model"] = config.teachers.model
+        return specs
+
+    def training_blocks(self, config: EkdConfig) -> dict[str, dict[str, Any]]:
+        return {"teachers.training": config.teachers.training, "student.training": config.student.training}
+
+    def run(self, run: Run, until: str = "run") -> str:
+        config: EkdConfig = run.config
+        teachers = self.teachers(run, config)
+        models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(teachers)}
+        ensemble = Ensemble(teachers)
+        models["teacher ensemble"] = ensemble
+        if until == "train":
+            return run.evaluate(models, "EKD teachers")
+        data = self.distil(run, ensemble, "teachers")
+        if until == "label":
+            return f"Ensemble forces of {len(teachers)} teachers cached in {run.dir / 'knowledge'}"
+        n_first = config.students_per_generation if config.generations == 2 else 1
+        first = [self.student(run, config, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
+                 for j in range(n_first)]
+        models.update({("student" if n_first == 1 else f"student g1 #{j + 1}"): s for j, s in enumerate(first)})
+        if config.generations == 2:
+            second_data = self.distil(run, Ensemble(first), "students_g1")
+            models["student g2"] = self.student(run, config, second_data, "student_g2", n_first)
+        if config.control:
+            spec = config.student
+            models["control"] = run.train(
+                "control", spec.model, run.terms({"energy": spec.weights.get("energy", 1.0)}, ENERGY_ONLY, "student.weights"),
+                settings(config, spec.training, "student.training"), run.data, run.splits["train"], run.splits["valid"],
+                config.seed + 7, {"weights": {"energy": spec.weights.get("energy", 1.0)}})
+        return run.evaluate(models, "Ensemble knowledge distillation")
+
+    def teachers(self, run: Run, config: EkdConfig) -> list[Potential]:
+        spec = config.teachers
+        if spec.files:
+            return [self._load_teacher(run, path, i) for i, path in enumerate(spec.files)]
+        pool = np.concatenate([run.splits["train"], run.splits["valid"]])
+        fractions = config.data.split.fractions
+        train_share = fractions["train"] / (fractions["train"] + fractions["valid"])
+        teachers = []
+        for i in range(spec.count):
+            order = np.random.default_rng(config.seed + 1000 + i).permutation(pool)  # own data split per teacher
+            cut = int(round(train_share * len(order)))
+            teachers.append(run.train(
+                f"teacher_{i + 1}", spec.model, run.terms({"energy": 1.0}, ENERGY_ONLY, "teachers"),
+                settings(config, spec.training, "teachers.training"), run.data, np.sort(order[:cut]),
+                np.sort(order[cut:]), config.seed + 1 + i, {"weights": {"energy": 1.0}}))
+        return teachers
+
+    def _load_teacher(self, run: Run, path: str, i: int) -> Potential:
+        model = Potential.load(resolve_path(path, run.config_dir)).to(run.device)
+        missing = sorted(set(run.species) - set(model.species))
+        if missing:
+            raise ConfigError(f"teachers.files[{i}]", f"{path} knows elements {model.species}, but the data has {missing}")
+        return model
+
+    def distil(self, run: Run, ensemble: Ensemble, name: str):
+        teacher = Teacher(ensemble, name)
+        forces = run.knowledge(EnsembleForces("teacher_forces"), teacher, run.data)
+        return run.data.with_labels(teacher_forces=forces), teacher.fingerprint()
+
+    def student(self, run: Run, config: EkdConfig, distilled, stage: str, index: int) -> Potential:
+        data, teacher_fingerprint = distilled
+        spec = config.student
+        return run.train(stage, spec.model, run.terms(spec.weights, WITH_TEACHER_FORCES, "student.weights"),
+                         settings(config, spec.training, "student.training"), data, run.splits["train"],
+                         run.splits["valid"], config.seed + 100 + index,
+                         {"weights": spec.weights, "teacher": teacher_fingerprint})
+
+
+@hookimpl
+def register_workflows(register) -> None:
+    register(Ekd())

@@ -1,0 +1,47 @@
+"""Train one model on the data's own labels (a teacher, a control, or any single potential)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ..config import Base, ModelSpec, Strict
+from ..hookspecs import hookimpl
+from .base import Run, Workflow, settings
+
+LABELS = {"energy": ("energy", "energy"), "forces": ("forces", "forces")}
+
+
+class ModelBlock(Strict):
+    model: ModelSpec
+    training: dict[str, Any] = {}
+    weights: dict[str, Any] = {"energy": 1.0}
+
+
+class TrainConfig(Base):
+    workflow: Literal["train"]
+    potential: ModelBlock
+
+
+class Train(Workflow):
+    name = "train"
+    Config = TrainConfig
+
+    def model_specs(self, config: TrainConfig) -> dict[str, ModelSpec]:
+        return {"potential.model": config.potential.model}
+
+    def training_blocks(self, config: TrainConfig) -> dict[str, dict[str, Any]]:
+        return {"potential.training": config.potential.training}
+
+    def run(self, run: Run, until: str = "run") -> str:
+        block = run.config.potential
+        if "forces" in block.weights and "forces" not in run.data.labels:
+            raise ConfigError("potential.weights.forces", "the data has no forces: set data.train.forces")
+        model = run.train("potential", block.model, run.terms(block.weights, LABELS, "potential.weights"),
+                          settings(run.config, block.training, "potential.training"), run.data,
+                          run.splits["train"], run.splits["valid"], run.config.seed, {"weights": block.weights})
+        return run.evaluate({"potential": model}, "Training")
+
+
+@hookimpl
+def register_workflows(register) -> None:
+    register(Train())

@@ -1,0 +1,65 @@
+import ase
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from kdframe.data import read_dataset
+from kdframe.data.reference import fit_reference_energies
+from kdframe.data.splits import split
+from kdframe.units import HARTREE_TO_EV
+
+
+def test_ani_reader_converts_hartree_to_ev(ani_file):
+    import h5py
+
+    data = read_dataset(ani_file, {"energy": "morse.energy", "forces": "morse.forces"})
+    with h5py.File(ani_file) as f:
+        raw = f["water/morse.energy"][()]
+        raw_forces = f["water/morse.forces"][()]
+    water = data.molecule_names.index("water")
+    first = np.flatnonzero(data.molecule == water)[0]
+    assert data.labels["energy"][first] == pytest.approx(raw[0] * HARTREE_TO_EV)
+    atoms = slice(data.atom_ptr[first], data.atom_ptr[first + 1])
+    assert np.allclose(data.labels["forces"][atoms], raw_forces[0] * HARTREE_TO_EV)
+    assert len(data) == 48 and data.molecule_names == sorted(data.molecule_names)
+
+
+def test_extxyz_reader(tmp_path):
+    frames = []
+    for k in range(3):
+        atoms = ase.Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93 + 0.01 * k, 0]])
+        atoms.calc = SinglePointCalculator(atoms, energy=-2079.0 + k, forces=np.full((3, 3), k))
+        frames.append(atoms)
+    ase.io.write(tmp_path / "w.xyz", frames, format="extxyz")
+    data = read_dataset(tmp_path / "w.xyz", {"energy": "energy", "forces": "forces"})
+    assert len(data) == 3 and np.allclose(data.labels["energy"], [-2079, -2078, -2077])
+    assert data.labels["forces"].shape == (9, 3)
+
+
+def test_splits_are_seeded_disjoint_and_by_molecule(ani_file):
+    data = read_dataset(ani_file, {"energy": "morse.energy"})
+    fractions = {"train": 0.5, "valid": 0.25, "test": 0.25}
+    a, b = split(data, fractions, seed=3), split(data, fractions, seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert sorted(np.concatenate(list(a.values()))) == list(range(len(data)))
+    by_mol = split(data, fractions, seed=3, by="molecule")
+    owners = [set(data.molecule[idx]) for idx in by_mol.values()]
+    assert all(not (owners[i] & owners[j]) for i in range(3) for j in range(i + 1, 3))
+
+
+def test_reference_energies_fit_composition(ani_file):
+    data = read_dataset(ani_file, {"energy": "morse.energy"})
+    ref = fit_reference_energies(data, "energy")
+    residual = data.labels["energy"] - data.element_counts() @ ref
+    assert np.abs(residual).max() < 0.05 * np.abs(data.labels["energy"]).min()
+    assert ref[1] < 0 and ref[8] < ref[6]
+
+
+def test_missing_labels_are_nan_and_ignored_by_reference_fit(tmp_path):
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "m.h5", missing_every=3)
+    data = read_dataset(tmp_path / "m.h5", {"energy": "morse.energy"})
+    assert np.isnan(data.labels["energy"]).sum() == 16
+    assert np.isfinite(fit_reference_energies(data, "energy")).all()

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from kdframe.data import read_dataset
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+from kdframe.schedule import make_schedule
+from kdframe.training import LossTerm, Trainer, TrainSettings
+
+SETTINGS = TrainSettings(batch_size=8, max_epochs=6, lr=3e-3, lr_patience=2, termination_patience=50,
+                         regularisers={"smoothness": 1e-3})
+
+
+def _trainer(ani_file, run_dir, settings=SETTINGS):
+    data = read_dataset(ani_file, {"energy": "morse.energy", "forces": "morse.forces"})
+    torch.manual_seed(0)
+    model = Potential(registry().architectures["toy"], {"width": 8}, [1, 6, 7, 8])
+    terms = [LossTerm("energy", "energy", make_schedule(1.0, "e")),
+             LossTerm("forces", "forces", make_schedule({1: 10, 3: 5}, "f"))]
+    return Trainer(model, terms, data.subset(np.arange(0, 40)), data.subset(np.arange(40, 48)), settings,
+                   run_dir, seed=1, progress=False)
+
+
+def test_training_lowers_the_loss(ani_file, tmp_path):
+    trainer = _trainer(ani_file, tmp_path / "a")
+    before = trainer.validate()
+    trainer.fit()
+    after = trainer.validate()
+    assert after["valid_rmse[forces:forces]"] < before["valid_rmse[forces:forces]"]
+    assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") == 7
+
+
+def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path):
+    straight = _trainer(ani_file, tmp_path / "straight").fit()
+    interrupted = _trainer(ani_file, tmp_path / "resumed")
+    interrupted.fit(stop_after=2)
+    assert interrupted.epoch == 2
+    resumed = _trainer(ani_file, tmp_path / "resumed").fit()  # a new process would start like this
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_missing_labels_are_masked_not_zero(tmp_path):
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "m.h5", missing_every=2)
+    data = read_dataset(tmp_path / "m.h5", {"energy": "morse.energy"})
+    batch = data.batch(np.arange(4))
+    term = LossTerm("energy", "energy", make_schedule(1.0, "e"))
+    prediction = {"energy": torch.zeros(4, 1, dtype=torch.float64)}
+    residual = term.residual(prediction, batch)
+    assert residual.numel() == 2
+    assert torch.allclose(residual, -batch.labels["energy"][1::2])
+
+
+def test_unknown_regulariser_is_a_config_error(ani_file, tmp_path):
+    from kdframe.errors import ConfigError
+
+    settings = SETTINGS.model_copy(update={"regularisers": {"hierarchicality": 0.1}})
+    with pytest.raises(ConfigError, match="training.regularisers.hierarchicality.*smoothness"):
+        _trainer(ani_file, tmp_path / "r", settings).fit()
