@@ -29,7 +29,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print(f"kdframe {__version__}")
     for name, dist, version in installed_plugins():
         print(f"  {name:32s} {dist} {version}")
-    for kind in ("architectures", "knowledge_sources", "schedules", "labelers", "workflows"):
+    for kind in ("architectures", "knowledge_sources", "schedules", "labelers", "workflows", "pretrained"):
         print(f"{kind}: {', '.join(sorted(getattr(reg, kind))) or '(none)'}")
     return 0
 

@@ -55,3 +55,11 @@ def register_commands(subparsers) -> None:
 @hookspec
 def register_workflows(register: Callable) -> None:
     """Register workflows: ``register(WorkflowSubclass())``; YAML selects one with ``workflow: NAME``."""
+
+
+@hookspec
+def register_pretrained(register: Callable) -> None:
+    """Register pretrained models: ``register(name, loader)``; ``loader()`` returns a
+    :class:`~kdframe.potential.Ensemble` (its members are the teachers) or raises
+    :class:`~kdframe.errors.DataError` saying how to get the files. YAML: ``teachers: {pretrained: NAME}``.
+    """

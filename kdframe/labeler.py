@@ -79,7 +79,7 @@ def labelers() -> dict[str, Labeler]:
 
     try:
         return plugins.registry().labelers
-    except ImportError as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. a plugin being edited; labelling must go on
         warnings.warn(f"plugin registry incomplete ({exc}); collecting labelers from importable plugins only")
         return _labelers_tolerant()
 
@@ -127,3 +127,26 @@ class LabelerCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         out = self.labeler.compute(self.atoms.numbers, self.atoms.positions)
         self.results = {"energy": float(out["energy"]) * Hartree, "forces": np.asarray(out["forces"]) * Hartree}
+
+
+def set_openmp_threads(n: int = 1) -> int:
+    """Set the thread count of every OpenMP runtime already loaded in this process (Linux); returns how many.
+
+    ``OMP_NUM_THREADS`` only works before a runtime starts; labelers call this after importing
+    their library so one-core-per-process labelling holds even inside a larger program.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "omp" in line.rsplit("/", 1)[-1] and ".so" in line}
+    except OSError:
+        return 0
+    count = 0
+    for path in paths:
+        try:
+            ctypes.CDLL(path).omp_set_num_threads(ctypes.c_int(n))
+            count += 1
+        except (OSError, AttributeError):
+            continue
+    return count

@@ -49,6 +49,7 @@ class Item:
     index: int
     numbers: np.ndarray
     positions: np.ndarray
+    origin: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -160,7 +161,8 @@ def read_items(path: str | os.PathLike) -> list[Item]:
                 continue
             numbers = np.asarray(group["atomic_numbers"][()], dtype=np.int64)
             coords = np.asarray(group["coordinates"][()], dtype=np.float64)
-            items.extend(Item(name, i, numbers, coords[i]) for i in range(len(coords)))
+            origins = json.loads(group.attrs.get("origins", "[]")) or [""] * len(coords)
+            items.extend(Item(name, i, numbers, coords[i], origins[i]) for i in range(len(coords)))
     return items
 
 
@@ -172,13 +174,16 @@ def spread_indices(n: int, k: int) -> list[int]:
 
 
 def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, per_molecule: int | None = None,
-                 limit: int | None = None, order: str = "size") -> list[Item]:
-    """The target set: chosen molecules, ``per_molecule`` evenly spread conformations each, smallest first.
+                 limit: int | None = None, order: str = "size", origin: str | None = None) -> list[Item]:
+    """The target set: chosen molecules (and sampling origin prefix, e.g. "opt"), ``per_molecule``
+    evenly spread conformations each, ordered, at most ``limit``.
 
     The selection depends only on the file, never on what is done, so a rerun targets the same set.
     """
     by_group: dict[str, list[Item]] = {}
     for item in items:
+        if origin and not item.origin.startswith(origin):
+            continue
         by_group.setdefault(item.group, []).append(item)
     if molecules:
         unknown = sorted(set(molecules) - set(by_group))
@@ -255,7 +260,7 @@ def _worker_compute(item: Item) -> dict[str, Any]:
 def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecules: Sequence[str] | None = None,
                per_molecule: int | None = None, limit: int | None = None, order: str = "size",
                merge_every: int = 25, retry_failed: bool = False, progress: bool = True,
-               labeler: Labeler | None = None) -> Summary:
+               origin: str | None = None, labeler: Labeler | None = None) -> Summary:
     """Label the selected conformations of ``path`` with ``method``; resumable (see module docstring).
 
     ``workers=0`` computes in this process (tests, debugging); otherwise ``workers`` spawned
@@ -271,7 +276,7 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
         merge(path)
         runs, journal = read_journal(jpath)
         _check_settings(path, method, runs, labeler)
-        targets = select_items(read_items(path), molecules, per_molecule, limit, order)
+        targets = select_items(read_items(path), molecules, per_molecule, limit, order, origin)
         finished = _labelled_in_file(path, method)
         pending = []
         for item in targets:
@@ -323,6 +328,10 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
         if merge_every and since_merge >= merge_every:
             merge(path)
             since_merge = 0
+            if not progress:  # a line per merge for log files
+                print(f"{datetime.now().isoformat(timespec='seconds')} {labeler.method} {path.name}: "
+                      f"{bar.n}/{bar.total} done ({summary.failed} failed), {summary.mean_seconds:.2f} s/conformation",
+                      file=sys.stderr, flush=True)
 
     try:
         if workers <= 0:

@@ -33,6 +33,7 @@ class Registry:
     schedules: dict[str, Callable] = field(default_factory=dict)
     labelers: dict[str, Any] = field(default_factory=dict)
     workflows: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, Callable] = field(default_factory=dict)
 
     def lookup(self, kind: str, name: str, where: str) -> Any:
         table: dict[str, Any] = getattr(self, kind)
@@ -62,6 +63,7 @@ def registry() -> Registry:
     hook.register_schedules(register=lambda name, factory: reg.schedules.__setitem__(name, factory))
     hook.register_labelers(register=lambda labeler: reg.labelers.__setitem__(labeler.method, labeler))
     hook.register_workflows(register=lambda workflow: reg.workflows.__setitem__(workflow.name, workflow))
+    hook.register_pretrained(register=lambda name, loader: reg.pretrained.__setitem__(name, loader))
     return reg
 
 

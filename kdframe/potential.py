@@ -26,6 +26,12 @@ from .io import atomic_write
 MODEL_FORMAT = "kdframe-model/1"
 
 
+def state_copy(module: torch.nn.Module, device: str | torch.device | None = None) -> dict[str, Any]:
+    """A detached copy of ``module.state_dict()``; non-tensor entries (a layer's extra state) kept as they are."""
+    return {k: (v.detach().clone().to(device or v.device) if torch.is_tensor(v) else v)
+            for k, v in module.state_dict().items()}
+
+
 class Potential(torch.nn.Module):
     def __init__(
         self,
@@ -83,7 +89,7 @@ class Potential(torch.nn.Module):
             "hyperparameters": self.hyperparameters,
             "species": self.species,
             "heads": self.heads,
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "state_dict": state_copy(self, "cpu"),
         }
         atomic_write(path, lambda f: torch.save(state, f))
 
@@ -106,7 +112,11 @@ class Potential(torch.nn.Module):
         return model
 
     def n_weights(self) -> int:
-        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        return sum(p.numel() for p in self.trainable_weights())
+
+    def trainable_weights(self) -> list[torch.nn.Parameter]:
+        """Trainable floating-point parameters of the network (lookup tables and frozen ones left out)."""
+        return [p for p in self.net.parameters() if p.requires_grad and p.is_floating_point()]
 
 
 class Ensemble(torch.nn.Module):

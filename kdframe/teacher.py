@@ -32,6 +32,9 @@ class Teacher:
             h.update(json.dumps([m.architecture.name, m.hyperparameters, m.species, m.heads], sort_keys=True).encode())
             for key, value in sorted(m.state_dict().items()):
                 h.update(key.encode())
+                if not torch.is_tensor(value):
+                    h.update(repr(value).encode())
+                    continue
                 value = value.detach().cpu()
                 h.update((value.double() if value.is_floating_point() else value).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]

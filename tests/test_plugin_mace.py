@@ -70,6 +70,14 @@ def potential() -> Potential:
     return make_potential()
 
 
+@pytest.fixture(scope="module")
+def uncached(potential) -> Potential:
+    """The same weights without the graph cache."""
+    model = make_potential(cache_graphs=False)
+    model.load_state_dict(potential.state_dict())
+    return model
+
+
 @pytest.fixture
 def batch() -> Batch:
     return batch_from_atoms(molecules(), index=list(range(100, 100 + len(MOLECULES))))
@@ -168,9 +176,7 @@ def test_rotation_translation_permutation_invariance(potential, batch):
 
 
 # --- graph cache --------------------------------------------------------------------------------
-def test_graph_cache_is_exact_and_invalidated_when_positions_change(potential, batch):
-    uncached = make_potential(cache_graphs=False)
-    uncached.load_state_dict(potential.state_dict())
+def test_graph_cache_is_exact_and_invalidated_when_positions_change(potential, uncached, batch):
     graphs = potential.net.graphs
     graphs.clear()
     first, second = potential(fresh(batch)), potential(fresh(batch))
@@ -189,17 +195,22 @@ def test_graph_cache_is_exact_and_invalidated_when_positions_change(potential, b
     assert len(graphs) == batch.n_conf and graphs.misses == 3 * batch.n_conf
 
 
-def test_graph_skin_reuses_graphs_for_small_moves_exactly():
-    skinned, plain = make_potential(graph_skin=0.6), make_potential(cache_graphs=False)
-    plain.load_state_dict(skinned.state_dict())
+def test_graph_skin_reuses_graphs_for_small_moves_exactly(potential, uncached, monkeypatch):
+    from kdframe_mace.graph import NeighbourGraphs
+
+    monkeypatch.setattr(potential.net, "graphs", NeighbourGraphs(SMALL["r_max"], skin=0.6, cache=True))
     batch = batch_from_atoms(molecules(), index=list(range(len(MOLECULES))))
-    skinned(fresh(batch), forces=False)
+    potential(fresh(batch), forces=False)
+    # every atom moves less than skin / 2 = 0.3 Å
     shake = 0.1 * torch.randn(batch.n_atoms, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out = skinned(fresh(batch, batch.positions + shake.clamp(-0.17, 0.17)))
-    assert skinned.net.graphs.hits == batch.n_conf
-    ref = plain(fresh(batch, batch.positions + shake.clamp(-0.17, 0.17)))
+    moved = batch.positions + shake.clamp(-0.17, 0.17)
+    out = potential(fresh(batch, moved))
+    assert potential.net.graphs.hits == batch.n_conf
+    ref = uncached(fresh(batch, moved))
     torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-12)
     torch.testing.assert_close(out["forces"], ref["forces"], rtol=0, atol=1e-12)
+    potential(fresh(batch, batch.positions + 0.2), forces=False)  # 0.35 Å: rebuilt
+    assert potential.net.graphs.misses == 2 * batch.n_conf
 
 
 # --- ASE structures, periodic ones included ------------------------------------------------------

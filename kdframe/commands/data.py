@@ -59,6 +59,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--molecules", help="comma-separated group names to label (default: all)")
     p.add_argument("--per-molecule", type=int, help="at most this many conformations per molecule, evenly spread")
     p.add_argument("--limit", type=int, help="at most this many conformations in all (after ordering)")
+    p.add_argument("--origin", help="only conformations whose sampling origin starts with this (e.g. opt, nms, md)")
     p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
     p.add_argument("--merge-every", type=int, default=25, help="merge finished items into the file every N items")
@@ -180,10 +181,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     summary = label_file(args.file, args.method, workers=args.workers, molecules=molecules,
                          per_molecule=args.per_molecule, limit=args.limit, order=args.order,
                          merge_every=args.merge_every, retry_failed=args.retry_failed,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, origin=args.origin)
     print(f"{args.file} {args.method}: {summary.selected} selected, {summary.skipped} already done, "
           f"{summary.done} labelled, {summary.failed} failed, {summary.errors} errors"
-          + (f", {summary.mean_seconds:.2f} s/conformation" if summary.seconds else ""))
+          + (f", {summary.mean_seconds:.3f} s/conformation" if summary.seconds else ""))
     return 1 if summary.errors else 0
 
 
@@ -251,7 +252,7 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
             ok = sum(r["ok"] for r in items.values())
             secs = [r["seconds"] for r in items.values()]
             lines.append(f"  journal {jp.name}: {ok} done, {len(items) - ok} failed"
-                         + (f", {np.mean(secs):.2f} s/conformation" if secs else ""))
+                         + (f", {np.mean(secs):.3f} s/conformation" if secs else ""))
     return "\n".join(lines)
 
 

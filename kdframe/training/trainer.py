@@ -25,7 +25,7 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..io import atomic_write, atomic_write_text
 from ..knowledge.base import KnowledgeSource
-from ..potential import Potential
+from ..potential import Potential, state_copy
 from ..teacher import Teacher
 from .loss import LossTerm
 
@@ -75,17 +75,17 @@ class Trainer:
         self.progress = progress
         self.labels = sorted({t.label for t in self.terms} - {s.label for s, _ in self.online})
         self.needs_forces = any(t.quantity == "forces" for t in self.terms)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.optimizer = torch.optim.Adam(self.model.trainable_weights(), lr=settings.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
         self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
-        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best_state = state_copy(self.model)
         self.history: list[dict[str, float]] = []
 
     # --- one step ----------------------------------------------------------------------------
     def _regularisation(self, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum((p.pow(2).sum() for n, p in self.model.net.named_parameters() if p.dim() > 1), torch.zeros(()))
-        total = self.settings.weight_l2 * total.to(self.device)
+        matrices = [p for p in self.model.trainable_weights() if p.dim() > 1]  # weights, not biases
+        total = self.settings.weight_l2 * sum(p.pow(2).sum() for p in matrices)
         for name, weight in self.settings.regularisers.items():
             if f"regulariser:{name}" not in prediction:
                 provided = [k.split(":", 1)[1] for k in prediction if k.startswith("regulariser:")]
@@ -155,7 +155,7 @@ class Trainer:
             self.plateau.step(monitored)
             if monitored < self.best_metric:
                 self.best_metric, self.bad_epochs = monitored, 0
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_state = state_copy(self.model)
             else:
                 self.bad_epochs += 1
             self.epoch = epoch

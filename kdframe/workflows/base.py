@@ -51,12 +51,18 @@ class Workflow(ABC):
         """Every per-model ``training`` override block by YAML path."""
         return {}
 
+    def weight_blocks(self, config: Base) -> dict[str, tuple[Mapping[str, Any], Mapping[str, tuple[str, str]]]]:
+        """Every loss ``weights`` block by YAML path, with the loss terms it may name."""
+        return {}
+
     def check(self, config: Base, source: str) -> None:
-        """Validate model and training blocks before any work."""
+        """Validate model, training and loss-weight blocks before any work."""
         for where, spec in self.model_specs(config).items():
             check_model_spec(spec, where, source)
         for where, overrides in self.training_blocks(config).items():
             settings(config, overrides, where, source)
+        for where, (weights, labels) in self.weight_blocks(config).items():
+            loss_terms(weights, labels, where)
 
 
 def fingerprint(obj: Any) -> str:
@@ -108,13 +114,6 @@ class Run:
         arch = registry().architectures[spec.architecture]
         return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads))
 
-    def terms(self, weights: Mapping[str, Any], labels: Mapping[str, tuple[str, str]], where: str) -> list[LossTerm]:
-        """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label)."""
-        unknown = set(weights) - set(labels)
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown loss term", labels)
-        return [LossTerm(*labels[name], make_schedule(weights[name], f"{where}.{name}")) for name in weights]
-
     def train(self, stage: str, spec: ModelSpec, terms: Sequence[LossTerm], settings: TrainSettings, dataset: Dataset,
               train_idx: np.ndarray, valid_idx: np.ndarray, seed: int, identity: Mapping[str, Any],
               heads: Sequence[str] = ("energy",)) -> Potential:
@@ -160,6 +159,14 @@ class Run:
                                  for name, model in models.items()}
         path = write_report(self.dir, title, results)
         return f"{table(results)}\n\nReport: {path}"
+
+
+def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, str]], where: str) -> list[LossTerm]:
+    """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label)."""
+    unknown = set(weights) - set(labels)
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown loss term", labels)
+    return [LossTerm(*labels[name], make_schedule(weights[name], f"{where}.{name}")) for name in weights]
 
 
 def check_model_spec(spec: ModelSpec, where: str, source: str) -> None:

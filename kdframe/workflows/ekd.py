@@ -16,10 +16,11 @@ import pydantic
 from ..config import Base, ModelSpec, Strict, resolve_path
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
+from ..plugins import registry
 from ..knowledge.ensemble import EnsembleForces
 from ..potential import Ensemble, Potential
 from ..teacher import Teacher
-from .base import Run, Workflow, settings
+from .base import Run, Workflow, loss_terms, settings
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
 FORCE_SCHEDULE = {1: 10, 20: 9, 40: 8, 60: 7, 80: 6, 100: 5, 120: 4, 140: 3, 160: 2, 180: 1, 200: 0.5}
@@ -31,12 +32,14 @@ class TeacherSpec(Strict):
     count: int = pydantic.Field(4, ge=1)
     model: ModelSpec | None = None
     files: list[str] = []  # saved kdframe models to use instead of training teachers
+    pretrained: str | None = None  # a registered pretrained ensemble, e.g. ani1ccx
     training: dict[str, Any] = {}
 
     @pydantic.model_validator(mode="after")
     def _one_source(self) -> "TeacherSpec":
-        if (self.model is None) == (not self.files):
-            raise ValueError("give exactly one of 'model' (train teachers here) or 'files' (saved models)")
+        if sum((self.model is not None, bool(self.files), self.pretrained is not None)) != 1:
+            raise ValueError("give exactly one of 'model' (train teachers here), 'files' (saved models) "
+                             "or 'pretrained' (a registered pretrained ensemble)")
         return self
 
 
@@ -68,17 +71,19 @@ class Ekd(Workflow):
     def training_blocks(self, config: EkdConfig) -> dict[str, dict[str, Any]]:
         return {"teachers.training": config.teachers.training, "student.training": config.student.training}
 
+    def weight_blocks(self, config: EkdConfig):
+        return {"student.weights": (config.student.weights, WITH_TEACHER_FORCES)}
+
     def run(self, run: Run, until: str = "run") -> str:
         config: EkdConfig = run.config
-        teachers = self.teachers(run, config)
-        models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(teachers)}
-        ensemble = Ensemble(teachers)
+        ensemble = self.teachers(run, config)
+        models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(ensemble.members)}
         models["teacher ensemble"] = ensemble
         if until == "train":
             return run.evaluate(models, "EKD teachers")
         data = self.distil(run, ensemble, "teachers")
         if until == "label":
-            return f"Ensemble forces of {len(teachers)} teachers cached in {run.dir / 'knowledge'}"
+            return f"Ensemble forces of {len(ensemble.members)} teachers cached in {run.dir / 'knowledge'}"
         n_first = config.students_per_generation if config.generations == 2 else 1
         first = [self.student(run, config, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
                  for j in range(n_first)]
@@ -89,15 +94,19 @@ class Ekd(Workflow):
         if config.control:
             spec = config.student
             models["control"] = run.train(
-                "control", spec.model, run.terms({"energy": spec.weights.get("energy", 1.0)}, ENERGY_ONLY, "student.weights"),
+                "control", spec.model, loss_terms({"energy": spec.weights.get("energy", 1.0)}, ENERGY_ONLY, "student.weights"),
                 settings(config, spec.training, "student.training"), run.data, run.splits["train"], run.splits["valid"],
                 config.seed + 7, {"weights": {"energy": spec.weights.get("energy", 1.0)}})
         return run.evaluate(models, "Ensemble knowledge distillation")
 
-    def teachers(self, run: Run, config: EkdConfig) -> list[Potential]:
+    def teachers(self, run: Run, config: EkdConfig) -> Ensemble:
         spec = config.teachers
+        if spec.pretrained:
+            loader = registry().lookup("pretrained", spec.pretrained, "teachers.pretrained")
+            return self._check_elements(run, loader().to(run.device), f"pretrained {spec.pretrained}", "teachers.pretrained")
         if spec.files:
-            return [self._load_teacher(run, path, i) for i, path in enumerate(spec.files)]
+            return Ensemble([self._check_elements(run, Potential.load(resolve_path(path, run.config_dir)).to(run.device),
+                                                  path, f"teachers.files[{i}]") for i, path in enumerate(spec.files)])
         pool = np.concatenate([run.splits["train"], run.splits["valid"]])
         fractions = config.data.split.fractions
         train_share = fractions["train"] / (fractions["train"] + fractions["valid"])
@@ -106,16 +115,17 @@ class Ekd(Workflow):
             order = np.random.default_rng(config.seed + 1000 + i).permutation(pool)  # own data split per teacher
             cut = int(round(train_share * len(order)))
             teachers.append(run.train(
-                f"teacher_{i + 1}", spec.model, run.terms({"energy": 1.0}, ENERGY_ONLY, "teachers"),
+                f"teacher_{i + 1}", spec.model, loss_terms({"energy": 1.0}, ENERGY_ONLY, "teachers"),
                 settings(config, spec.training, "teachers.training"), run.data, np.sort(order[:cut]),
                 np.sort(order[cut:]), config.seed + 1 + i, {"weights": {"energy": 1.0}}))
-        return teachers
+        return Ensemble(teachers)
 
-    def _load_teacher(self, run: Run, path: str, i: int) -> Potential:
-        model = Potential.load(resolve_path(path, run.config_dir)).to(run.device)
+    @staticmethod
+    def _check_elements(run: Run, model, name: str, where: str):
+        """Elements outside a teacher's set are an error before any training starts."""
         missing = sorted(set(run.species) - set(model.species))
         if missing:
-            raise ConfigError(f"teachers.files[{i}]", f"{path} knows elements {model.species}, but the data has {missing}")
+            raise ConfigError(where, f"{name} knows elements {model.species}, but the data also has {missing}")
         return model
 
     def distil(self, run: Run, ensemble: Ensemble, name: str):
@@ -126,7 +136,7 @@ class Ekd(Workflow):
     def student(self, run: Run, config: EkdConfig, distilled, stage: str, index: int) -> Potential:
         data, teacher_fingerprint = distilled
         spec = config.student
-        return run.train(stage, spec.model, run.terms(spec.weights, WITH_TEACHER_FORCES, "student.weights"),
+        return run.train(stage, spec.model, loss_terms(spec.weights, WITH_TEACHER_FORCES, "student.weights"),
                          settings(config, spec.training, "student.training"), data, run.splits["train"],
                          run.splits["valid"], config.seed + 100 + index,
                          {"weights": spec.weights, "teacher": teacher_fingerprint})

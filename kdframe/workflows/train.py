@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from ..config import Base, ModelSpec, Strict
 from ..hookspecs import hookimpl
-from .base import Run, Workflow, settings
+from .base import Run, Workflow, loss_terms, settings
 
 LABELS = {"energy": ("energy", "energy"), "forces": ("forces", "forces")}
 
@@ -32,11 +32,14 @@ class Train(Workflow):
     def training_blocks(self, config: TrainConfig) -> dict[str, dict[str, Any]]:
         return {"potential.training": config.potential.training}
 
+    def weight_blocks(self, config: TrainConfig):
+        return {"potential.weights": (config.potential.weights, LABELS)}
+
     def run(self, run: Run, until: str = "run") -> str:
         block = run.config.potential
         if "forces" in block.weights and "forces" not in run.data.labels:
             raise ConfigError("potential.weights.forces", "the data has no forces: set data.train.forces")
-        model = run.train("potential", block.model, run.terms(block.weights, LABELS, "potential.weights"),
+        model = run.train("potential", block.model, loss_terms(block.weights, LABELS, "potential.weights"),
                           settings(run.config, block.training, "potential.training"), run.data,
                           run.splits["train"], run.splits["valid"], run.config.seed, {"weights": block.weights})
         return run.evaluate({"potential": model}, "Training")

@@ -1,0 +1,141 @@
+"""Framework overhead: one training epoch of a HIP-NN model in kdframe vs in hippynn's own loop.
+
+Same graph (kdframe_hippynn.graph.build_graph), same data, batch size, dtype, device and loss form
+(RMSE + MAE of energies and forces, L2, hierarchicality); epochs are interleaved so machine noise
+hits both alike. Reports the ratio t_hippynn / t_kdframe (goal >= 0.95) and writes a markdown result.
+
+    python benchmarks/hipnn_overhead.py --data bundled:train_pool.h5 --energy xtb.energy --forces xtb.forces
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdframe.config import resolve_path
+from kdframe.data import read_dataset
+from kdframe.data.reference import fit_reference_energies
+from kdframe.io import atomic_write_text
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+from kdframe.schedule import Constant
+from kdframe.training import LossTerm, Trainer, TrainSettings
+
+HYPER = {"l_max": 0, "n_interaction_layers": 1, "n_atom_layers": 2, "width": 32, "n_sensitivities": 16}
+
+
+def kdframe_epoch(data, batch_size, device, run_dir):
+    torch.manual_seed(0)
+    ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
+    model = Potential(registry().architectures["hippynn"], HYPER, sorted(set(data.species.tolist())), ["energy"], ref)
+    settings = TrainSettings(batch_size=batch_size, max_epochs=1000, weight_l2=1e-6, regularisers={"hierarchicality": 0.01})
+    terms = [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
+    trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device, progress=False)
+    epoch = iter(range(1, 10**6))
+    return lambda: trainer._train_epoch(next(epoch))
+
+
+def hippynn_epoch(data, batch_size, device):
+    import hippynn
+    from hippynn.experiment import assemble_for_training
+    from hippynn.experiment.step_functions import get_step_function
+    from hippynn.graphs import loss, physics
+    from kdframe_hippynn.graph import build_graph
+    from kdframe_hippynn.hyperparameters import HipnnHyperparameters
+
+    torch.manual_seed(0)
+    species = sorted(set(data.species.tolist()))
+    g = build_graph(HipnnHyperparameters(**HYPER), species, 1)
+    henergy = g.energies[0]
+    henergy.mol_energy.db_name = "T"
+    forces = physics.GradientNode("forces", (henergy, g.positions), sign=-1)
+    forces.db_name = "F"
+    err = lambda node: loss.MSELoss.of_node(node) ** 0.5 + loss.MAELoss.of_node(node)  # noqa: E731
+    total = err(henergy.mol_energy) + err(forces) + 0.01 * loss.Mean.of_node(henergy.hierarchicality) \
+        + 1e-6 * loss.l2reg(g.network)
+    training_modules, db_info = assemble_for_training(total, {"Loss": total})
+    n, max_atoms = len(data), int(data.n_atoms.max())
+    Z, R, F = np.zeros((n, max_atoms), np.int64), np.zeros((n, max_atoms, 3), np.float32), np.zeros((n, max_atoms, 3), np.float32)
+    for c in range(n):
+        atoms = slice(data.atom_ptr[c], data.atom_ptr[c + 1])
+        k = data.n_atoms[c]
+        Z[c, :k], R[c, :k], F[c, :k] = data.species[atoms], data.positions[atoms], data.labels["forces"][atoms]
+    T = (data.labels["energy"] - data.element_counts() @ fit_reference_energies(data, "energy"))[:, None].astype(np.float32)
+    database = hippynn.databases.Database({"Z": Z, "R": R, "T": T, "F": F}, seed=0, pin_memory=False, quiet=True,
+                                          allow_unfound=True, **db_info)
+    database.make_explicit_split("train", np.arange(n))
+    model, loss_module, _ = training_modules
+    model.to(device)
+    loss_module.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = get_step_function(optimizer)
+    n_in = len(database.inputs)
+
+    def epoch():
+        model.train()
+        for batch in database.make_generator("train", "train", batch_size=batch_size):
+            batch = [t.to(device) for t in batch]
+            step(optimizer, model, loss_module, batch[:n_in], [t.requires_grad_(False) for t in batch[n_in:]])
+
+    return epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="bundled:train_pool.h5")
+    parser.add_argument("--energy", default="xtb.energy")
+    parser.add_argument("--forces", default="xtb.forces")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "hipnn_overhead.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    registry().architectures["hippynn"].prepare()
+    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {"kdframe": kdframe_epoch(data, args.batch_size, args.device, tmp),
+                   "hippynn": hippynn_epoch(data, args.batch_size, args.device)}
+        times = {name: [] for name in runners}
+        for name, run in runners.items():  # warm-up epoch (kernel set-up, allocator)
+            run()
+        for _ in range(args.repeats):
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["hippynn"] / med["kdframe"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, 1 thread)"
+    text = f"""# HIP-NN training epoch: kdframe vs hippynn's own loop
+
+- command: `python benchmarks/hipnn_overhead.py --data {args.data} --energy {args.energy} --forces {args.forces} --batch-size {args.batch_size} --repeats {args.repeats} --device {args.device}`
+- commit: {commit}; date: {datetime.date.today()}; device: {device}
+- data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: HIP-NN {HYPER}; float32; loss RMSE+MAE of E and F
+
+| loop | median epoch (s) | all epochs (s) |
+|---|---|---|
+| kdframe | {med['kdframe']:.3f} | {', '.join(f'{t:.3f}' for t in times['kdframe'])} |
+| hippynn | {med['hippynn']:.3f} | {', '.join(f'{t:.3f}' for t in times['hippynn'])} |
+
+**Ratio t_hippynn / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).
+"""
+    atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The HIP-NN :class:`~kdframe.architecture.Architecture`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from kdframe.architecture import Architecture, EnergyModel
+
+from .hyperparameters import HipnnHyperparameters
+
+_PREPARED = False
+
+
+class HipnnArchitecture(Architecture):
+    """HIP-NN (l_max 0) and HIP-NN-TS (l_max 1, 2) from hippynn; any number of heads on one shared network."""
+
+    name: ClassVar[str] = "hippynn"
+    Hyperparameters: ClassVar[type[HipnnHyperparameters]] = HipnnHyperparameters
+
+    def prepare(self) -> None:
+        """Import hippynn once and pick its message-passing kernels.
+
+        Without CUDA (and unless ``HIPPYNN_USE_CUSTOM_KERNELS`` is set) use the "sparse" kernels: hippynn's
+        CPU default is torch.compile'd, which costs about a minute of compiling and recompiles as batch shapes
+        change. With CUDA keep hippynn's own choice (triton where available).
+        """
+        global _PREPARED
+        if _PREPARED:
+            return
+        with warnings.catch_warnings():  # import-time notices about missing GPU kernel packages
+            warnings.filterwarnings("ignore", message="triton, cupy and numba are not available")
+            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+            import hippynn
+        if not torch.cuda.is_available() and "HIPPYNN_USE_CUSTOM_KERNELS" not in os.environ:
+            hippynn.set_custom_kernels("sparse")
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        _PREPARED = True
+
+    def build(self, hyperparameters: HipnnHyperparameters, species: Sequence[int], heads: Sequence[str]) -> EnergyModel:
+        self.prepare()
+        from .graph import build_graph
+        from .model import HipnnEnergyModel
+
+        graph = build_graph(hyperparameters, species, len(heads))
+        return HipnnEnergyModel(graph.module(), len(heads))

@@ -1,0 +1,114 @@
+"""Every bad input gives one clear message naming the file/key/YAML path and what is valid."""
+
+import h5py
+import pytest
+import yaml
+
+from kdframe.cli import main
+
+
+def _config(tmp_path, ani_file, **changes):
+    config = {
+        "workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu",
+        "data": {"train": {"path": str(ani_file), "energy": "morse.energy"}},
+        "training": {"max_epochs": 1, "batch_size": 8},
+        "teachers": {"count": 1, "model": {"architecture": "toy", "width": 4}},
+        "student": {"model": {"architecture": "toy", "width": 4}},
+    }
+    for dotted, value in changes.items():
+        node, *path, last = ["root", *dotted.split(".")]
+        target = config
+        for key in path:
+            target = target.setdefault(key, {})
+        if value is None:
+            target.pop(last)
+        else:
+            target[last] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _error(capsys, *argv):
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdframe: error: ") and "Traceback" not in err
+    return err
+
+
+CASES = [
+    ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: ekd, train"]),
+    ({"workflow": None}, ["workflow: missing", "valid: ekd"]),
+    ({"trainng": {"lr": 1}}, ["trainng: unknown key", "valid:", "training"]),
+    ({"student.model.widht": 3}, ["student.model.widht: unknown key (valid: cutoff, n_radial, width)"]),
+    ({"student.model.architecture": "schnet"}, ["student.model.architecture", "unknown architecture 'schnet'",
+                                                "valid: hippynn", "toy"]),
+    ({"data.train.path": "nowhere.h5"}, ["data.train.path", "file not found"]),
+    ({"data.train.energy": "ccsd.energy"}, ["morse.h5:/", "key 'ccsd.energy' (for 'energy') not found",
+                                            "available: morse.energy, morse.forces"]),
+    ({"student.training": {"lr": -1}}, ["student.training.lr", "greater than 0"]),
+    ({"training.dtype": "float16"}, ["training.dtype", "'float32' or 'float64'"]),
+    ({"data.split.by": "atom"}, ["data.split.by", "'configuration' or 'molecule'"]),
+    ({"student.weights": {"energy": 1, "forcez": 10}}, ["student.weights.forcez", "unknown loss term",
+                                                        "valid: energy, forces"]),
+    ({"student.weights": {"energy": 1, "forces": {"0": 10}}}, ["student.weights.forces", "epochs start at 1"]),
+    ({"teachers.files": ["t.pt"]}, ["teachers", "exactly one of 'model'", "'pretrained'"]),
+    ({"teachers": {"pretrained": "ani3"}}, ["teachers.pretrained", "unknown pretrained 'ani3'", "valid: ani1ccx, ani1x"]),
+    ({"device": "tpu"}, ["device", "'auto', 'cpu' or 'cuda'"]),
+    ({"generations": 3}, ["generations", "1 or 2"]),
+]
+
+
+@pytest.mark.parametrize("changes, expected", CASES, ids=[next(iter(c)) for c, _ in CASES])
+def test_bad_config(tmp_path, ani_file, capsys, changes, expected):
+    err = _error(capsys, "run", _config(tmp_path, ani_file, **changes))
+    for text in expected:
+        assert text in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert "nope.yaml: config file not found" in _error(capsys, "run", tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("workflow: ekd\n  data: [\n")
+    assert "bad.yaml: not valid YAML" in _error(capsys, "run", path)
+
+
+def test_evaluation_set_with_unknown_elements(tmp_path, ani_file, capsys):
+    other = tmp_path / "sulfur.h5"
+    with h5py.File(other, "w") as f:
+        g = f.create_group("h2s")
+        g["atomic_numbers"], g["coordinates"], g["e"] = [16, 1, 1], [[[0, 0, 0], [1.3, 0, 0], [0, 1.3, 0]]], [-399.0]
+    config = _config(tmp_path, ani_file, **{"data.evaluate": [{"path": str(other), "energy": "e"}]})
+    err = _error(capsys, "run", config)
+    assert "data.evaluate[0]" in err and "elements [16] do not occur in the training data" in err
+
+
+def test_evaluate_a_file_that_is_not_a_model(tmp_path, ani_file, capsys):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a model")
+    assert "model.pt: not a kdframe model file" in _error(capsys, "evaluate", "--model", bogus, "--data", ani_file)
+
+
+def test_evaluate_missing_key(tmp_path, ani_file, capsys):
+    import torch
+
+    from kdframe.plugins import registry
+    from kdframe.potential import Potential
+
+    Potential(registry().architectures["toy"], {}, [1, 6, 7, 8]).save(tmp_path / "m.pt")
+    err = _error(capsys, "evaluate", "--model", tmp_path / "m.pt", "--data", ani_file)
+    assert "key 'energy' (for 'energy') not found (available: morse.energy, morse.forces)" in err
+    torch.manual_seed(0)
+
+
+def test_not_an_hdf5_file(tmp_path, capsys):
+    bad = tmp_path / "x.h5"
+    bad.write_text("text")
+    from kdframe.data import read_dataset
+    from kdframe.errors import DataError
+
+    with pytest.raises(DataError, match="x.h5: not a readable HDF5 file"):
+        read_dataset(bad, {"energy": "e"})
