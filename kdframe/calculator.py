@@ -7,7 +7,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .batch import Batch
-from .potential import Ensemble, Potential
+from .potential import Ensemble, Potential, model_dtype
 
 
 class KdframeCalculator(Calculator):
@@ -20,7 +20,7 @@ class KdframeCalculator(Calculator):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.head = 0 if head is None else model.head_index(head, "KdframeCalculator(head=...)")
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = model_dtype(model)
 
     @classmethod
     def from_file(cls, path: str, **kwargs) -> "KdframeCalculator":
@@ -40,7 +40,7 @@ class KdframeCalculator(Calculator):
             pbc=torch.as_tensor(self.atoms.pbc[None]) if pbc else None,
         ).to(self.device, self.dtype)
         out = self.model(batch, forces=True)
-        energy = float(out["energy"][0, self.head])
+        energy = float(out["energy"][0, self.head].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,

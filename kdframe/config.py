@@ -89,7 +89,8 @@ def resolve_path(path: str, config_dir: Path) -> Path:
     return p if p.is_absolute() else config_dir / p
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a run file; ``extends: base.yaml`` (relative to this file) deep-merges this file over a base."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "config file not found")
@@ -99,7 +100,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "the top level must be a mapping of keys", "workflow, data, ...")
-    return raw
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"{path}: extends", f"{base} extends itself in a loop")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends", f"base file not found: {base_path}")
+    return deep_merge(load_yaml(base_path, (*_seen, path.resolve())), raw)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else, and an empty mapping ``{}``, replaces the base value."""
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if nested else value
+    return merged
 
 
 def validate(model: type[pydantic.BaseModel], raw: Any, source: str, prefix: str = "") -> Any:

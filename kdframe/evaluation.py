@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .data.dataset import Dataset
-from .potential import Ensemble, Potential
+from .potential import Ensemble, Potential, model_dtype
 from .units import EV_TO_KCAL_MOL
 
 CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's minimum are left out of dE
@@ -29,7 +29,7 @@ class Metrics:
 def predict(model: Potential | Ensemble, dataset: Dataset, head: int = 0, forces: bool = True,
             batch_size: int = 128, device: str | torch.device = "cpu") -> Predictions:
     model.eval()
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     energies, force_chunks = [], []
     for batch in dataset.batches(batch_size, labels=()):
         batch = batch.to(device, dtype)

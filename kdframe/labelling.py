@@ -3,7 +3,7 @@
 Every finished conformation is appended as one JSON line to ``<file>.labelling/<method>.jsonl``
 (flushed and fsynced), so a ``kill -9`` loses only the items being computed. ``merge`` folds
 all journals of a file into the HDF5 atomically (copy, write, fsync, rename), every
-``merge_every`` items and at the end; a new run merges first and skips whatever is already
+``merge_every`` items, every ``MERGE_SECONDS`` and at the end; a new run merges first and skips whatever is already
 labelled in the file or finished (or failed) in the journal. Floats go through JSON with
 Python's round-trip ``repr``, so merged values are bit-identical to the computed ones.
 
@@ -39,6 +39,7 @@ from .labeler import Labeler, LabelError, get_labeler
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 MAX_UNEXPECTED_ERRORS = 5
+MERGE_SECONDS = 600.0  # also merge at least this often, so slow levels show up in the file
 
 
 @dataclass
@@ -306,10 +307,10 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
 
     bar = tqdm(total=len(pending), desc=f"{labeler.method} {path.name}", unit="conf", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    since_merge = 0
+    since_merge, last_merge = 0, time.monotonic()
 
     def record_result(record: dict | None, item: Item, error: BaseException | None = None) -> None:
-        nonlocal since_merge
+        nonlocal since_merge, last_merge
         bar.update(1)
         if error is not None:  # unexpected: not journalled, so a later run retries it
             summary.errors += 1
@@ -325,12 +326,12 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
             summary.failed += 1
         bar.set_postfix(failed=summary.failed, s_per_conf=f"{summary.mean_seconds:.2f}")
         since_merge += 1
-        if merge_every and since_merge >= merge_every:
+        if (merge_every and since_merge >= merge_every) or time.monotonic() - last_merge > MERGE_SECONDS:
             merge(path)
-            since_merge = 0
+            since_merge, last_merge = 0, time.monotonic()
             if not progress:  # a line per merge for log files
                 print(f"{datetime.now().isoformat(timespec='seconds')} {labeler.method} {path.name}: "
-                      f"{bar.n}/{bar.total} done ({summary.failed} failed), {summary.mean_seconds:.2f} s/conformation",
+                      f"{summary.done + summary.failed}/{len(pending)} done ({summary.failed} failed), {summary.mean_seconds:.2f} s/conformation",
                       file=sys.stderr, flush=True)
 
     try:
@@ -394,10 +395,13 @@ def merge(path: str | os.PathLike) -> int:
     if not journals:
         return 0
     with _locked(jdir / "merge.lock"):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        for stale in path.parent.glob(f".{path.name}.merge.*.tmp"):  # left by a merge killed midway
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.merge.", suffix=".tmp")
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
+            shutil.copymode(path, tmp)
             with h5py.File(tmp, "r+") as f:
                 written = sum(_merge_method(f, jp.stem, *read_journal(jp)) for jp in journals)
             with open(tmp, "rb+") as fh:

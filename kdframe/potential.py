@@ -26,6 +26,11 @@ from .io import atomic_write
 MODEL_FORMAT = "kdframe-model/1"
 
 
+def model_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a model's weights (integer lookup tables, as in hippynn, are skipped)."""
+    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+
+
 def state_copy(module: torch.nn.Module, device: str | torch.device | None = None) -> dict[str, Any]:
     """A detached copy of ``module.state_dict()``; non-tensor entries (a layer's extra state) kept as they are."""
     return {k: (v.detach().clone().to(device or v.device) if torch.is_tensor(v) else v)

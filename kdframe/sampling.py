@@ -70,7 +70,7 @@ def embed_conformers(smiles: str, n: int, seed: int) -> tuple[np.ndarray, list[n
         raise DataError(f"invalid SMILES {smiles!r}")
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
-    params.randomSeed = seed
+    params.randomSeed = 0xC0FFEE + seed  # RDKit gives identical conformers for randomSeed=0
     ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=n, params=params))
     if not ids:
         raise DataError(f"RDKit could not embed {smiles!r}")

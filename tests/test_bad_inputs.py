@@ -54,6 +54,8 @@ CASES = [
     ({"student.weights": {"energy": 1, "forces": {"0": 10}}}, ["student.weights.forces", "epochs start at 1"]),
     ({"teachers.files": ["t.pt"]}, ["teachers", "exactly one of 'model'", "'pretrained'"]),
     ({"teachers": {"pretrained": "ani3"}}, ["teachers.pretrained", "unknown pretrained 'ani3'", "valid: ani1ccx, ani1x"]),
+    ({"compare": {"hipnn teachers": ["missing.pt"]}}, ["compare.hipnn teachers[0]", "model file not found: missing.pt"]),
+    ({"compare": {"hipnn teachers": ["runs/*/model.pt"]}}, ["compare.hipnn teachers[0]", "model file not found: runs/*/model.pt"]),
     ({"device": "tpu"}, ["device", "'auto', 'cpu' or 'cuda'"]),
     ({"generations": 3}, ["generations", "1 or 2"]),
 ]

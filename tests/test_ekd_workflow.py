@@ -80,3 +80,15 @@ def test_evaluate_command(tmp_path, ani_file, capsys):
 @pytest.fixture(autouse=True)
 def _no_cuda(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_ekd_with_hippynn_teachers_and_student(tmp_path, ani_file, capsys):
+    """The real plugin end to end: hippynn's integer lookup tables, kernels and regulariser in the core loop."""
+    text = _write(tmp_path, ani_file).read_text()
+    hipnn = "{architecture: hippynn, l_max: 0, n_interaction_layers: 1, n_atom_layers: 1, width: 8, n_sensitivities: 8}"
+    text = (text.replace("{architecture: toy, width: 8}", hipnn).replace("{architecture: toy, width: 4}", hipnn)
+            .replace("max_epochs: 3", "max_epochs: 2").replace("smoothness: 0.001", "hierarchicality: 0.01"))
+    (tmp_path / "hip.yaml").write_text(text)
+    assert main(["run", str(tmp_path / "hip.yaml"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| test | student |" in out and "| again | control |" in out

@@ -38,7 +38,8 @@ def batch_from_atoms(atoms_list: list[ase.Atoms], index: list[int] | None = None
         positions=torch.cat([torch.as_tensor(a.positions, dtype=torch.float64) for a in atoms_list]),
         conf_index=torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(atoms_list)]),
         n_conf=len(atoms_list),
-        cell=torch.stack([torch.as_tensor(a.cell.array, dtype=torch.float64) for a in atoms_list]) if periodic else None,
+        cell=torch.stack([torch.as_tensor(a.cell.array, dtype=torch.float64) for a in atoms_list])
+        if periodic else None,
         pbc=torch.stack([torch.as_tensor(a.pbc) for a in atoms_list]) if periodic else None,
         index=None if index is None else torch.as_tensor(index, dtype=torch.long),
     )
@@ -242,6 +243,23 @@ def test_ase_atoms_batch_matches_mace_data_pipeline(potential):
     wrapped = batch.positions.clone()
     wrapped[len(structures[0])] += batch.cell[1, 0]
     torch.testing.assert_close(potential(fresh(batch, wrapped))["energy"], out["energy"], rtol=0, atol=1e-10)
+
+
+def test_ase_calculator_drives_the_mace_potential(potential):
+    from kdframe.calculator import KdframeCalculator
+
+    atoms = ase.build.bulk("C", "diamond", a=3.57) * (2, 1, 1)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = KdframeCalculator(potential, head="cc")
+    n_cached = len(potential.net.graphs)
+    for step in range(2):  # MD-like: positions change under no dataset index, so nothing is cached
+        out = potential(batch_from_atoms([atoms]))
+        assert atoms.get_potential_energy() == pytest.approx(out["energy"][0, 1].item(), abs=1e-10)
+        assert abs(atoms.get_forces() - out["forces"][..., 1].detach().numpy()).max() < 1e-10
+        atoms.positions += 0.02 * (step + 1)
+    assert len(potential.net.graphs) == n_cached
+    with pytest.raises(ConfigError, match="unknown head"):
+        KdframeCalculator(potential, head="ccsd")
 
 
 # --- hyperparameters, dtype, persistence, training -----------------------------------------------

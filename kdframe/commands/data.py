@@ -88,7 +88,7 @@ def parse_smiles(entries: Sequence[str], smiles_file: str | None) -> list[tuple[
         if not path.is_file():
             raise DataError(f"{path}: SMILES file not found")
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
+            line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()  # '#' inside SMILES is a triple bond
             if not line:
                 continue
             parts = line.split()
@@ -169,6 +169,9 @@ def write_sampled(path: Path, molecules: list, settings, labeler) -> None:
                              **labeler.versions()}})
 
     atomic_write(path, write)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 # ----------------------------------------------------------------------------- label, merge
@@ -240,9 +243,9 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
     for key, s in stats.items():
         rng = ""
         if np.isfinite(s["min"]):
-            unit = "Ha" if key.endswith("energy") else ""
+            unit = "Ha" if key.endswith("energy") else ("Ha/Å" if key.endswith("forces") else "")
             rng = f"[{s['min']:.6f}, {s['max']:.6f}] {unit}"
-            if key.endswith("energy"):
+            if key.endswith(".energy"):
                 rng += f"; largest spread in a molecule {s['spread'] * KCAL_MOL_PER_HARTREE:.1f} kcal/mol"
         lines.append(f"  {key:<28} {s['n']:>8}/{n_conf:<4} {s['mols']:>9} {s['failed']:>6}  {rng}")
     jdir = journal_dir(path)

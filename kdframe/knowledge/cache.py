@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data.dataset import Dataset
 from ..io import atomic_write
+from ..potential import model_dtype
 from ..teacher import Teacher
 from .base import KnowledgeSource
 
@@ -36,7 +37,7 @@ def offline_knowledge(
     if path.is_file():
         with h5py.File(path, "r") as f:
             return f["value"][()]
-    dtype = next(teacher.model.parameters()).dtype
+    dtype = model_dtype(teacher.model)
     teacher.model.to(device)
     chunks = []
     for batch in tqdm(dataset.batches(batch_size, labels=()), desc=f"{source.name} from {teacher.name}",

@@ -8,6 +8,8 @@ only; optionally a second generation taught by an ensemble of first-generation s
 
 from __future__ import annotations
 
+import glob
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +56,7 @@ class EkdConfig(Base):
     teachers: TeacherSpec
     student: StudentSpec
     control: bool = True
+    compare: dict[str, list[str]] = {}  # extra table rows: name -> saved model files (an ensemble if several)
     generations: Literal[1, 2] = 1
     students_per_generation: int = pydantic.Field(4, ge=1)  # first-generation students teaching generation 2
 
@@ -70,6 +73,17 @@ class Ekd(Workflow):
 
     def training_blocks(self, config: EkdConfig) -> dict[str, dict[str, Any]]:
         return {"teachers.training": config.teachers.training, "student.training": config.student.training}
+
+    def check(self, config: EkdConfig, source: str) -> None:
+        super().check(config, source)
+        files = {f"teachers.files[{i}]": p for i, p in enumerate(config.teachers.files)}
+        for where, path in files.items():
+            if not resolve_path(path, Path(source).parent).is_file():
+                raise ConfigError(f"{source}: {where}", f"model file not found: {path}")
+        for name in config.compare:
+            compare_files(config, name, Path(source).parent)
+        if config.teachers.pretrained:
+            registry().lookup("pretrained", config.teachers.pretrained, f"{source}: teachers.pretrained")
 
     def weight_blocks(self, config: EkdConfig):
         return {"student.weights": (config.student.weights, WITH_TEACHER_FORCES)}
@@ -97,6 +111,9 @@ class Ekd(Workflow):
                 "control", spec.model, loss_terms({"energy": spec.weights.get("energy", 1.0)}, ENERGY_ONLY, "student.weights"),
                 settings(config, spec.training, "student.training"), run.data, run.splits["train"], run.splits["valid"],
                 config.seed + 7, {"weights": {"energy": spec.weights.get("energy", 1.0)}})
+        for name in config.compare:
+            members = [Potential.load(p).to(run.device) for p in compare_files(config, name, run.config_dir)]
+            models[name] = Ensemble(members) if len(members) > 1 else members[0]
         return run.evaluate(models, "Ensemble knowledge distillation")
 
     def teachers(self, run: Run, config: EkdConfig) -> Ensemble:
@@ -140,6 +157,19 @@ class Ekd(Workflow):
                          settings(config, spec.training, "student.training"), data, run.splits["train"],
                          run.splits["valid"], config.seed + 100 + index,
                          {"weights": spec.weights, "teacher": teacher_fingerprint})
+
+
+def compare_files(config: EkdConfig, name: str, config_dir: Path) -> list[Path]:
+    """The model files of one ``compare`` row; glob patterns allowed (``../runs/x/teacher_*/model.pt``)."""
+    found = []
+    for i, pattern in enumerate(config.compare[name]):
+        path = resolve_path(pattern, config_dir)
+        matches = sorted(Path(p) for p in glob.glob(str(path))) if "*" in pattern else [path] * path.is_file()
+        if not matches:
+            raise ConfigError(f"compare.{name}[{i}]", f"model file not found: {pattern} "
+                              "(train that run first, e.g. `kdframe train` on its config)")
+        found += matches
+    return found
 
 
 @hookimpl

@@ -1,0 +1,20 @@
+"""kdframe plugin: the MACE architecture (``architecture: mace``).
+
+Importing this module is cheap; ``mace`` itself is imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kdframe import hookimpl
+
+from .architecture import MaceArchitecture
+from .hyperparameters import MaceHyperparameters
+
+__all__ = ["MaceArchitecture", "MaceHyperparameters", "register_architectures"]
+
+
+@hookimpl
+def register_architectures(register: Callable) -> None:
+    register(MaceArchitecture())

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.md.verlet import VelocityVerlet
+
+from kdframe.calculator import KdframeCalculator
+from kdframe.cli import main
+from kdframe.errors import ConfigError, DataError
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+
+from toy import MOLECULES
+
+
+def _model():
+    torch.manual_seed(0)
+    return Potential(registry().architectures["toy"], {"width": 8}, [1, 6, 7, 8], ["dft", "cc"]).double()
+
+
+def test_calculator_matches_the_model_and_runs_md(tmp_path):
+    model = _model()
+    model.save(tmp_path / "m.pt")
+    z, xyz = MOLECULES["methanol"]
+    atoms = Atoms(numbers=z, positions=xyz)
+    atoms.calc = KdframeCalculator.from_file(tmp_path / "m.pt", head="cc")
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    from kdframe.batch import Batch
+
+    batch = Batch(torch.tensor(z), torch.tensor(xyz, dtype=torch.float64), torch.zeros(len(z), dtype=torch.long), 1)
+    out = model(batch)
+    assert energy == pytest.approx(float(out["energy"][0, 1]), abs=1e-5)
+    assert np.allclose(forces, out["forces"][..., 1].detach().numpy(), atol=1e-5)
+    assert np.allclose(atoms.get_potential_energies().sum(), energy)
+    VelocityVerlet(atoms, timestep=0.5).run(3)  # positions change, results are recomputed
+    assert atoms.get_potential_energy() != energy
+
+
+def test_calculator_rejects_unknown_heads_and_elements():
+    with pytest.raises(ConfigError, match="unknown head 'ccsd'.*valid: cc, dft"):
+        KdframeCalculator(_model(), head="ccsd")
+    atoms = Atoms("H2S", positions=[[0, 0, 0], [1.3, 0, 0], [0, 1.3, 0]])
+    atoms.calc = KdframeCalculator(_model())
+    with pytest.raises(DataError, match=r"elements \[16\] are outside this model's set \[1, 6, 7, 8\]"):
+        atoms.get_potential_energy()
+
+
+def test_plugins_command_lists_the_builtin_architectures(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "kdframe-hippynn" in out and "kdframe-torchani" in out
+    assert "architectures: hippynn, mace, torchani, toy" in out
+    assert "workflows: ekd, train" in out

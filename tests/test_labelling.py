@@ -1,0 +1,180 @@
+"""The resumable labelling runner: journal, merge, failures, selection, kill -9 and resume (xtb only, fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("tblite")
+pytest.importorskip("kdframe_qc")
+
+from kdframe.errors import ConfigError, DataError  # noqa: E402
+from kdframe.labeler import Labeler, LabelError, get_labeler  # noqa: E402
+from kdframe.labelling import journal_path, label_file, merge, read_items, select_items  # noqa: E402
+
+WATER = (np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.76, -0.47]]))
+AMMONIA = (np.array([7, 1, 1, 1]), np.array([[0.0, 0.0, 0.12], [0.0, 0.94, -0.27], [0.81, -0.47, -0.27],
+                                              [-0.81, -0.47, -0.27]]))
+
+
+def make_file(path: Path, n_conf: int = 6, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        for name, (z, pos) in {"water": WATER, "ammonia": AMMONIA}.items():
+            g = f.create_group(name)
+            g.create_dataset("atomic_numbers", data=z)
+            g.create_dataset("coordinates", data=pos + rng.normal(0, 0.05, (n_conf, *pos.shape)))
+            g.attrs["smiles"] = {"water": "O", "ammonia": "N"}[name]
+            g.attrs["origins"] = json.dumps(["opt:c0"] + ["nms:300K:c0"] * (n_conf - 1))
+    return path
+
+
+def labels(path: Path, method: str = "xtb") -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {f"{g}/{k}": f[g][k][()] for g in f for k in f[g] if k.startswith(method + ".")}
+
+
+class Counting(Labeler):
+    """Wraps xtb; counts calls, optionally fails chosen conformations."""
+
+    method = "xtb"
+    provides = ("energy", "forces")
+
+    def __init__(self, fail_at: tuple[int, ...] = ()):
+        self.inner = get_labeler("xtb")
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def compute(self, atomic_numbers, positions):
+        self.calls += 1
+        if len(atomic_numbers) == 3 and positions[0, 2] in self.fail_at:
+            raise LabelError("SCF not converged")
+        return self.inner.compute(atomic_numbers, positions)
+
+    def settings(self):
+        return self.inner.settings()
+
+
+def test_label_merge_and_skip(tmp_path):
+    path = make_file(tmp_path / "d.h5")
+    summary = label_file(path, "xtb", workers=0, progress=False)
+    assert (summary.selected, summary.done, summary.failed) == (12, 12, 0)
+    out = labels(path)
+    assert out["water/xtb.energy"].shape == (6,) and out["ammonia/xtb.forces"].shape == (6, 4, 3)
+    assert all(np.isfinite(v).all() for v in out.values())
+    with h5py.File(path, "r") as f:
+        prov = json.loads(f.attrs["provenance.xtb"])
+    assert prov["settings"]["method"] == "GFN2-xTB" and "tblite" in prov["versions"]
+    again = Counting()
+    assert label_file(path, "xtb", workers=0, progress=False, labeler=again).skipped == 12 and again.calls == 0
+
+
+def test_worker_processes_match_in_process(tmp_path):
+    a, b = make_file(tmp_path / "a.h5"), make_file(tmp_path / "b.h5")
+    label_file(a, "xtb", workers=0, progress=False)
+    label_file(b, "xtb", workers=1, progress=False, merge_every=5)
+    la, lb = labels(a), labels(b)
+    assert all(np.array_equal(la[k], lb[k]) for k in la)
+
+
+def test_failures_recorded_not_retried(tmp_path):
+    path = make_file(tmp_path / "d.h5")
+    with h5py.File(path, "r") as f:
+        bad_z = f["water/coordinates"][2, 0, 2]
+    summary = label_file(path, "xtb", workers=0, progress=False, labeler=Counting(fail_at=(bad_z,)))
+    assert summary.failed == 1
+    with h5py.File(path, "r") as f:
+        energy = f["water/xtb.energy"][()]
+        assert json.loads(f["water"].attrs["xtb.failures"]) == {"2": "SCF not converged"}
+        assert np.isnan(energy[2]) and np.isfinite(np.delete(energy, 2)).all()
+    again = Counting()
+    assert label_file(path, "xtb", workers=0, progress=False, labeler=again).done == 0 and again.calls == 0
+    retry = Counting()
+    assert label_file(path, "xtb", workers=0, progress=False, labeler=retry, retry_failed=True).done == 1
+    with h5py.File(path, "r") as f:
+        assert np.isfinite(f["water/xtb.energy"][()]).all() and "xtb.failures" not in f["water"].attrs
+
+
+def test_selection_subset_then_rest(tmp_path):
+    path = make_file(tmp_path / "d.h5", n_conf=10)
+    items = read_items(path)
+    sub = select_items(items, per_molecule=3)
+    assert [it.index for it in sub if it.group == "water"] == [0, 4, 9]
+    assert sub[0].group == "water"  # smallest (fewest electrons) first
+    assert len(select_items(items, per_molecule=3, limit=4)) == 4
+    assert {it.index for it in select_items(items, origin="opt")} == {0}
+    with pytest.raises(ConfigError, match="benzene"):
+        select_items(items, molecules=["benzene"])
+    label_file(path, "xtb", workers=0, progress=False, per_molecule=3)
+    assert np.isfinite(labels(path)["water/xtb.energy"]).sum() == 3
+    rest = Counting()
+    label_file(path, "xtb", workers=0, progress=False, labeler=rest)
+    assert rest.calls == 14 and np.isfinite(labels(path)["ammonia/xtb.energy"]).all()
+
+
+def test_unknown_method_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="wb97x_dz"):
+        label_file(make_file(tmp_path / "d.h5"), "b3lyp_nope", workers=0)
+    with pytest.raises(DataError, match="not found"):
+        label_file(tmp_path / "missing.h5", "xtb", workers=0)
+
+
+def test_torn_journal_line_is_ignored(tmp_path):
+    path = make_file(tmp_path / "d.h5")
+    label_file(path, "xtb", workers=0, progress=False, limit=5)
+    jp = journal_path(path, "xtb")
+    with open(jp, "ab") as f:
+        f.write(b'{"type": "item", "group": "water", "index": 5, "ok": tr')  # kill -9 mid-write
+    merge(path)
+    label_file(path, "xtb", workers=0, progress=False)
+    assert all(np.isfinite(v).all() for v in labels(path).values())
+    assert sum(1 for line in jp.read_text().splitlines() if '"type": "item"' in line) == 13  # 12 + torn line
+
+
+SLOW_LABELLING = textwrap.dedent("""
+    import sys, time
+    from kdframe.labeler import get_labeler
+    from kdframe.labelling import label_file
+    xtb = get_labeler("xtb")
+    class Slow(type(xtb)):
+        def compute(self, z, pos):
+            time.sleep(0.3)
+            return super().compute(z, pos)
+    label_file(sys.argv[1], "xtb", workers=0, progress=False, merge_every=2, labeler=Slow())
+""")
+
+
+def test_kill_9_then_resume_gives_identical_results(tmp_path):
+    reference, path = make_file(tmp_path / "ref.h5"), make_file(tmp_path / "d.h5")
+    label_file(reference, "xtb", workers=0, progress=False)
+    jp = journal_path(path, "xtb")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_LABELLING, str(path)])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not jp.exists() or jp.read_text().count('"type": "item"') < 4):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {(r["group"], r["index"]): r for r in map(json.loads, jp.read_text().splitlines()) if r["type"] == "item"}
+    assert 4 <= len(before) < 12
+    labels(path)  # the file is intact (a merge killed midway leaves only a temp file)
+    resumed = Counting()
+    label_file(path, "xtb", workers=0, progress=False, labeler=resumed)
+    assert resumed.calls == 12 - len(before)
+    out, ref = labels(path), labels(reference)
+    assert all(np.array_equal(out[k], ref[k]) for k in ref)
+    after = {(r["group"], r["index"]): r for r in map(json.loads, jp.read_text().splitlines()) if r["type"] == "item"}
+    assert all(after[k]["values"] == v["values"] for k, v in before.items())
+    with h5py.File(path, "r") as f:
+        for (group, index), record in before.items():
+            assert f[group]["xtb.energy"][index] == record["values"]["energy"]
+    assert not list(tmp_path.glob(".*.tmp"))
