@@ -71,7 +71,7 @@ def hippynn_epoch(data, batch_size, device):
     T = (data.labels["energy"] - data.element_counts() @ fit_reference_energies(data, "energy"))[:, None].astype(np.float32)
     database = hippynn.databases.Database({"Z": Z, "R": R, "T": T, "F": F}, seed=0, pin_memory=False, quiet=True,
                                           allow_unfound=True, **db_info)
-    database.make_explicit_split("train", np.arange(n))
+    database.split_the_rest("train")
     model, loss_module, _ = training_modules
     model.to(device)
     loss_module.to(device)

@@ -85,7 +85,6 @@ def labelers() -> dict[str, Labeler]:
 
 
 def _labelers_tolerant() -> dict[str, Labeler]:
-    import importlib
     from importlib import metadata
 
     import pluggy
@@ -94,11 +93,9 @@ def _labelers_tolerant() -> dict[str, Labeler]:
 
     pm = pluggy.PluginManager("kdframe")
     pm.add_hookspecs(hookspecs)
-    modules = [(m, lambda m=m: importlib.import_module(m)) for m in plugins.DEFAULT_PLUGINS]
-    modules += [(ep.name, ep.load) for ep in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)]
-    for name, load in modules:
+    for entry_point in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
         try:
-            pm.register(load(), name=name)
+            pm.register(entry_point.load(), name=entry_point.name)
         except Exception:  # noqa: BLE001 - an unrelated broken plugin must not block labelling
             continue
     found: dict[str, Labeler] = {}

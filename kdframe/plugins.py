@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -13,15 +12,8 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError
 
+# Core features are plugins too, declared in kdframe's own pyproject under this group.
 ENTRY_POINT_GROUP = "kdframe"
-# Core features are plugins too, registered beside the entry points.
-DEFAULT_PLUGINS = (
-    "kdframe.schedule",
-    "kdframe.knowledge.ensemble",
-    "kdframe.knowledge.atomic",
-    "kdframe.workflows.train",
-    "kdframe.workflows.ekd",
-)
 
 
 @dataclass
@@ -46,10 +38,6 @@ class Registry:
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("kdframe")
     pm.add_hookspecs(hookspecs)
-    import importlib
-
-    for module in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(module), name=module)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
 
@@ -69,11 +57,5 @@ def registry() -> Registry:
 
 def installed_plugins() -> list[tuple[str, str, str]]:
     """(plugin name, distribution, version) for every loaded plugin."""
-    rows = []
-    for plugin, dist in plugin_manager().list_plugin_distinfo():
-        rows.append((plugin_manager().get_name(plugin), dist.project_name, dist.version))
-    from . import __version__
-
-    for module in DEFAULT_PLUGINS:
-        rows.append((module, "kdframe", __version__))
-    return sorted(rows)
+    pm = plugin_manager()
+    return sorted((pm.get_name(plugin), dist.project_name, dist.version) for plugin, dist in pm.list_plugin_distinfo())

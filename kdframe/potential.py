@@ -59,6 +59,13 @@ class Potential(torch.nn.Module):
             ref[: reference_energies.shape[0]] = reference_energies.to(ref)
         self.register_buffer("reference_energies", ref)
 
+    def _apply(self, fn, recurse=True):
+        """``.to(float32)`` and friends convert the network; reference energies stay float64 (on the new device)."""
+        reference = self.reference_energies
+        super()._apply(fn, recurse)
+        self.reference_energies = reference.to(self.reference_energies.device, torch.float64)
+        return self
+
     def head_index(self, head: str, where: str = "head") -> int:
         """Index of a named head; unknown names are an error, never silently another head."""
         if head not in self.heads:
@@ -94,6 +101,7 @@ class Potential(torch.nn.Module):
             "hyperparameters": self.hyperparameters,
             "species": self.species,
             "heads": self.heads,
+            "dtype": str(model_dtype(self.net)).removeprefix("torch."),
             "state_dict": state_copy(self, "cpu"),
         }
         atomic_write(path, lambda f: torch.save(state, f))
@@ -113,6 +121,7 @@ class Potential(torch.nn.Module):
             raise DataError(f"{path}: not a kdframe model file (expected format {MODEL_FORMAT})")
         architecture = registry().lookup("architectures", state["architecture"], f"{path}: architecture")
         model = cls(architecture, state["hyperparameters"], state["species"], state["heads"])
+        model.to(getattr(torch, state.get("dtype", "float64")))
         model.load_state_dict(state["state_dict"])
         return model
 

@@ -16,6 +16,7 @@ RDKit molecule's, i.e. bonds broke or formed; rejected draws are redrawn.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,11 +146,13 @@ def md_frames(labeler: Labeler, numbers: np.ndarray, positions: np.ndarray, temp
 
     atoms = Atoms(numbers=numbers, positions=positions)
     atoms.calc = LabelerCalculator(labeler)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dyn = Langevin(atoms, settings.md_timestep_fs * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   rng=rng)
+    with warnings.catch_warnings():  # ASE >= 3.28 deprecations; kept so the bundled data regenerate identically
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        Stationary(atoms)
+        ZeroRotation(atoms)
+        dyn = Langevin(atoms, settings.md_timestep_fs * units.fs, temperature_K=temperature,
+                       friction=0.02 / units.fs, rng=rng)
     dyn.run(settings.md_warmup_steps)
     frames = []
     for _ in range(n):

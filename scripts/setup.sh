@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]" -e plugins/hippynn -e plugins/torchani \
-    -e plugins/mace -e plugins/qc 2>&1 | grep -v "is ignored" || true
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt)
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e ".[test]" -e plugins/hippynn -e plugins/torchani -e plugins/mace -e plugins/qc \
+    -e examples/kdframe-pairnet
 .venv/bin/python -m pip check

@@ -113,8 +113,11 @@ def test_per_atom_offsets_to_dft_are_sane(method):
     offsets, *_ = np.linalg.lstsq(counts[:, present], diff, rcond=None)
     residual = (counts[:, present] @ offsets - diff) * KCAL
     by_element = dict(zip(np.array(["H", "C", "N", "O"])[present], offsets))
+    # Small-molecule reference (CCSD(T)/cc-pVDZ - wB97X/6-31G*): H 0.005, C 0.09, N 0.11, O 0.15 Hartree;
+    # MP2 similar. The heavier the atom, the more correlation a double-zeta basis misses.
     assert abs(by_element.get("H", 0.0)) < 0.03, by_element
-    assert all(0.0 < by_element[el] < 0.3 for el in ("C", "N", "O") if el in by_element), by_element
+    assert all(0.03 < by_element[el] < 0.25 for el in ("C", "N", "O") if el in by_element), by_element
+    assert by_element.get("C", 0) < by_element.get("N", 1) < by_element.get("O", 2), by_element
     assert np.sqrt(np.mean(residual**2)) < 10.0, by_element  # kcal/mol, after per-element offsets
 
 
@@ -154,16 +157,3 @@ def test_wb97x_forces_are_finite_differences_of_wb97x_energy():
     minus = dft.compute(z, xyz - h * direction)["energy"]
     # pyscf's analytic DFT gradient omits the grid response: agreement to ~1e-4 Hartree/Å.
     assert -(plus - minus) / (2 * h) == pytest.approx(np.sum(forces * direction), abs=2e-4)
-
-
-@pytest.mark.parametrize("path,method,minimum", [(TRAIN, "wb97x_dz", 1000), (TRAIN, "mp2_dz", 1000),
-                                                 (TRAIN, "ccsd(t)_dz", 300), (EXT, "wb97x_dz", 80),
-                                                 (EXT, "mp2_dz", 80)], ids=lambda p: getattr(p, "stem", p))
-def test_expensive_label_coverage(path, method, minimum):
-    """Targets of issue 3; skipped (with the count) while the background labelling is still running."""
-    mols = groups(path)
-    key = f"{method}.energy"
-    done = sum(int(np.isfinite(g[key]).sum()) for g in mols.values() if key in g)
-    every = all(key in g and np.isfinite(g[key]).any() for g in mols.values())
-    if done < minimum or not every:
-        pytest.skip(f"{path.name}: {method} on {done} conformations so far (target {minimum}, every molecule)")

@@ -49,5 +49,20 @@ def test_plugins_command_lists_the_builtin_architectures(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "kdframe-hippynn" in out and "kdframe-torchani" in out
-    assert "architectures: hippynn, mace, torchani, toy" in out
+    line = next(l for l in out.splitlines() if l.startswith("architectures: "))
+    assert {"hippynn", "mace", "torchani", "toy"} <= set(line.split(": ")[1].split(", "))
     assert "workflows: ekd, train" in out
+
+
+def test_saved_model_keeps_its_dtype_and_float64_reference_energies(tmp_path):
+    model = _model()
+    model.reference_energies[6, 0] = -1029.123456789
+    model.float()
+    assert model.reference_energies.dtype == torch.float64
+    assert model.reference_energies[6, 0].item() == -1029.123456789
+    model.save(tmp_path / "m.pt")
+    loaded = Potential.load(tmp_path / "m.pt")
+    assert next(loaded.net.parameters()).dtype == torch.float32
+    assert loaded.reference_energies.dtype == torch.float64
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)

@@ -178,3 +178,22 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path):
         for (group, index), record in before.items():
             assert f[group]["xtb.energy"][index] == record["values"]["energy"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_data_command_sample_label_info(tmp_path, capsys):
+    from kdframe.cli import main
+
+    out = tmp_path / "s.h5"
+    assert main(["data", "sample", str(out), "--smiles", "water:O", "C#N", "--conformers", "2", "--normal-modes", "4",
+                 "--md-frames", "2", "--md-temperatures", "500"]) == 0
+    with h5py.File(out, "r") as f:
+        assert set(f) == {"water", "CHN"} and f["CHN"].attrs["smiles"] == "C#N"
+        assert f["water/coordinates"].shape == (7, 3, 3) and "provenance.sample" in f.attrs
+    assert main(["data", "sample", str(out), "--smiles", "O"]) == 2  # exists: refuses without --append
+    assert main(["data", "sample", str(tmp_path / "x.h5"), "--smiles", "bad:C1CC"]) == 2
+    assert "invalid SMILES" in capsys.readouterr().err
+
+    assert main(["data", "label", str(out), "--method", "xtb", "--workers", "0", "--no-progress"]) == 0
+    assert main(["data", "info", str(out), "--per-molecule"]) == 0
+    text = capsys.readouterr().out
+    assert "2 molecules, 14 conformations" in text and "xtb.energy" in text and "14/14" in text

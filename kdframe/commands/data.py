@@ -1,6 +1,6 @@
 """``kdframe data``: sample geometries from SMILES, label them with a level of theory, inspect files.
 
-Also runnable without the main CLI: ``python -m kdframe.commands.data {sample,label,merge,info} ...``.
+Subcommands of ``kdframe data``: sample, label, merge, info.
 """
 
 from __future__ import annotations
@@ -262,19 +262,3 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     print(describe(args.file, args.per_molecule))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m kdframe.commands.data ...``."""
-    parser = argparse.ArgumentParser(prog="kdframe data", description=__doc__.splitlines()[0])
-    add_data_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KdframeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

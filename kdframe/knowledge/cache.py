@@ -29,7 +29,7 @@ def cache_key(source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> st
 
 def offline_knowledge(
     source: KnowledgeSource, teacher: Teacher, dataset: Dataset, cache_dir: str | Path,
-    batch_size: int = 64, device: str | torch.device = "cpu",
+    batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
 ) -> np.ndarray:
     """The source's label for every configuration, from cache when nothing changed."""
     key = cache_key(source, teacher, dataset)
@@ -41,7 +41,7 @@ def offline_knowledge(
     teacher.model.to(device)
     chunks = []
     for batch in tqdm(dataset.batches(batch_size, labels=()), desc=f"{source.name} from {teacher.name}",
-                      total=-(-len(dataset) // batch_size), leave=False):
+                      total=-(-len(dataset) // batch_size), leave=False, disable=not progress):
         chunks.append(source.compute(teacher, batch.to(device, dtype)).cpu().double().numpy())
     value = np.concatenate(chunks)
 

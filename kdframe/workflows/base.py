@@ -149,7 +149,8 @@ class Run:
         atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
 
     def knowledge(self, source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> np.ndarray:
-        return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device)
+        return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device,
+                                 progress=self.progress)
 
     def evaluate(self, models: Mapping[str, Potential | Ensemble], title: str) -> str:
         results: dict[str, dict[str, Metrics]] = {}
