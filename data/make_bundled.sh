@@ -55,14 +55,16 @@ expensive() {
   # 1-2. CCSD(T) on 9 evenly spread conformations of every molecule (smallest first), then wB97X on the same.
   label "$TRAIN" --method "ccsd(t)_dz" --per-molecule 9
   label "$TRAIN" --method wb97x_dz --per-molecule 9
-  # 3-4. MP2 on everything, then wB97X on the rest.
+  # 3. Extensibility set: CCSD(T) and wB97X on the xTB-optimised conformers (enough for dE).
+  label "$EXT" --method "ccsd(t)_dz" --origin opt
+  label "$EXT" --method wb97x_dz --origin opt
+  # 4-5. MP2 on everything, then wB97X on the rest of the training pool.
   label "$TRAIN" --method mp2_dz
   label "$TRAIN" --method wb97x_dz
-  # 5. Extensibility set: wB97X and MP2 everywhere, CCSD(T) on the optimised conformers.
+  # 6. The rest of the extensibility set at wB97X and MP2.
   label "$EXT" --method wb97x_dz
   label "$EXT" --method mp2_dz
-  label "$EXT" --method "ccsd(t)_dz" --origin opt
-  # 6. Whatever budget is left: CCSD(T) on more of the training pool.
+  # 7. Whatever budget is left: CCSD(T) on more of the training pool.
   label "$TRAIN" --method "ccsd(t)_dz" --per-molecule 20
   label "$TRAIN" --method "ccsd(t)_dz"
   echo "$(date -Is) all labelling done"

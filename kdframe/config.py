@@ -6,6 +6,7 @@ the YAML path (``student.training.lr``) and what would be valid.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,12 +144,17 @@ def config_error(exc: pydantic.ValidationError, source: str, model: type[pydanti
 
 def _fields_at(model: type[pydantic.BaseModel], loc: tuple) -> list[str]:
     """Field names of the (nested) model at ``loc``, for 'unknown key' messages."""
+    in_container = False  # the previous part was a list or mapping of models: this part is an index or key
     for part in loc:
+        if in_container:
+            in_container = False
+            continue
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
         for candidate in (annotation, *getattr(annotation, "__args__", ())):
             if isinstance(candidate, type) and issubclass(candidate, pydantic.BaseModel):
                 model = candidate
+                in_container = typing.get_origin(annotation) in (dict, list)
                 break
         else:
             if isinstance(part, int):

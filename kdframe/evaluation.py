@@ -46,6 +46,8 @@ def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarr
     ref_pairs, pred_pairs = [], []
     for m in np.unique(dataset.molecule):
         idx = np.flatnonzero((dataset.molecule == m) & ~np.isnan(reference))
+        if len(idx) < 2:  # also a molecule whose labels are all missing (partly labelled fidelities)
+            continue
         idx = idx[(reference[idx] - reference[idx].min()) * EV_TO_KCAL_MOL <= CONFORMER_WINDOW_KCAL_MOL]
         if len(idx) < 2:
             continue

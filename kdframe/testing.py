@@ -29,6 +29,9 @@ The checks (``Conformance.CHECKS``):
 - ``atom_order``: permuting atoms inside configurations permutes atom energies the same way.
 - ``forces_match_finite_differences``: the core's autograd forces vs central differences (float64).
 - ``hessian_vector_products_match_finite_differences``: the core's double-backward H·v vs differences of forces.
+- ``hvp_loss_gradients_match_finite_differences``: the weight gradient of an HVP loss (third derivatives, as
+  E-F-HVP training takes them) is non-zero and, along a random direction in weight space, equals central
+  differences of the loss (float64 only): a backward that drops a weight's contribution is caught.
 - ``translation_invariance``, ``rotation_invariance``, ``permutation_invariance`` of energies.
 - ``float32_matches_float64``: the same weights in float32 (how kdframe trains) agree with float64.
 - ``save_load_round_trip``: ``Potential.save`` then ``Potential.load`` reproduces energies, atom
@@ -199,7 +202,8 @@ class Conformance:
     CHECKS: ClassVar[tuple[str, ...]] = (
         "registered", "output_contract", "energy_is_sum_of_atom_energies", "batch_round_trip",
         "batch_independence", "atom_order", "forces_match_finite_differences",
-        "hessian_vector_products_match_finite_differences", "translation_invariance", "rotation_invariance",
+        "hessian_vector_products_match_finite_differences", "hvp_loss_gradients_match_finite_differences",
+        "translation_invariance", "rotation_invariance",
         "permutation_invariance", "float32_matches_float64", "save_load_round_trip", "training_lowers_the_loss",
         "heads",
     )
@@ -495,6 +499,52 @@ class Conformance:
         _compare(check, f"H·v by double backward vs differences of forces along v (head {head})", hv, numeric,
                  self.tol.hvp, _atom_where(batch))
 
+    def check_hvp_loss_gradients_match_finite_differences(self) -> None:
+        check = "hvp_loss_gradients_match_finite_differences"
+        model = self._model()
+        batch = self.batch(("water", "ammonia"))
+        head = len(self.heads) - 1
+        g = torch.Generator().manual_seed(self.seed + 10)
+        v = torch.randn(batch.positions.shape, generator=g, dtype=torch.float64).to(batch.positions.dtype)
+        weights = model.trainable_weights()
+        directions = [torch.randn(w.shape, generator=g, dtype=torch.float64).to(w) for w in weights]
+        norm = math.sqrt(sum(float(d.pow(2).sum()) for d in directions))
+        directions = [d / norm for d in directions]
+
+        def loss(create_graph: bool) -> torch.Tensor:
+            b = _with_positions(batch, batch.positions)
+            force = self._forces(model, b, check, create_graph=True)["forces"][..., head]
+            return derivatives.hessian_vector_product(force, b.positions, v, create_graph).pow(2).mean()
+
+        try:
+            grads = torch.autograd.grad(loss(True), weights, allow_unused=True)
+        except RuntimeError as exc:
+            raise ConformanceError(f"{check}: back-propagating an HVP loss to the weights failed (E-F-HVP training "
+                                   f"takes third derivatives: an op without a differentiable double backward?): "
+                                   f"{exc}") from exc
+        if not any(gr is not None and bool(gr.abs().sum() > 0) for gr in grads):
+            raise ConformanceError(f"{check}: an HVP loss has no gradient with respect to any weight")
+        if not self.float64_ok:
+            return
+        analytic = sum(float((gr * d).sum()) for gr, d in zip(grads, directions) if gr is not None)
+        saved = [w.detach().clone() for w in weights]
+        values = []
+        try:
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for w, w0, d in zip(weights, saved, directions):
+                        w.copy_(w0 + sign * self.tol.fd_step * d)
+                values.append(float(loss(False)))
+        finally:
+            with torch.no_grad():
+                for w, w0 in zip(weights, saved):
+                    w.copy_(w0)
+        numeric = (values[0] - values[1]) / (2 * self.tol.fd_step)
+        scale = max(abs(numeric), 1e-12)  # relative: the loss has no natural unit
+        _compare(check, "directional derivative of an HVP loss in the weights (relative) vs central differences",
+                 torch.tensor(analytic / scale, dtype=torch.float64), torch.tensor(numeric / scale, dtype=torch.float64),
+                 self.tol.hvp, lambda _: "the scalar")
+
     def _invariance(self, check: str, what: str, moved: torch.Tensor, batch: Batch) -> None:
         model = self._model()
         _compare(check, what, self._energy(model, batch, moved), self._energy(model, batch), self.tol.invariance,
@@ -739,6 +789,9 @@ class ArchitectureConformance:
 
     def test_hessian_vector_products_match_finite_differences(self):
         self._run("hessian_vector_products_match_finite_differences")
+
+    def test_hvp_loss_gradients_match_finite_differences(self):
+        self._run("hvp_loss_gradients_match_finite_differences")
 
     def test_translation_invariance(self):
         self._run("translation_invariance")

@@ -37,8 +37,8 @@ def _error(capsys, *argv):
 
 
 CASES = [
-    ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: ekd, train"]),
-    ({"workflow": None}, ["workflow: missing", "valid: ekd"]),
+    ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: atomic, ekd, multifidelity, train"]),
+    ({"workflow": None}, ["workflow: missing", "valid: atomic, ekd"]),
     ({"trainng": {"lr": 1}}, ["trainng: unknown key", "valid:", "training"]),
     ({"student.model.widht": 3}, ["student.model.widht: unknown key (valid: cutoff, n_radial, width)"]),
     ({"student.model.architecture": "schnet"}, ["student.model.architecture", "unknown architecture 'schnet'",

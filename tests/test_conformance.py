@@ -96,6 +96,20 @@ class _NormOnce(torch.autograd.Function):
         return grad[:, None] * d / r[:, None]
 
 
+class _WeightConstantInBackward(torch.autograd.Function):
+    """x Wᵀ + b whose input gradient treats W as a constant: forces lose part of their dependence on W."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return grad @ weight.detach(), grad.T @ x, grad.sum(0)
+
+
 class FlawedModel(ToyModel):
     """The toy network with one adapter bug switched on."""
 
@@ -109,6 +123,8 @@ class FlawedModel(ToyModel):
     def _linear(self, layer, x):
         if self.flaw == "detached_weights":
             return torch.nn.functional.linear(x, layer.weight.detach(), layer.bias.detach())
+        if self.flaw == "weight_constant_in_backward" and layer is self.radial:
+            return _WeightConstantInBackward.apply(x, layer.weight, layer.bias)
         return layer(x)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -164,6 +180,7 @@ FLAWS = {
     "detached_positions": ("forces_match_finite_differences", "not differentiable in Batch.positions"),
     "not_rotation_invariant": ("rotation_invariance", "energies after a random rotation"),
     "once_differentiable": ("hessian_vector_products_match_finite_differences", "double backward failed"),
+    "weight_constant_in_backward": ("hvp_loss_gradients_match_finite_differences", "in the weights (relative)"),
     "unsaved_random_buffer": ("save_load_round_trip", "reloaded model vs the saved one"),
     "detached_weights": ("training_lowers_the_loss", "energy loss has no gradient"),
     "duplicated_heads": ("heads", "the two head columns are the same"),

@@ -1,4 +1,10 @@
-"""Loss terms: RMSE + MAE (equal weights) of one predicted quantity against one label, NaN-masked."""
+"""Loss terms: RMSE + MAE (equal weights) of one predicted quantity against one label, NaN-masked.
+
+Curvature quantities are taken from the student's forces by double backward, never stored:
+``hvp`` is H·v along the batch's probe label ``probe`` (n_atoms, 3), compared with an HVP
+label (n_atoms, 3) taken along the same probes or with a Hessian label contracted with them;
+``hessian`` is the full per-configuration Hessian (layout of :mod:`kdframe.derivatives`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import derivatives
 from ..batch import Batch
 from ..schedule import Schedule
 
-QUANTITIES = ("energy", "forces", "atom_energies")
+QUANTITIES = ("energy", "forces", "atom_energies", "hvp", "hessian")
+CURVATURE = ("hvp", "hessian")
+NEEDS_FORCES = ("forces", *CURVATURE)
 
 
 @dataclass
@@ -18,21 +27,48 @@ class LossTerm:
     label: str  # name of the label in the dataset / batch
     weight: Schedule
     head: int = 0
+    probe: str | None = None  # hvp only: the label holding the probe vectors
 
-    def residual(self, prediction: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """Prediction minus label over entries whose label is present (NaN = missing, never zero)."""
-        pred = prediction[self.quantity][..., self.head]
+    def __post_init__(self) -> None:
+        if self.quantity not in QUANTITIES:
+            raise ValueError(f"unknown loss quantity {self.quantity!r}; known: {', '.join(QUANTITIES)}")
+        if (self.quantity == "hvp") != (self.probe is not None):
+            raise ValueError(f"{self.name}: a probe label is needed for (and only for) quantity 'hvp'")
+
+    def target(self, batch: Batch) -> torch.Tensor:
+        """The label; for ``hvp`` with a Hessian label, that Hessian times the probes."""
         target = batch.labels[self.label]
+        if self.quantity == "hvp" and target.dim() == 4:
+            return derivatives.hessian_times(target, batch.labels[self.probe], batch)
+        return target
+
+    def predict(self, prediction: dict[str, torch.Tensor], batch: Batch, create_graph: bool) -> torch.Tensor:
+        """The model's value of this quantity; curvature by double backward on ``batch.positions``."""
+        if self.quantity not in CURVATURE:
+            return prediction[self.quantity][..., self.head]
+        force = prediction["forces"][..., self.head]
+        if self.quantity == "hvp":
+            probe = batch.labels[self.probe].to(force.dtype)
+            return derivatives.hessian_vector_product(force, batch.positions, probe, create_graph, retain_graph=True)
+        return derivatives.hessian(force, batch, create_graph, max_atoms=batch.labels[self.label].shape[2])
+
+    def residual(self, prediction: dict[str, torch.Tensor], batch: Batch, create_graph: bool = False) -> torch.Tensor:
+        """Prediction minus label over entries whose label is present (NaN = missing, never zero)."""
+        target = self.target(batch)
         present = ~torch.isnan(target)
         if target.dim() > 1:
             present = present.all(dim=-1)
+        if not present.any():  # nothing to compare: skip the (possibly double-backward) prediction
+            return target[present]
+        pred = self.predict(prediction, batch, create_graph)
         return pred[present] - target[present].to(pred.dtype)
 
-    def errors(self, prediction: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(RMSE, MAE); zero without gradient if the batch holds no such label."""
-        r = self.residual(prediction, batch)
+    def errors(self, prediction: dict[str, torch.Tensor], batch: Batch,
+               create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RMSE, MAE) as a training loss (curvature keeps its graph to the weights); zero if no label."""
+        r = self.residual(prediction, batch, create_graph)
         if r.numel() == 0:
-            zero = prediction[self.quantity].new_zeros(())
+            zero = prediction["energy"].new_zeros(())
             return zero, zero
         return r.pow(2).mean().sqrt(), r.abs().mean()
 

@@ -3,8 +3,9 @@
 Adam; the learning rate is multiplied by ``lr_factor`` when the monitored validation
 error has not improved for ``lr_patience`` epochs; training stops after
 ``termination_patience`` epochs without improvement or at ``max_epochs``. A checkpoint
-is written atomically every epoch and training resumes from it; the shuffle order of
-epoch ``e`` depends only on (seed, e), so a resumed run ends with the same weights.
+is written atomically every epoch and training resumes from it; the shuffle order (and
+any fresh probe vectors) of epoch ``e`` depend only on (seed, e), so a resumed run ends
+with the same weights.
 """
 
 from __future__ import annotations
@@ -13,21 +14,24 @@ import csv
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pydantic
 import torch
 from tqdm import tqdm
 
+from ..batch import Batch
 from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..io import atomic_write, atomic_write_text
 from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
+from ..probes import ProbeSettings, batch_probes, fresh_rng
 from ..teacher import Teacher
-from .loss import LossTerm
+from .loss import CURVATURE, NEEDS_FORCES, LossTerm
 
 CHECKPOINT, METRICS = "checkpoint.pt", "metrics.csv"
 
@@ -64,17 +68,23 @@ class Trainer:
         device: str | torch.device = "cpu",
         monitor: LossTerm | None = None,
         online: Sequence[tuple[KnowledgeSource, Teacher]] = (),
+        probes: Mapping[str, ProbeSettings] | None = None,
         progress: bool = True,
     ):
+        """``online`` sources label every batch; ``probes`` names probe labels the trainer draws itself
+        (fresh ones per minibatch; in validation always each configuration's fixed probe)."""
         self.dtype = getattr(torch, settings.dtype)
         self.model = model.to(device=device, dtype=self.dtype)
         self.terms, self.train_set, self.valid_set = list(terms), train, valid
         self.settings, self.run_dir, self.seed, self.device = settings, Path(run_dir), seed, torch.device(device)
         self.monitor = monitor or self.terms[0]
         self.online = list(online)
+        self.probes = dict(probes or {})
         self.progress = progress
-        self.labels = sorted({t.label for t in self.terms} - {s.label for s, _ in self.online})
-        self.needs_forces = any(t.quantity == "forces" for t in self.terms)
+        wanted = {t.label for t in self.terms} | {t.probe for t in self.terms if t.probe}
+        self.labels = sorted(wanted - {s.label for s, _ in self.online} - set(self.probes))
+        self.needs_forces = any(t.quantity in NEEDS_FORCES for t in self.terms)
+        self.needs_curvature = any(t.quantity in CURVATURE for t in self.terms)
         self.optimizer = torch.optim.Adam(self.model.trainable_weights(), lr=settings.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
@@ -94,8 +104,10 @@ class Trainer:
             total = total + weight * prediction[f"regulariser:{name}"]
         return total
 
-    def _prepare(self, batch):
+    def _prepare(self, batch: Batch, rngs: Mapping[str, np.random.Generator] | None = None) -> Batch:
         batch = batch.to(self.device, self.dtype)
+        for label, settings in self.probes.items():
+            batch.labels[label] = batch_probes(batch, settings, (rngs or {}).get(label))
         for source, teacher in self.online:
             batch.labels[source.label] = source.compute(teacher, batch)
         batch.positions.requires_grad_(self.needs_forces)
@@ -104,15 +116,16 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
+        rngs = {label: fresh_rng(settings, self.seed, epoch) for label, settings in self.probes.items()}
         weights = [t.weight(epoch) for t in self.terms]
         total, n = 0.0, 0
         for batch in self.train_set.batches(self.settings.batch_size, True, generator, self.labels):
-            batch = self._prepare(batch)
+            batch = self._prepare(batch, rngs)
             prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
             loss = self._regularisation(prediction)
             for weight, term in zip(weights, self.terms):
                 if weight:
-                    rmse, mae = term.errors(prediction, batch)
+                    rmse, mae = term.errors(prediction, batch, create_graph=True)
                     loss = loss + weight * (rmse + mae)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -128,9 +141,9 @@ class Trainer:
         for batch in dataset.batches(self.settings.eval_batch_size, labels=self.labels):
             batch = self._prepare(batch)
             with torch.enable_grad() if self.needs_forces else torch.no_grad():
-                prediction = self.model(batch, forces=self.needs_forces)
-            for t in self.terms:
-                r = t.residual({k: v.detach() for k, v in prediction.items()}, batch)
+                prediction = self.model(batch, forces=self.needs_forces, create_graph=self.needs_curvature)
+                residuals = [t.residual(prediction, batch).detach() for t in self.terms]
+            for t, r in zip(self.terms, residuals):
                 sq[t.name][0] += float(r.pow(2).sum())
                 sq[t.name][1] += r.numel()
         return {f"valid_rmse[{name}]": math.sqrt(s / c) if c else math.nan for name, (s, c) in sq.items()}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +49,10 @@ class Workflow(ABC):
         """Every model block of the config by YAML path."""
         return {}
 
+    def data_keys(self, config: Base) -> dict[str, str]:
+        """Label name -> key in the ``data.train`` file; a workflow training on more labels adds them here."""
+        return config.data.train.keys()
+
     def training_blocks(self, config: Base) -> dict[str, dict[str, Any]]:
         """Every per-model ``training`` override block by YAML path."""
         return {}
@@ -84,7 +90,7 @@ class Run:
         self.dir = resolve_path(config.run_dir, Path.cwd())
         self.device = device_for(config.device)
         workflow.check(config, str(config_path))
-        self.data = self.read(config.data.train, "data.train")
+        self.data = self.read(config.data.train, "data.train", workflow.data_keys(config))
         fractions = config.data.split.fractions
         self.splits = split(self.data, fractions, config.seed, config.data.split.by)
         self.train_set = self.data.subset(self.splits["train"])
@@ -99,37 +105,45 @@ class Run:
                 raise DataError(f"data.evaluate[{i}] ({spec.path}): elements {extra} do not occur in the training data "
                                 f"(elements there: {self.species})")
 
-    def read(self, spec: DataFile, where: str) -> Dataset:
+    def read(self, spec: DataFile, where: str, keys: Mapping[str, str] | None = None) -> Dataset:
         path = resolve_path(spec.path, self.config_dir)
         if not path.is_file():
             raise ConfigError(f"{where}.path", f"file not found: {path}")
-        return read_dataset(path, spec.keys(), spec.units)
+        return read_dataset(path, spec.keys() if keys is None else keys, spec.units)
 
     # --- building blocks ----------------------------------------------------------------------
-    def reference_for(self, heads: Sequence[str]) -> torch.Tensor:
-        return torch.as_tensor(np.repeat(self.reference[:, None], len(heads), axis=1))
+    def reference_for(self, heads: Sequence[str], energy_labels: Sequence[str] | None = None) -> torch.Tensor:
+        """ref[Z, head]: data.train's energy fit for every head, or one fit per head on ``energy_labels``."""
+        if energy_labels is None:
+            return torch.as_tensor(np.repeat(self.reference[:, None], len(heads), axis=1))
+        fits = [fit_reference_energies(self.train_set, label) for label in energy_labels]
+        return torch.as_tensor(np.stack(fits, axis=1))
 
-    def build(self, spec: ModelSpec, heads: Sequence[str] = ("energy",), seed: int = 0) -> Potential:
+    def build(self, spec: ModelSpec, heads: Sequence[str] = ("energy",), seed: int = 0,
+              energy_labels: Sequence[str] | None = None) -> Potential:
         torch.manual_seed(seed)
         arch = registry().architectures[spec.architecture]
-        return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads))
+        return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads, energy_labels))
 
     def train(self, stage: str, spec: ModelSpec, terms: Sequence[LossTerm], settings: TrainSettings, dataset: Dataset,
               train_idx: np.ndarray, valid_idx: np.ndarray, seed: int, identity: Mapping[str, Any],
-              heads: Sequence[str] = ("energy",)) -> Potential:
+              heads: Sequence[str] = ("energy",), energy_labels: Sequence[str] | None = None) -> Potential:
         """Train one model as a stage of this run, or load it if that stage already finished.
 
         ``identity`` (weights spec, teacher fingerprints...) and everything else that determines the
         result is recorded; a stage directory made with other settings is never silently reused.
+        ``energy_labels`` (one per head) are what each head's reference energies are fitted on.
         """
         stage_dir = self.dir / stage
         record = {"model": spec.model_dump(), "training": settings.model_dump(), "seed": seed, "heads": list(heads),
                   "data": dataset.content_hash(), "train": fingerprint(train_idx.tolist()),
                   "valid": fingerprint(valid_idx.tolist()), **identity}
+        if energy_labels is not None:
+            record["reference_labels"] = list(energy_labels)
         self._claim_stage(stage_dir, record)
         if (stage_dir / MODEL_FILE).is_file():
             return Potential.load(stage_dir / MODEL_FILE).to(self.device)
-        model = self.build(spec, heads, seed)
+        model = self.build(spec, heads, seed, energy_labels)
         trainer = Trainer(model, terms, dataset.subset(train_idx), dataset.subset(valid_idx), settings, stage_dir,
                           seed, self.device, progress=self.progress)
         model = trainer.fit()
@@ -152,14 +166,37 @@ class Run:
         return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device,
                                  progress=self.progress)
 
-    def evaluate(self, models: Mapping[str, Potential | Ensemble], title: str) -> str:
+    def scores(self, models: Mapping[str, Potential | Ensemble | Scored]) -> dict[str, dict[str, Metrics]]:
+        """Metrics per evaluation set and table row; a row is left out of sets without its energy label."""
         results: dict[str, dict[str, Metrics]] = {}
         for set_name, dataset in self.eval_sets.items():
-            forces = "forces" if "forces" in dataset.labels else None
-            results[set_name] = {name: evaluate(model.to(self.device), dataset, "energy", forces, device=self.device)
-                                 for name, model in models.items()}
-        path = write_report(self.dir, title, results)
+            results[set_name] = {}
+            for name, row in models.items():
+                row = row if isinstance(row, Scored) else Scored(row)
+                if row.energy not in dataset.labels:
+                    continue
+                forces = row.forces if row.forces in dataset.labels else None
+                head = row.model.head_index(row.head, f"{name}: head") if row.head else 0
+                results[set_name][name] = evaluate(row.model.to(self.device), dataset, row.energy, forces, head,
+                                                   device=self.device)
+        return results
+
+    def evaluate(self, models: Mapping[str, Potential | Ensemble | Scored], title: str, notes: str = "",
+                 results: Mapping[str, Mapping[str, Metrics]] | None = None) -> str:
+        """Score the models (or take ``results`` from :meth:`scores`), write report.md, return the table."""
+        results = self.scores(models) if results is None else results
+        path = write_report(self.dir, title, results, notes)
         return f"{table(results)}\n\nReport: {path}"
+
+
+@dataclass
+class Scored:
+    """One table row: a model's ``head`` (default: the first) scored against two labels of the evaluation sets."""
+
+    model: Potential | Ensemble
+    head: str | None = None
+    energy: str = "energy"
+    forces: str = "forces"
 
 
 def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, str]], where: str) -> list[LossTerm]:
@@ -182,6 +219,28 @@ def check_model_spec(spec: ModelSpec, where: str, source: str) -> None:
 def settings(config: Base, overrides: Mapping[str, Any], where: str, source: str = "config") -> TrainSettings:
     """The top-level ``training`` block with a model's overrides applied, validated."""
     return validate(TrainSettings, {**config.training.model_dump(), **overrides}, source, where)
+
+
+def compare_files(compare: Mapping[str, Sequence[str]], name: str, config_dir: Path) -> list[Path]:
+    """The model files of one ``compare`` row; glob patterns allowed (``../runs/x/teacher_*/model.pt``)."""
+    found = []
+    for i, pattern in enumerate(compare[name]):
+        path = resolve_path(pattern, config_dir)
+        matches = sorted(Path(p) for p in glob.glob(str(path))) if "*" in pattern else [path] * path.is_file()
+        if not matches:
+            raise ConfigError(f"compare.{name}[{i}]", f"model file not found: {pattern} "
+                              "(train that run first, e.g. `kdframe train` on its config)")
+        found += matches
+    return found
+
+
+def compared(compare: Mapping[str, Sequence[str]], config_dir: Path, device: torch.device) -> dict[str, Potential | Ensemble]:
+    """The ``compare`` rows as models (an ensemble where a row names several files)."""
+    models: dict[str, Potential | Ensemble] = {}
+    for name in compare:
+        members = [Potential.load(p).to(device) for p in compare_files(compare, name, config_dir)]
+        models[name] = Ensemble(members) if len(members) > 1 else members[0]
+    return models
 
 
 def load_config(path: Path) -> tuple[Workflow, Base]:

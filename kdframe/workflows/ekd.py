@@ -8,7 +8,6 @@ only; optionally a second generation taught by an ensemble of first-generation s
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ from ..plugins import registry
 from ..knowledge.ensemble import EnsembleForces
 from ..potential import Ensemble, Potential
 from ..teacher import Teacher
-from .base import Run, Workflow, loss_terms, settings
+from .base import Run, Workflow, compare_files, compared, loss_terms, settings
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
 FORCE_SCHEDULE = {1: 10, 20: 9, 40: 8, 60: 7, 80: 6, 100: 5, 120: 4, 140: 3, 160: 2, 180: 1, 200: 0.5}
@@ -81,7 +80,7 @@ class Ekd(Workflow):
             if not resolve_path(path, Path(source).parent).is_file():
                 raise ConfigError(f"{source}: {where}", f"model file not found: {path}")
         for name in config.compare:
-            compare_files(config, name, Path(source).parent)
+            compare_files(config.compare, name, Path(source).parent)
         if config.teachers.pretrained:
             registry().lookup("pretrained", config.teachers.pretrained, f"{source}: teachers.pretrained")
 
@@ -111,9 +110,7 @@ class Ekd(Workflow):
                 "control", spec.model, loss_terms({"energy": spec.weights.get("energy", 1.0)}, ENERGY_ONLY, "student.weights"),
                 settings(config, spec.training, "student.training"), run.data, run.splits["train"], run.splits["valid"],
                 config.seed + 7, {"weights": {"energy": spec.weights.get("energy", 1.0)}})
-        for name in config.compare:
-            members = [Potential.load(p).to(run.device) for p in compare_files(config, name, run.config_dir)]
-            models[name] = Ensemble(members) if len(members) > 1 else members[0]
+        models.update(compared(config.compare, run.config_dir, run.device))
         return run.evaluate(models, "Ensemble knowledge distillation")
 
     def teachers(self, run: Run, config: EkdConfig) -> Ensemble:
@@ -157,19 +154,6 @@ class Ekd(Workflow):
                          settings(config, spec.training, "student.training"), data, run.splits["train"],
                          run.splits["valid"], config.seed + 100 + index,
                          {"weights": spec.weights, "teacher": teacher_fingerprint})
-
-
-def compare_files(config: EkdConfig, name: str, config_dir: Path) -> list[Path]:
-    """The model files of one ``compare`` row; glob patterns allowed (``../runs/x/teacher_*/model.pt``)."""
-    found = []
-    for i, pattern in enumerate(config.compare[name]):
-        path = resolve_path(pattern, config_dir)
-        matches = sorted(Path(p) for p in glob.glob(str(path))) if "*" in pattern else [path] * path.is_file()
-        if not matches:
-            raise ConfigError(f"compare.{name}[{i}]", f"model file not found: {pattern} "
-                              "(train that run first, e.g. `kdframe train` on its config)")
-        found += matches
-    return found
 
 
 @hookimpl

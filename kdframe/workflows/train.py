@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..config import Base, ModelSpec, Strict
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from .base import Run, Workflow, loss_terms, settings
 

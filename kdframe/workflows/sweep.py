@@ -1,0 +1,94 @@
+"""Model-size sweeps: error vs number of trainable weights, as a table, a plot and learning curves."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..evaluation import Metrics
+from ..io import atomic_write
+from ..potential import Potential
+from ..report import plt
+from ..units import EV_TO_KCAL_MOL
+
+FORCE_COLUMN = "valid_rmse[forces:forces]"  # what the trainer writes to metrics.csv for the true forces
+STYLE = {"teacher": ("k", "*"), "born-again": ("tab:red", "D"), "student": ("tab:blue", "o"),
+         "control": ("tab:orange", "s")}
+
+
+@dataclass
+class SweepRow:
+    name: str
+    kind: str  # teacher, student, control or born-again
+    model: Potential
+    metrics_csv: Path  # the stage's per-epoch metrics (absent for a model loaded from a file)
+
+
+def _value(metrics: Metrics | None, key: str) -> float:
+    return metrics.values.get(key, math.nan) if metrics is not None else math.nan
+
+
+def sweep_table(rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> str:
+    """Markdown: one line per model with its trainable weights and test errors (kcal/mol, kcal/mol/Å)."""
+    lines = ["| model | kind | trainable weights | E rmse | F rmse | F mae |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        m = results.get(row.name)
+        cells = [f"{_value(m, k):.3f}" for k in ("E rmse (kcal/mol)", "F rmse (kcal/mol/Å)", "F mae (kcal/mol/Å)")]
+        lines.append(f"| {row.name} | {row.kind} | {row.model.n_weights()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def size_plot(path: Path, rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> Path:
+    """Test force RMSE vs trainable weights: students and controls as lines, teacher and Born-Again as markers."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for kind, (colour, marker) in STYLE.items():
+        points = sorted((r.model.n_weights(), _value(results.get(r.name), "F rmse (kcal/mol/Å)"))
+                        for r in rows if r.kind == kind)
+        if points:
+            ax.plot(*zip(*points), color=colour, marker=marker, ls="-" if len(points) > 1 else "", label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable weights")
+    ax.set_ylabel("test force RMSE (kcal/mol/Å)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def read_curve(path: Path, column: str = FORCE_COLUMN) -> tuple[list[int], list[float]]:
+    """(epochs, values) of one metrics.csv column; empty when the file or column is absent."""
+    if not path.is_file():
+        return [], []
+    with path.open() as f:
+        records = [r for r in csv.DictReader(f) if r.get(column) not in (None, "")]
+    return [int(r["epoch"]) for r in records], [float(r[column]) for r in records]
+
+
+def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
+    """Validation force RMSE per epoch of every trained model (students solid, controls dashed)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    drawn = False
+    for row in rows:
+        epochs, values = read_curve(row.metrics_csv)
+        if epochs:
+            colour, _ = STYLE[row.kind]
+            ax.plot(epochs, [v * EV_TO_KCAL_MOL for v in values], color=colour, lw=1,
+                    ls="--" if row.kind == "control" else "-", label=row.name)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation force RMSE (kcal/mol/Å)")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

@@ -1,0 +1,121 @@
+"""Atomic-energy distillation (methods.md §2): the reference convention, a cross-architecture student, the workflow."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from kdframe.cli import main
+from kdframe.data.readers import read_dataset
+from kdframe.data.reference import fit_reference_energies
+from kdframe.evaluation import predict
+from kdframe.knowledge import offline_knowledge
+from kdframe.knowledge.atomic import AtomicEnergies
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+from kdframe.schedule import Constant
+from kdframe.teacher import Teacher
+from kdframe.training import LossTerm, Trainer
+from kdframe.training.trainer import TrainSettings
+
+from toy import write_ani_file
+
+HIPNN = {"l_max": 0, "n_interaction_layers": 1, "n_atom_layers": 1, "width": 8, "n_sensitivities": 8}
+SMALL = {"toy": {"width": 4}, "hippynn": HIPNN, "torchani": {"hidden": [8]},
+         "mace": {"channels": 4, "max_L": 0, "num_interactions": 1, "correlation": 1, "max_ell": 1,
+                  "num_radial_basis": 4, "radial_MLP": [8], "r_max": 4.0}}
+
+
+def _morse(tmp_path, n_conf=12):
+    write_ani_file(tmp_path / "morse.h5", n_conf=n_conf)
+    data = read_dataset(tmp_path / "morse.h5", {"energy": "morse.energy"})
+    return data, torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_atom_energies_include_the_references_and_sum_to_the_energy(name, tmp_path):
+    if name not in registry().architectures:
+        pytest.skip(f"plugin {name} not installed")
+    data, ref = _morse(tmp_path, n_conf=2)
+    model = Potential(registry().architectures[name], SMALL[name], sorted(set(data.species.tolist())),
+                      reference_energies=ref)
+    batch = data.batch(np.arange(len(data)))
+    out = model(batch, forces=False)
+    torch.testing.assert_close(batch.sum_per_conf(out["atom_energies"]), out["energy"], rtol=1e-12, atol=1e-6)
+    net = model.net(batch).atom_energies.double()
+    torch.testing.assert_close(out["atom_energies"] - net, ref.double()[batch.species])
+
+
+def test_student_of_another_architecture_learns_the_teachers_energies_from_atom_energies_alone(tmp_path):
+    """A toy student taught only a HIP-NN teacher's atom energies matches its total energies; untrained it does not."""
+    data, ref = _morse(tmp_path, n_conf=16)
+    species = sorted(set(data.species.tolist()))
+    torch.manual_seed(0)
+    teacher = Potential(registry().architectures["hippynn"], HIPNN, species, reference_energies=ref)
+    atoms = offline_knowledge(AtomicEnergies("teacher_atoms"), Teacher(teacher, "hipnn"), data, tmp_path / "knowledge",
+                              progress=False)
+    data = data.with_labels(teacher_atoms=atoms)
+    teacher_energy = predict(teacher, data, forces=False).energy
+    train, test = np.flatnonzero(np.arange(len(data)) % 4), np.arange(0, len(data), 4)
+
+    def error(model):
+        return float(np.sqrt(np.mean((predict(model, data, forces=False).energy - teacher_energy)[test] ** 2)))
+
+    torch.manual_seed(1)
+    student = Potential(registry().architectures["toy"], {"width": 16}, species, reference_energies=ref)
+    untrained = error(student)
+    settings = TrainSettings(batch_size=8, max_epochs=60, lr=5e-3, weight_l2=0, lr_patience=100,
+                             termination_patience=100)
+    Trainer(student, [LossTerm("atom_energies", "teacher_atoms", Constant(1.0))], data.subset(train),
+            data.subset(test), settings, tmp_path / "student", progress=False).fit()
+    trained = error(student)
+    assert untrained > 1.0, "the control: an untrained student is far from the teacher"
+    assert trained < 0.15 and trained < 0.05 * untrained, (trained, untrained)
+
+
+# --- the workflow --------------------------------------------------------------------------------
+def _config(tmp_path, ani_file, **changes):
+    raw = {
+        "workflow": "atomic", "run_dir": str(tmp_path / "run"), "device": "cpu",
+        "data": {"train": {"path": str(ani_file), "energy": "morse.energy", "forces": "morse.forces"},
+                 "split": {"fractions": {"train": 0.7, "valid": 0.15, "test": 0.15}}},
+        "training": {"batch_size": 8, "max_epochs": 2, "lr": 0.003},
+        "teacher": {"model": {"architecture": "toy", "width": 8}},
+        "students": {"models": [{"architecture": "toy", "width": 2}, {"architecture": "toy", "width": 4}]},
+        "born_again": {"weights": {"atom_energies": {1: 200, 2: 0}, "forces": {1: 75, 2: 15}, "energy": {1: 0, 2: 1}}},
+        **changes,
+    }
+    path = tmp_path / "atomic.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_atomic_workflow_sweep(tmp_path, ani_file, capsys):
+    assert main(["run", _config(tmp_path, ani_file), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | kind | trainable weights | E rmse | F rmse | F mae |" in out
+    for row in ("| teacher | teacher |", "| student 1 | student |", "| control 2 | control |", "| born-again | born-again |",
+                "| test | student 2 |"):
+        assert row in out
+    run = tmp_path / "run"
+    assert (run / "plots" / "force_error_vs_weights.png").stat().st_size > 0
+    assert (run / "plots" / "learning_curves.png").stat().st_size > 0
+    assert len(list((run / "knowledge").glob("atomic_energies-*.h5"))) == 1
+    assert "force_error_vs_weights.png" in (run / "report.md").read_text()
+    # Students learn the teacher's atom energies (a weighted, monitored-after-forces term); controls never see them.
+    student, control = ((run / s / "metrics.csv").read_text().splitlines()[0] for s in ("student_1", "control_1"))
+    assert student.startswith("epoch,lr,train_loss,valid_rmse[forces:forces],") and "teacher_atom_energies" in student
+    assert "teacher_atom_energies" not in control
+    born_again = Potential.load(run / "born_again" / "model.pt")
+    assert born_again.hyperparameters == {"width": 8} and born_again.architecture.name == "toy"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"students": {"models": []}}, "students.models: List should have at least 1 item"),
+    ({"students": {"models": [{"architecture": "toy", "widht": 2}]}}, "students.models[0].widht: unknown key"),
+    ({"teacher": {"file": "t.pt", "model": {"architecture": "toy"}}}, "teacher: Value error, give exactly one of"),
+    ({"controls": {"weights": {"atom_energies": 1}}}, "controls.weights.atom_energies: unknown loss term"),
+])
+def test_bad_atomic_config_names_the_yaml_path(tmp_path, ani_file, capsys, changes, message):
+    assert main(["run", _config(tmp_path, ani_file, **changes), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
