@@ -10,11 +10,8 @@ hits both alike. Reports the ratio t_hippynn / t_kdframe (goal >= 0.95) and writ
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
-import subprocess
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +22,10 @@ from kdframe.data import read_dataset
 from kdframe.data.reference import fit_reference_energies
 from kdframe.io import atomic_write_text
 from kdframe.plugins import registry
-from kdframe.potential import Potential
-from kdframe.schedule import Constant
-from kdframe.training import LossTerm, Trainer, TrainSettings
+
+from common import interleaved_epochs, kdframe_epoch, provenance, timing_rows
 
 HYPER = {"l_max": 0, "n_interaction_layers": 1, "n_atom_layers": 2, "width": 32, "n_sensitivities": 16}
-
-
-def kdframe_epoch(data, batch_size, device, run_dir):
-    torch.manual_seed(0)
-    ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
-    model = Potential(registry().architectures["hippynn"], HYPER, sorted(set(data.species.tolist())), ["energy"], ref)
-    settings = TrainSettings(batch_size=batch_size, max_epochs=1000, weight_l2=1e-6, regularisers={"hierarchicality": 0.01})
-    terms = [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
-    trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device, progress=False)
-    epoch = iter(range(1, 10**6))
-    return lambda: trainer._train_epoch(next(epoch))
 
 
 def hippynn_epoch(data, batch_size, device):
@@ -101,35 +86,22 @@ def main() -> None:
     torch.set_num_threads(1)
     registry().architectures["hippynn"].prepare()
     data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {"kdframe": kdframe_epoch(data, args.batch_size, args.device, tmp),
+        runners = {"kdframe": kdframe_epoch("hippynn", HYPER, data, args.batch_size, args.device, tmp,
+                                            regularisers={"hierarchicality": 0.01}),
                    "hippynn": hippynn_epoch(data, args.batch_size, args.device)}
-        times = {name: [] for name in runners}
-        for name, run in runners.items():  # warm-up epoch (kernel set-up, allocator)
-            run()
-        for _ in range(args.repeats):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_epochs(runners, args.repeats, args.device)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["hippynn"] / med["kdframe"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, 1 thread)"
     text = f"""# HIP-NN training epoch: kdframe vs hippynn's own loop
 
 - command: `python benchmarks/hipnn_overhead.py --data {args.data} --energy {args.energy} --forces {args.forces} --batch-size {args.batch_size} --repeats {args.repeats} --device {args.device}`
-- commit: {commit}; date: {datetime.date.today()}; device: {device}
+- {provenance(args.device)}
 - data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: HIP-NN {HYPER}; float32; loss RMSE+MAE of E and F
 
 | loop | median epoch (s) | all epochs (s) |
 |---|---|---|
-| kdframe | {med['kdframe']:.3f} | {', '.join(f'{t:.3f}' for t in times['kdframe'])} |
-| hippynn | {med['hippynn']:.3f} | {', '.join(f'{t:.3f}' for t in times['hippynn'])} |
+{timing_rows(times)}
 
 **Ratio t_hippynn / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).
 """

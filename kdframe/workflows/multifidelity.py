@@ -99,6 +99,9 @@ class MultiFidelity(Workflow):
         if config.evaluate_head not in config.fidelities:
             raise ConfigError(f"{source}: evaluate_head", f"{config.evaluate_head!r} is not a fidelity", config.fidelities)
         for name, fidelity in config.fidelities.items():
+            if fidelity.weights == {}:
+                raise ConfigError(f"{source}: fidelities.{name}.weights", "no loss terms (null: the default weights)",
+                                  fidelity.labels(name))
             if fidelity.weights is not None and "forces" in fidelity.weights and not fidelity.forces:
                 raise ConfigError(f"{source}: fidelities.{name}.weights.forces",
                                   f"this fidelity has no forces: set fidelities.{name}.forces to a key of the file")

@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmark scripts: a kdframe training epoch, interleaved timing, provenance."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdframe.data.dataset import Dataset
+from kdframe.data.reference import fit_reference_energies
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+from kdframe.schedule import Constant
+from kdframe.training import LossTerm, Trainer, TrainSettings
+
+
+def kdframe_epoch(architecture: str, hyper: dict[str, Any], data: Dataset, batch_size: int, device: str, run_dir: str,
+                  regularisers: dict[str, float] | None = None) -> Callable[[], float]:
+    """A callable running one more kdframe training epoch (E + F, RMSE + MAE) of a fresh seeded model."""
+    torch.manual_seed(0)
+    ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
+    model = Potential(registry().architectures[architecture], hyper, sorted(set(data.species.tolist())), ["energy"], ref)
+    settings = TrainSettings(batch_size=batch_size, max_epochs=10**6, weight_l2=1e-6, regularisers=regularisers or {})
+    terms = [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
+    trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device, progress=False)
+    epoch = iter(range(1, 10**6))
+    return lambda: trainer._train_epoch(next(epoch))
+
+
+def interleaved_epochs(runners: dict[str, Callable[[], Any]], repeats: int, device: str) -> dict[str, list[float]]:
+    """Wall time of `repeats` epochs of each runner after one warm-up epoch, interleaved so noise hits all alike."""
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def timing_rows(times: dict[str, list[float]]) -> str:
+    """Markdown rows: name | median | every epoch."""
+    return "\n".join(f"| {name} | {statistics.median(t):.3f} | {', '.join(f'{x:.3f}' for x in t)} |"
+                     for name, t in times.items())
+
+
+def provenance(device: str) -> str:
+    """'commit: ...; date: ...; device: ...' for a result file."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    name = torch.cuda.get_device_name() if device == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
+    return f"commit: {commit}; date: {datetime.date.today()}; device: {name}"
