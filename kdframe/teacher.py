@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import torch
 
 from . import derivatives
 from .batch import Batch
-from .potential import Ensemble, Potential
+from .data.dataset import Dataset
+from .data.reference import fit_reference_energies
+from .potential import Ensemble, Potential, model_dtype
 
 
 class Teacher:
@@ -52,3 +55,23 @@ class Teacher:
             out = self.model(batch, forces=True, create_graph=True)
             force = out["forces"] if out["forces"].dim() == 2 else out["forces"][..., head]
             return derivatives.hessian_vector_product(force, batch.positions, vectors, create_graph=False).detach()
+
+
+def align_reference_energies(teacher: Teacher, dataset: Dataset, label: str, device: str | torch.device = "cpu",
+                             batch_size: int = 128) -> np.ndarray:
+    """Put a teacher from elsewhere on this data's energy scale; the per-element shifts (eV) it added.
+
+    A pretrained model carries its own level of theory's atomic energies (ANI-1ccx: CCSD(T)*/CBS,
+    hundreds of kcal/mol from cc-pVDZ). Per-element offsets fitted by least squares to label minus
+    prediction are added to every member's reference energies (head 0): forces and conformer energy
+    differences are unchanged, total energies become comparable.
+    """
+    dtype = model_dtype(teacher.members[0])
+    predicted = np.concatenate([teacher.predict(b.to(device, dtype), forces=False)["energy"][:, 0].cpu().numpy()
+                                for b in dataset.batches(batch_size, labels=())])
+    offsets = fit_reference_energies(dataset.with_labels(residual=dataset.labels[label] - predicted), "residual")
+    with torch.no_grad():
+        for member in teacher.members:
+            n = min(len(offsets), member.reference_energies.shape[0])
+            member.reference_energies[:n, 0] += torch.as_tensor(offsets[:n], device=member.reference_energies.device)
+    return offsets

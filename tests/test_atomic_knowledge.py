@@ -106,6 +106,8 @@ def test_atomic_workflow_sweep(tmp_path, ani_file, capsys):
     student, control = ((run / s / "metrics.csv").read_text().splitlines()[0] for s in ("student_1", "control_1"))
     assert student.startswith("epoch,lr,train_loss,valid_rmse[forces:forces],") and "teacher_atom_energies" in student
     assert "teacher_atom_energies" not in control
+    teacher = Potential.load(run / "teacher" / "model.pt")
+    assert f"| teacher | teacher | {teacher.n_weights()} |" in out and teacher.n_weights() > 0
     born_again = Potential.load(run / "born_again" / "model.pt")
     assert born_again.hyperparameters == {"width": 8} and born_again.architecture.name == "toy"
 

@@ -63,3 +63,20 @@ def test_missing_labels_are_nan_and_ignored_by_reference_fit(tmp_path):
     data = read_dataset(tmp_path / "m.h5", {"energy": "morse.energy"})
     assert np.isnan(data.labels["energy"]).sum() == 16
     assert np.isfinite(fit_reference_energies(data, "energy")).all()
+
+
+def test_labelled_finds_configurations_with_any_of_the_labels(tmp_path):
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "m.h5", missing_every=3)
+    data = read_dataset(tmp_path / "m.h5", {"energy": "morse.energy"})
+    energy = ~np.isnan(data.labels["energy"])
+    np.testing.assert_array_equal(data.labelled(["energy"]), energy)
+    forces = np.full((len(data.species), 3), np.nan)
+    c = int(np.flatnonzero(~energy)[0])
+    forces[data.atom_ptr[c]] = 0.0  # one atom of an energy-less configuration carries a force
+    data = data.with_labels(f=forces)
+    expected = energy.copy()
+    expected[c] = True
+    np.testing.assert_array_equal(data.labelled(["energy", "f"]), expected)
+    assert data.labelled(["f"]).sum() == 1

@@ -212,6 +212,20 @@ def test_trainer_on_teacher_hvps_lowers_the_hvp_error(ani_file, tmp_path):
     assert trainer.history[-1]["valid_rmse[hvp:teacher_hvp]"] < before
 
 
+def test_online_teacher_hvps_along_fresh_probes(ani_file, tmp_path):
+    """Fresh probes per minibatch, the float64 teacher's H·v taken along them online for a float32 student."""
+    data = _data(ani_file).subset(np.arange(24))
+    source = TeacherHVP("teacher_hvp", {"probes": {"kind": "gaussian", "regime": "fresh", "seed": 4}})
+    settings = TrainSettings(batch_size=8, max_epochs=2, lr=3e-3, weight_l2=0.0)
+    trainer = Trainer(_toy(7), [source.loss_term(ONE)], data.subset(np.arange(16)), data.subset(np.arange(16, 24)),
+                      settings, tmp_path / "run", online=[(source, Teacher(_toy(1), "t"))],
+                      probes={source.probe_label: source.settings.probes}, progress=False)
+    assert trainer.labels == []
+    before = trainer.validate()["valid_rmse[hvp:teacher_hvp]"]
+    trainer.fit()
+    assert trainer.history[-1]["valid_rmse[hvp:teacher_hvp]"] < before
+
+
 def _with_morse_hessians(data):
     blocks = []
     for c in range(len(data)):

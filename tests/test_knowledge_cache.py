@@ -46,3 +46,12 @@ def test_cache_reused_when_nothing_changed_and_recomputed_when_teacher_changed(a
     offline_knowledge(source, _teacher(0), data.subset(np.arange(10)), tmp_path, batch_size=16)
     assert len(calls) == 2 * n_batches + 1  # changed dataset: recomputed
     assert len(list(tmp_path.glob("ensemble_forces-*.h5"))) == 3
+
+    # Labels added to the file later (e.g. new QC levels) do not change what a teacher predicts.
+    relabelled = data.with_labels(extra=np.zeros(len(data)))
+    offline_knowledge(source, _teacher(0), relabelled, tmp_path, batch_size=16)
+    assert len(calls) == 2 * n_batches + 1
+    moved = data.subset(np.arange(len(data)))
+    moved.positions[0, 0] += 0.01
+    offline_knowledge(source, _teacher(0), moved, tmp_path, batch_size=16)
+    assert len(calls) == 3 * n_batches + 1  # changed geometry: recomputed

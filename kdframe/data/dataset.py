@@ -52,6 +52,16 @@ class Dataset:
         offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
         return np.arange(lengths.sum()) + offsets
 
+    def labelled(self, names: Sequence[str]) -> np.ndarray:
+        """(C,) bool: configurations with at least one of the named labels present (not NaN) on any row."""
+        found = np.zeros(len(self), dtype=bool)
+        conf_of_atom = np.repeat(np.arange(len(self)), self.n_atoms)
+        for name in names:
+            present = ~np.isnan(self.labels[name]).reshape(self.labels[name].shape[0], -1).any(axis=1)
+            found |= present if self.label_kind(name) == PER_CONF else np.bincount(
+                conf_of_atom, weights=present, minlength=len(self)) > 0
+        return found
+
     def subset(self, confs: Sequence[int] | np.ndarray) -> "Dataset":
         confs = np.asarray(confs, dtype=np.int64)
         atoms = self.atom_indices(confs)
@@ -74,12 +84,12 @@ class Dataset:
         np.add.at(counts, (conf_of_atom, self.species), 1)
         return counts
 
-    def content_hash(self) -> str:
-        """Hash of geometry, species and labels: a changed dataset never reuses a stale cache."""
+    def content_hash(self, labels: Sequence[str] | None = None) -> str:
+        """Hash of geometry, species and the given labels (default: all): a changed dataset never reuses a stale cache."""
         h = hashlib.sha256()
         for array in (self.species, self.positions, self.atom_ptr):
             h.update(np.ascontiguousarray(array).tobytes())
-        for name in sorted(self.labels):
+        for name in sorted(self.labels if labels is None else labels):
             h.update(name.encode())
             h.update(np.ascontiguousarray(self.labels[name]).tobytes())
         return h.hexdigest()[:16]
@@ -102,11 +112,17 @@ class Dataset:
             index=torch.from_numpy(confs),
         )
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                labels: Sequence[str] | None = None) -> Iterator[Batch]:
+    def batch_indices(self, batch_size: int, shuffle: bool = False,
+                      generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
+        """The configurations of each batch, in order or shuffled by ``generator``."""
         order = torch.randperm(len(self), generator=generator).numpy() if shuffle else np.arange(len(self))
         for start in range(0, len(self), batch_size):
-            yield self.batch(order[start:start + batch_size], labels)
+            yield order[start:start + batch_size]
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                labels: Sequence[str] | None = None) -> Iterator[Batch]:
+        for confs in self.batch_indices(batch_size, shuffle, generator):
+            yield self.batch(confs, labels)
 
 
 def concatenate(datasets: Sequence[Dataset]) -> Dataset:

@@ -23,7 +23,8 @@ from .base import KnowledgeSource
 
 
 def cache_key(source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> str:
-    parts = {"teacher": teacher.fingerprint(), "data": dataset.content_hash(), **source.describe()}
+    # Knowledge depends on the geometries only: labels added to the file later do not invalidate it.
+    parts = {"teacher": teacher.fingerprint(), "data": dataset.content_hash(labels=()), **source.describe()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

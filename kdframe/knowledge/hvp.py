@@ -15,6 +15,7 @@ import torch
 from ..batch import Batch
 from ..data.dataset import Dataset
 from ..hookspecs import hookimpl
+from ..potential import model_dtype
 from ..probes import ProbeSettings, batch_probes, fixed_probes
 from ..schedule import Schedule
 from ..teacher import Teacher
@@ -43,6 +44,7 @@ class TeacherHVP(KnowledgeSource):
                 raise ValueError(f"{self.name}: fresh probes are drawn by the trainer; use this source online with "
                                  f"Trainer(probes={{{self.probe_label!r}: ...}})")
             probes = batch_probes(batch, self.settings.probes)
+        batch = batch.to(batch.positions.device, model_dtype(teacher.model))  # online: the student's dtype
         return teacher.hessian_vector_product(batch, probes.to(batch.positions.dtype), self.settings.head)
 
     def with_labels(self, dataset: Dataset, value: np.ndarray) -> Dataset:

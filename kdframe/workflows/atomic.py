@@ -118,12 +118,12 @@ class Atomic(Workflow):
         teacher = self.teacher(run, config)
         if until == "train":
             return run.evaluate({"teacher": teacher}, "Atomic-energy distillation: teacher")
+        rows = [SweepRow("teacher", "teacher", teacher, run.dir / "teacher" / METRICS)]  # before it is frozen
         knowledge = Teacher(teacher, "teacher")
         atoms = run.knowledge(AtomicEnergies(TEACHER_LABEL), knowledge, run.data)
         if until == "label":
             return f"Teacher atom energies cached in {run.dir / 'knowledge'}"
         data, fingerprint = run.data.with_labels(**{TEACHER_LABEL: atoms}), knowledge.fingerprint()
-        rows = [SweepRow("teacher", "teacher", teacher, run.dir / "teacher" / METRICS)]
         students, controls = config.students, config.controls
         for i, spec in enumerate(students.models):
             stage = f"student_{i + 1}"

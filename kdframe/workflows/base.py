@@ -135,8 +135,14 @@ class Run:
         ``energy_labels`` (one per head) are what each head's reference energies are fitted on.
         """
         stage_dir = self.dir / stage
+        # Configurations carrying none of the terms' labels (e.g. no CC energy yet) only cost time.
+        # The stage depends on the labels its terms use, not on others the file gains later.
+        used = [term.label for term in terms if term.label in dataset.labels]
+        labelled = dataset.labelled(used)
+        used += [term.probe for term in terms if term.probe in dataset.labels]
+        train_idx, valid_idx = train_idx[labelled[train_idx]], valid_idx[labelled[valid_idx]]
         record = {"model": spec.model_dump(), "training": settings.model_dump(), "seed": seed, "heads": list(heads),
-                  "data": dataset.content_hash(), "train": fingerprint(train_idx.tolist()),
+                  "data": dataset.content_hash(labels=used), "train": fingerprint(train_idx.tolist()),
                   "valid": fingerprint(valid_idx.tolist()), **identity}
         if energy_labels is not None:
             record["reference_labels"] = list(energy_labels)

@@ -20,7 +20,7 @@ from ..hookspecs import hookimpl
 from ..plugins import registry
 from ..knowledge.ensemble import EnsembleForces
 from ..potential import Ensemble, Potential
-from ..teacher import Teacher
+from ..teacher import Teacher, align_reference_energies
 from .base import Run, Workflow, compare_files, compared, loss_terms, settings
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
@@ -34,6 +34,9 @@ class TeacherSpec(Strict):
     model: ModelSpec | None = None
     files: list[str] = []  # saved kdframe models to use instead of training teachers
     pretrained: str | None = None  # a registered pretrained ensemble, e.g. ani1ccx
+    # Teachers from files or pretrained: refit per-element energy offsets on the training split
+    # (their level of theory's atomic energies differ; forces and dE are unchanged).
+    align_energies: bool = True
     training: dict[str, Any] = {}
 
     @pydantic.model_validator(mode="after")
@@ -115,12 +118,8 @@ class Ekd(Workflow):
 
     def teachers(self, run: Run, config: EkdConfig) -> Ensemble:
         spec = config.teachers
-        if spec.pretrained:
-            loader = registry().lookup("pretrained", spec.pretrained, "teachers.pretrained")
-            return self._check_elements(run, loader().to(run.device), f"pretrained {spec.pretrained}", "teachers.pretrained")
-        if spec.files:
-            return Ensemble([self._check_elements(run, Potential.load(resolve_path(path, run.config_dir)).to(run.device),
-                                                  path, f"teachers.files[{i}]") for i, path in enumerate(spec.files)])
+        if spec.pretrained or spec.files:
+            return self._outside_teachers(run, spec)
         pool = np.concatenate([run.splits["train"], run.splits["valid"]])
         fractions = config.data.split.fractions
         train_share = fractions["train"] / (fractions["train"] + fractions["valid"])
@@ -133,6 +132,21 @@ class Ekd(Workflow):
                 settings(config, spec.training, "teachers.training"), run.data, np.sort(order[:cut]),
                 np.sort(order[cut:]), config.seed + 1 + i, {"weights": {"energy": 1.0}}))
         return Ensemble(teachers)
+
+    @classmethod
+    def _outside_teachers(cls, run: Run, spec: TeacherSpec) -> Ensemble:
+        """Pretrained or saved teachers, checked for elements and (by default) aligned to this data's energies."""
+        if spec.pretrained:
+            loader = registry().lookup("pretrained", spec.pretrained, "teachers.pretrained")
+            ensemble = cls._check_elements(run, loader().to(run.device), f"pretrained {spec.pretrained}",
+                                           "teachers.pretrained")
+        else:
+            ensemble = Ensemble([cls._check_elements(run, Potential.load(resolve_path(path, run.config_dir)).to(run.device),
+                                                     path, f"teachers.files[{i}]") for i, path in enumerate(spec.files)])
+        if spec.align_energies:
+            align_reference_energies(Teacher(ensemble, "teachers"), run.data.subset(run.splits["train"]), "energy",
+                                     run.device)
+        return ensemble
 
     @staticmethod
     def _check_elements(run: Run, model, name: str, where: str):

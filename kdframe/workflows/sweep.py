@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.ticker import NullFormatter
+
 from ..evaluation import Metrics
 from ..io import atomic_write
 from ..potential import Potential
@@ -25,6 +27,10 @@ class SweepRow:
     kind: str  # teacher, student, control or born-again
     model: Potential
     metrics_csv: Path  # the stage's per-epoch metrics (absent for a model loaded from a file)
+    n_weights: int = 0  # trainable weights; taken at creation (a model used as a teacher is frozen later)
+
+    def __post_init__(self) -> None:
+        self.n_weights = self.n_weights or self.model.n_weights()
 
 
 def _value(metrics: Metrics | None, key: str) -> float:
@@ -37,7 +43,7 @@ def sweep_table(rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> str
     for row in rows:
         m = results.get(row.name)
         cells = [f"{_value(m, k):.3f}" for k in ("E rmse (kcal/mol)", "F rmse (kcal/mol/Å)", "F mae (kcal/mol/Å)")]
-        lines.append(f"| {row.name} | {row.kind} | {row.model.n_weights()} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row.name} | {row.kind} | {row.n_weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -53,11 +59,12 @@ def size_plot(path: Path, rows: Sequence[SweepRow], results: Mapping[str, Metric
     """Test force RMSE vs trainable weights: students and controls as lines, teacher and Born-Again as markers."""
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for kind, (colour, marker) in STYLE.items():
-        points = sorted((r.model.n_weights(), _value(results.get(r.name), "F rmse (kcal/mol/Å)"))
+        points = sorted((r.n_weights, _value(results.get(r.name), "F rmse (kcal/mol/Å)"))
                         for r in rows if r.kind == kind)
         if points:
             ax.plot(*zip(*points), color=colour, marker=marker, ls="-" if len(points) > 1 else "", label=kind)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("trainable weights")
     ax.set_ylabel("test force RMSE (kcal/mol/Å)")
     ax.legend(fontsize=8)
@@ -87,7 +94,6 @@ def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation force RMSE (kcal/mol/Å)")
     ax.legend(fontsize=6, ncol=2)
