@@ -12,23 +12,32 @@ from .errors import KdframeError
 
 def _run_stage(until: str):
     def command(args: argparse.Namespace) -> int:
+        from . import distributed
         from .workflows.base import Run, load_config
 
-        workflow, config = load_config(Path(args.config))
-        run = Run(config, Path(args.config), workflow, progress=not args.quiet)
-        print(workflow.run(run, until=until))
+        distributed.init()  # under torchrun: every rank runs the workflow, rank 0 writes and prints
+        try:
+            workflow, config = load_config(Path(args.config))
+            run = Run(config, Path(args.config), workflow, progress=not args.quiet and distributed.is_main())
+            text = workflow.run(run, until=until)
+            if distributed.is_main():
+                print(text)
+        finally:
+            distributed.finish()
         return 0
 
     return command
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from .plugins import installed_plugins, registry
+    from .plugins import BROKEN, installed_plugins, registry
 
     reg = registry()
     print(f"kdframe {__version__}")
     for name, dist, version in installed_plugins():
         print(f"  {name:32s} {dist} {version}")
+    for name, reason in sorted(BROKEN.items()):
+        print(f"  {name:32s} FAILED TO LOAD: {reason}")
     for kind in ("architectures", "knowledge_sources", "schedules", "labelers", "workflows", "pretrained"):
         print(f"{kind}: {', '.join(sorted(getattr(reg, kind))) or '(none)'}")
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -34,11 +36,30 @@ class Registry:
         return table[name]
 
 
+# Entry points that failed to import: name -> reason. Shown by `kdframe plugins`.
+BROKEN: dict[str, str] = {}
+# Loaded entry points: name -> (distribution, version).
+LOADED: dict[str, tuple[str, str]] = {}
+
+
 @functools.cache
 def plugin_manager() -> pluggy.PluginManager:
+    """Every plugin of the entry-point group; one that fails to import is skipped with a warning,
+    so a broken third-party package never stops unrelated work (e.g. hours of labelling)."""
     pm = pluggy.PluginManager("kdframe")
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is reported the same way
+            BROKEN[entry_point.name] = f"{entry_point.value}: {exc.__class__.__name__}: {exc}"
+            warnings.warn(f"kdframe plugin {entry_point.name!r} failed to load and is skipped "
+                          f"({BROKEN[entry_point.name]})", stacklevel=2)
+            continue
+        pm.register(plugin, name=entry_point.name)
+        LOADED[entry_point.name] = (entry_point.dist.name, entry_point.dist.version)
     return pm
 
 
@@ -57,5 +78,5 @@ def registry() -> Registry:
 
 def installed_plugins() -> list[tuple[str, str, str]]:
     """(plugin name, distribution, version) for every loaded plugin."""
-    pm = plugin_manager()
-    return sorted((pm.get_name(plugin), dist.project_name, dist.version) for plugin, dist in pm.list_plugin_distinfo())
+    plugin_manager()
+    return sorted((name, dist, version) for name, (dist, version) in LOADED.items())

@@ -66,3 +66,25 @@ def test_saved_model_keeps_its_dtype_and_float64_reference_energies(tmp_path):
     assert loaded.reference_energies.dtype == torch.float64
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_skipped(monkeypatch, capsys):
+    from importlib import metadata
+
+    from kdframe import plugins
+
+    real = metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)
+    broken = metadata.EntryPoint("broken_arch", "kdframe_no_such_module_xyz", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [*real, broken])
+    for cached in (plugins.plugin_manager, plugins.registry):
+        cached.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="'broken_arch' failed to load"):
+            assert "hippynn" in plugins.registry().architectures
+        assert main(["plugins"]) == 0
+        assert "broken_arch" in capsys.readouterr().out.split("FAILED TO LOAD")[0].splitlines()[-1]
+    finally:
+        monkeypatch.undo()
+        plugins.BROKEN.clear()
+        for cached in (plugins.plugin_manager, plugins.registry):
+            cached.cache_clear()
