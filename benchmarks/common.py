@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,23 +16,33 @@ import torch
 
 from kdframe.data.dataset import Dataset
 from kdframe.data.reference import fit_reference_energies
+from kdframe.io import atomic_write_text
 from kdframe.plugins import registry
 from kdframe.potential import Potential
+from kdframe.probes import ProbeSettings
 from kdframe.schedule import Constant
 from kdframe.training import LossTerm, Trainer, TrainSettings
 
 
 def kdframe_epoch(architecture: str, hyper: dict[str, Any], data: Dataset, batch_size: int, device: str, run_dir: str,
-                  regularisers: dict[str, float] | None = None) -> Callable[[], float]:
-    """A callable running one more kdframe training epoch (E + F, RMSE + MAE) of a fresh seeded model."""
+                  regularisers: dict[str, float] | None = None, terms: Sequence[LossTerm] | None = None,
+                  probes: Mapping[str, ProbeSettings] | None = None) -> Callable[[], float]:
+    """A callable running one more kdframe training epoch of a fresh seeded model; its ``.trainer`` attribute is the
+    Trainer. Loss: ``terms`` (default E + F, RMSE + MAE); ``probes`` as for the Trainer."""
     torch.manual_seed(0)
     ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
     model = Potential(registry().architectures[architecture], hyper, sorted(set(data.species.tolist())), ["energy"], ref)
     settings = TrainSettings(batch_size=batch_size, max_epochs=10**6, weight_l2=1e-6, regularisers=regularisers or {})
-    terms = [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
-    trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device, progress=False)
+    terms = terms or [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
+    trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device,
+                      probes=probes, progress=False)
     epoch = iter(range(1, 10**6))
-    return lambda: trainer._train_epoch(next(epoch))
+
+    def run() -> float:
+        return trainer._train_epoch(next(epoch))
+
+    run.trainer = trainer
+    return run
 
 
 def interleaved_epochs(runners: dict[str, Callable[[], Any]], repeats: int, device: str) -> dict[str, list[float]]:
@@ -61,3 +72,23 @@ def provenance(device: str) -> str:
     name = torch.cuda.get_device_name() if device == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
     return f"commit: {commit}; date: {datetime.date.today()}; device: {name}"
+
+
+def write_epoch_report(args: argparse.Namespace, script: str, title: str, details: str, column: str,
+                       times: dict[str, list[float]], summary: str) -> str:
+    """Write (atomically, to ``args.out``) and return a markdown result: command, provenance, timings, summary."""
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    text = f"""# {title}
+
+- command: `python benchmarks/{script} {options}`
+- {provenance(args.device)}
+- {details}
+
+| {column} | median epoch (s) | all epochs (s) |
+|---|---|---|
+{timing_rows(times)}
+
+{summary}
+"""
+    atomic_write_text(args.out, text)
+    return text

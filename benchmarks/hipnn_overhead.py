@@ -20,10 +20,9 @@ import torch
 from kdframe.config import resolve_path
 from kdframe.data import read_dataset
 from kdframe.data.reference import fit_reference_energies
-from kdframe.io import atomic_write_text
 from kdframe.plugins import registry
 
-from common import interleaved_epochs, kdframe_epoch, provenance, timing_rows
+from common import interleaved_epochs, kdframe_epoch, write_epoch_report
 
 HYPER = {"l_max": 0, "n_interaction_layers": 1, "n_atom_layers": 2, "width": 32, "n_sensitivities": 16}
 
@@ -93,19 +92,11 @@ def main() -> None:
         times = interleaved_epochs(runners, args.repeats, args.device)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["hippynn"] / med["kdframe"]
-    text = f"""# HIP-NN training epoch: kdframe vs hippynn's own loop
-
-- command: `python benchmarks/hipnn_overhead.py --data {args.data} --energy {args.energy} --forces {args.forces} --batch-size {args.batch_size} --repeats {args.repeats} --device {args.device}`
-- {provenance(args.device)}
-- data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: HIP-NN {HYPER}; float32; loss RMSE+MAE of E and F
-
-| loop | median epoch (s) | all epochs (s) |
-|---|---|---|
-{timing_rows(times)}
-
-**Ratio t_hippynn / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).
-"""
-    atomic_write_text(args.out, text)
+    text = write_epoch_report(
+        args, "hipnn_overhead.py", "HIP-NN training epoch: kdframe vs hippynn's own loop",
+        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: HIP-NN {HYPER}; float32; "
+        "loss RMSE+MAE of E and F", "loop", times,
+        f"**Ratio t_hippynn / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).")
     print(text)
 
 

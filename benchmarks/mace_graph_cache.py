@@ -17,9 +17,8 @@ import torch
 
 from kdframe.config import resolve_path
 from kdframe.data import read_dataset
-from kdframe.io import atomic_write_text
 
-from common import interleaved_epochs, kdframe_epoch, provenance, timing_rows
+from common import interleaved_epochs, kdframe_epoch, write_epoch_report
 
 HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2, "dtype": "float32"}
 
@@ -43,19 +42,11 @@ def main() -> None:
         times = interleaved_epochs(runners, args.repeats, args.device)
     med = {k: statistics.median(v) for k, v in times.items()}
     saved = 1 - med["cache_graphs=True"] / med["cache_graphs=False"]
-    text = f"""# MACE training epoch: neighbour graphs cached per dataset vs rebuilt every batch
-
-- command: `python benchmarks/mace_graph_cache.py --data {args.data} --energy {args.energy} --forces {args.forces} --batch-size {args.batch_size} --repeats {args.repeats} --device {args.device}`
-- {provenance(args.device)}
-- data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: MACE {HYPER}; loss RMSE+MAE of E and F
-
-| graphs | median epoch (s) | all epochs (s) |
-|---|---|---|
-{timing_rows(times)}
-
-**Time saved by the cache: {100 * saved:.1f} %** of an epoch (ratio uncached / cached = {1 / (1 - saved):.3f}).
-"""
-    atomic_write_text(args.out, text)
+    text = write_epoch_report(
+        args, "mace_graph_cache.py", "MACE training epoch: neighbour graphs cached per dataset vs rebuilt every batch",
+        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: MACE {HYPER}; "
+        "loss RMSE+MAE of E and F", "graphs", times,
+        f"**Time saved by the cache: {100 * saved:.1f} %** of an epoch (ratio uncached / cached = {1 / (1 - saved):.3f}).")
     print(text)
 
 
