@@ -77,7 +77,8 @@ def provenance(device: str) -> str:
 def write_epoch_report(args: argparse.Namespace, script: str, title: str, details: str, column: str,
                        times: dict[str, list[float]], summary: str) -> str:
     """Write (atomically, to ``args.out``) and return a markdown result: command, provenance, timings, summary."""
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    options = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                       for k, v in vars(args).items() if k != "out")
     text = f"""# {title}
 
 - command: `python benchmarks/{script} {options}`

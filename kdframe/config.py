@@ -30,11 +30,13 @@ class DataFile(Strict):
     path: str
     energy: str
     forces: str | None = None  # reference forces: evaluated; trained on only where a workflow says so
+    hessian: str | None = None  # reference Hessians (ANI layout (n_conf, 3N, 3N)): evaluated; trained on likewise
     units: Literal["auto", "hartree", "ev"] = "auto"
     name: str | None = None
 
     def keys(self) -> dict[str, str]:
-        return {"energy": self.energy, **({"forces": self.forces} if self.forces else {})}
+        optional = {"forces": self.forces, "hessian": self.hessian}
+        return {"energy": self.energy, **{k: v for k, v in optional.items() if v}}
 
 
 class SplitSpec(Strict):

@@ -1,4 +1,4 @@
-"""Errors of a model on a dataset: energies, per-atom energies, forces and conformer energy differences."""
+"""Errors of a model on a dataset: energies, per-atom energies, forces, Hessians and conformer energy differences."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import derivatives
 from .data.dataset import Dataset
 from .potential import Ensemble, Potential, model_dtype
 from .units import EV_TO_KCAL_MOL
@@ -18,6 +19,7 @@ CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's 
 class Predictions:
     energy: np.ndarray  # (C,) eV
     forces: np.ndarray | None  # (A, 3) eV/Å
+    hessian: np.ndarray | None = None  # (A, 3, width, 3) eV/Å², layout of kdframe.derivatives
 
 
 @dataclass
@@ -27,18 +29,24 @@ class Metrics:
 
 
 def predict(model: Potential | Ensemble, dataset: Dataset, head: int = 0, forces: bool = True,
-            batch_size: int = 128, device: str | torch.device = "cpu") -> Predictions:
+            batch_size: int = 128, device: str | torch.device = "cpu", hessian_width: int | None = None) -> Predictions:
+    """Energies, forces if asked and, given ``hessian_width``, full Hessians (small molecules only)."""
     model.eval()
     dtype = model_dtype(model)
-    energies, force_chunks = [], []
+    forces = forces or hessian_width is not None
+    energies, force_chunks, hessians = [], [], []
     for batch in dataset.batches(batch_size, labels=()):
         batch = batch.to(device, dtype)
         with torch.enable_grad() if forces else torch.no_grad():
-            out = model(batch, forces=forces)
+            out = model(batch, forces=forces, create_graph=hessian_width is not None)
+            if hessian_width is not None:
+                full = derivatives.hessian(out["forces"][..., head], batch, False, max_atoms=hessian_width)
+                hessians.append(full.detach().cpu().double().numpy())
         energies.append(out["energy"][:, head].detach().cpu().double().numpy())
         if forces:
             force_chunks.append(out["forces"][..., head].detach().cpu().double().numpy())
-    return Predictions(np.concatenate(energies), np.concatenate(force_chunks) if forces else None)
+    return Predictions(np.concatenate(energies), np.concatenate(force_chunks) if forces else None,
+                       np.concatenate(hessians) if hessians else None)
 
 
 def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,9 +80,11 @@ def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str
 
 
 def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | None = "energy",
-             forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu") -> Metrics:
-    """Energy, per-atom energy, dE and (if a forces label is given) force errors, in eV and kcal/mol."""
-    pred = predict(model, dataset, head, forces=forces_label is not None, device=device)
+             forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu",
+             hessian_label: str | None = None) -> Metrics:
+    """Energy, per-atom energy, dE and (if their labels are given) force and Hessian-element errors, in eV and kcal/mol."""
+    width = dataset.labels[hessian_label].shape[2] if hessian_label is not None else None
+    pred = predict(model, dataset, head, forces=forces_label is not None, device=device, hessian_width=width)
     out = Metrics()
     if energy_label is not None:
         ref = dataset.labels[energy_label]
@@ -83,4 +93,8 @@ def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | 
         _errors("dE", *conformer_pairs(dataset, ref, pred.energy), "eV", out)
     if forces_label is not None:
         _errors("F", dataset.labels[forces_label], pred.forces, "eV/Å", out)
+    if hessian_label is not None:
+        ref = dataset.labels[hessian_label]
+        inside = ~np.isnan(ref)  # padding past a configuration's atoms, and missing Hessians, are NaN
+        _errors("H", ref[inside], pred.hessian[inside], "eV/Å²", out)
     return out

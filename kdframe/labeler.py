@@ -9,7 +9,6 @@ Hartree/Å; forces = -gradient). Plugins register instances through the
 from __future__ import annotations
 
 import platform
-import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -36,6 +35,11 @@ class Labeler(ABC):
     #: Scalar diagnostics ``compute`` may also return (stored as ``<method>.<name>``), e.g. "t1_diagnostic".
     extras: tuple[str, ...] = ()
 
+    @property
+    def job(self) -> str:
+        """Name of this labelling job's journal (``<file>.labelling/<job>.jsonl``); the method by default."""
+        return self.method
+
     @abstractmethod
     def compute(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
         """Labels for one neutral closed-shell conformation; positions in Å. Raise ``LabelError`` on failure."""
@@ -50,6 +54,9 @@ class Labeler(ABC):
 
     def setup_worker(self) -> None:
         """Called once in each worker process before computing (e.g. to limit threads)."""
+
+    #: How :meth:`hessian` is computed (provenance of ``<method>.hessian``).
+    hessian_scheme: str = "central differences of forces"
 
     def hessian(self, atomic_numbers: np.ndarray, positions: np.ndarray, step: float = 5e-3) -> np.ndarray:
         """(3N, 3N) Hessian in Hartree/Å² by central differences of the forces (override if analytic)."""
@@ -68,39 +75,42 @@ class Labeler(ABC):
         return 0.5 * (hess + hess.T)
 
 
-def labelers() -> dict[str, Labeler]:
-    """Every registered labeler by method.
+class HessianLabeler(Labeler):
+    """``<method>.hessian`` (n_conf, 3N, 3N) in Hartree/Å² from another labeler (its :meth:`Labeler.hessian`).
 
-    Uses the plugin registry; if some unrelated plugin fails to import, falls back to
-    collecting labelers from the plugins that do import (with a warning), so that a
-    broken architecture plugin never stops hours of labelling.
+    A job of its own (journal ``<method>+hessian``), so it resumes and merges like any level of theory
+    and never touches the energies and forces of ``<method>``.
     """
+
+    provides = ("hessian",)
+
+    def __init__(self, base: Labeler, step: float = 5e-3):
+        self.base, self.step, self.method = base, step, base.method
+
+    @property
+    def job(self) -> str:
+        return f"{self.method}+hessian"
+
+    def compute(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+        return {"hessian": self.base.hessian(atomic_numbers, positions, self.step)}
+
+    def settings(self) -> dict[str, Any]:
+        scheme = self.base.hessian_scheme
+        step = {"step_angstrom": self.step} if "differences" in scheme else {}
+        return {**self.base.settings(), "hessian": {"scheme": scheme, **step}}
+
+    def versions(self) -> dict[str, str]:
+        return self.base.versions()
+
+    def setup_worker(self) -> None:
+        self.base.setup_worker()
+
+
+def labelers() -> dict[str, Labeler]:
+    """Every registered labeler by method (a plugin that fails to import is skipped with a warning)."""
     from . import plugins
 
-    try:
-        return plugins.registry().labelers
-    except Exception as exc:  # noqa: BLE001 - e.g. a plugin being edited; labelling must go on
-        warnings.warn(f"plugin registry incomplete ({exc}); collecting labelers from importable plugins only")
-        return _labelers_tolerant()
-
-
-def _labelers_tolerant() -> dict[str, Labeler]:
-    from importlib import metadata
-
-    import pluggy
-
-    from . import hookspecs, plugins
-
-    pm = pluggy.PluginManager("kdframe")
-    pm.add_hookspecs(hookspecs)
-    for entry_point in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
-        try:
-            pm.register(entry_point.load(), name=entry_point.name)
-        except Exception:  # noqa: BLE001 - an unrelated broken plugin must not block labelling
-            continue
-    found: dict[str, Labeler] = {}
-    pm.hook.register_labelers(register=lambda labeler: found.__setitem__(labeler.method, labeler))
-    return found
+    return plugins.registry().labelers
 
 
 def get_labeler(method: str) -> Labeler:

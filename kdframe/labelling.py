@@ -34,8 +34,8 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import DataError
-from .labeler import Labeler, LabelError, get_labeler
+from .errors import ConfigError, DataError
+from .labeler import HessianLabeler, Labeler, LabelError, get_labeler
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 MAX_UNEXPECTED_ERRORS = 5
@@ -213,14 +213,21 @@ def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, 
     return chosen[:limit] if limit else chosen
 
 
-def _labelled_in_file(path: str | os.PathLike, method: str) -> set[tuple[str, int]]:
+def _labelled_in_file(path: str | os.PathLike, method: str, quantity: str = "energy") -> set[tuple[str, int]]:
     done = set()
     with h5py.File(path, "r") as f:
         for name, group in f.items():
-            key = f"{method}.energy"
+            key = f"{method}.{quantity}"
             if isinstance(group, h5py.Group) and key in group:
-                done.update((name, int(i)) for i in np.flatnonzero(np.isfinite(group[key][()])))
+                value = group[key][()]
+                finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+                done.update((name, int(i)) for i in np.flatnonzero(finite))
     return done
+
+
+def label_shape(quantity: str, n_conf: int, n_atoms: int) -> tuple[int, ...]:
+    """Shape of ``<method>.<quantity>`` in an ANI-layout group (ANI units; Hessians (3N, 3N) per conformation)."""
+    return {"forces": (n_conf, n_atoms, 3), "hessian": (n_conf, 3 * n_atoms, 3 * n_atoms)}.get(quantity, (n_conf,))
 
 
 # ----------------------------------------------------------------------------- workers
@@ -261,24 +268,28 @@ def _worker_compute(item: Item) -> dict[str, Any]:
 def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecules: Sequence[str] | None = None,
                per_molecule: int | None = None, limit: int | None = None, order: str = "size",
                merge_every: int = 25, retry_failed: bool = False, progress: bool = True,
-               origin: str | None = None, labeler: Labeler | None = None) -> Summary:
+               origin: str | None = None, labeler: Labeler | None = None, hessian: bool = False) -> Summary:
     """Label the selected conformations of ``path`` with ``method``; resumable (see module docstring).
 
     ``workers=0`` computes in this process (tests, debugging); otherwise ``workers`` spawned
-    single-threaded processes.
+    single-threaded processes. ``hessian``: ``<method>.hessian`` instead (:class:`~kdframe.labeler.HessianLabeler`).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     labeler = labeler or get_labeler(method)
+    if hessian:
+        if "forces" not in labeler.provides:
+            raise ConfigError("--hessian", f"method {method!r} provides no forces to differentiate")
+        labeler = HessianLabeler(labeler)
     summary = Summary(method)
-    jpath = journal_path(path, method)
+    jpath = journal_path(path, labeler.job)
     with _locked(jpath.with_suffix(".lock"), blocking=False):
         merge(path)
         runs, journal = read_journal(jpath)
         _check_settings(path, method, runs, labeler)
         targets = select_items(read_items(path), molecules, per_molecule, limit, order, origin)
-        finished = _labelled_in_file(path, method)
+        finished = _labelled_in_file(path, method, labeler.provides[0])
         pending = []
         for item in targets:
             record = journal.get(item.key)
@@ -413,9 +424,11 @@ def merge(path: str | os.PathLike) -> int:
     return written
 
 
-def _merge_method(f: h5py.File, method: str, runs: list[dict], items: dict[tuple[str, int], dict]) -> int:
+def _merge_method(f: h5py.File, job: str, runs: list[dict], items: dict[tuple[str, int], dict]) -> int:
+    """Write one job's journal into ``f``: labels as ``<method>.<quantity>``, failures and provenance under the job."""
     if not runs:
         return 0
+    method = runs[-1].get("method", job)
     provides = runs[-1].get("provides", ["energy"])
     extras = runs[-1].get("extras", [])
     written = 0
@@ -428,10 +441,10 @@ def _merge_method(f: h5py.File, method: str, runs: list[dict], items: dict[tuple
         n_conf, n_atoms = coords.shape[:2]
         arrays = {}
         for key in [*provides, *extras]:
-            shape = (n_conf, n_atoms, 3) if key == "forces" else (n_conf,)
+            shape = label_shape(key, n_conf, n_atoms)
             dname = f"{method}.{key}"
             arrays[key] = group[dname][()] if dname in group else np.full(shape, np.nan)
-        failures = json.loads(group.attrs.get(f"{method}.failures", "{}"))
+        failures = json.loads(group.attrs.get(f"{job}.failures", "{}"))
         for i in range(n_conf):
             record = items.get((name, i))
             if record is None or record["digest"] != conformation_digest(numbers, coords[i]):
@@ -453,12 +466,12 @@ def _merge_method(f: h5py.File, method: str, runs: list[dict], items: dict[tuple
             else:
                 group.create_dataset(dname, data=array)
         if failures:
-            group.attrs[f"{method}.failures"] = json.dumps(failures, sort_keys=True)
-        elif f"{method}.failures" in group.attrs:
-            del group.attrs[f"{method}.failures"]
-    f.attrs[f"provenance.{method}"] = json.dumps({
+            group.attrs[f"{job}.failures"] = json.dumps(failures, sort_keys=True)
+        elif f"{job}.failures" in group.attrs:
+            del group.attrs[f"{job}.failures"]
+    f.attrs[f"provenance.{job}"] = json.dumps({
         "method": method, "settings": runs[-1].get("settings"), "versions": runs[-1].get("versions"),
-        "units": {"energy": "Hartree", "forces": "Hartree/Angstrom"},
+        "units": {"energy": "Hartree", "forces": "Hartree/Angstrom", "hessian": "Hartree/Angstrom^2"},
         "runs": [{k: r.get(k) for k in ("started", "host", "workers", "items")} for r in runs],
         "labelled": n_ok, "failed": n_failed})
     return written

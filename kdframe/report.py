@@ -10,11 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from . import distributed  # noqa: E402
 from .evaluation import Metrics  # noqa: E402
 from .io import atomic_write, atomic_write_text  # noqa: E402
 from .units import EV_TO_KCAL_MOL  # noqa: E402
 
 TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
+OPTIONAL_COLUMNS = ("H rmse", "H mae")  # shown only when some row has them (data with Hessian labels)
+
+
+UNITS = {"F": "/Å", "H": "/Å²"}
 
 
 def _cell(metrics: Metrics, column: str) -> str:
@@ -25,10 +30,12 @@ def _cell(metrics: Metrics, column: str) -> str:
 
 
 def table(results: Mapping[str, Mapping[str, Metrics]]) -> str:
-    """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å."""
-    head = "| set | model | " + " | ".join(TABLE_COLUMNS) + " |"
-    rule = "|" + "---|" * (len(TABLE_COLUMNS) + 2)
-    rows = [f"| {s} | {m} | " + " | ".join(_cell(metrics, c) for c in TABLE_COLUMNS) + " |"
+    """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å, Hessians kcal/mol/Å²."""
+    present = {k.split(" (")[0] for per_model in results.values() for m in per_model.values() for k in m.values}
+    columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)
+    head = "| set | model | " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * (len(columns) + 2)
+    rows = [f"| {s} | {m} | " + " | ".join(_cell(metrics, c) for c in columns) + " |"
             for s, per_model in results.items() for m, metrics in per_model.items()]
     return "\n".join([head, rule, *rows])
 
@@ -45,7 +52,7 @@ def parity_plot(path: Path, per_model: Mapping[str, Metrics], quantity: str, tit
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
         ax.scatter(ref, pred, s=3, alpha=0.5)
         ax.set_title(name, fontsize=8)
-        ax.set_xlabel(f"reference {quantity} (kcal/mol{'/Å' if quantity == 'F' else ''})", fontsize=7)
+        ax.set_xlabel(f"reference {quantity} (kcal/mol{UNITS.get(quantity, '')})", fontsize=7)
     axes[0][0].set_ylabel("predicted", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -55,14 +62,16 @@ def parity_plot(path: Path, per_model: Mapping[str, Metrics], quantity: str, tit
 
 
 def write_report(run_dir: Path, title: str, results: Mapping[str, Mapping[str, Metrics]], notes: str = "") -> Path:
-    """``report.md`` with the table and parity plots (E, dE, F) per evaluation set."""
+    """``report.md`` with the table and parity plots (E, dE, F) per evaluation set (under torchrun: rank 0 only)."""
+    if not distributed.is_main():
+        return run_dir / "report.md"
     lines = [f"# {title}", "", table(results), "",
              "Energies in kcal/mol, forces in kcal/mol/Å; dE = within-molecule conformer energy differences "
              "(conformers > 100 kcal/mol above their molecule's minimum left out).", ""]
     if notes:
         lines += [notes, ""]
     for set_name, per_model in results.items():
-        for quantity in ("E", "dE", "F"):
+        for quantity in ("E", "dE", "F", "H"):
             png = run_dir / "plots" / f"parity_{set_name}_{quantity.replace('/', '')}.png"
             if parity_plot(png, per_model, quantity, f"{set_name}: {quantity}"):
                 lines.append(f"![{set_name} {quantity}](plots/{png.name})")

@@ -37,7 +37,7 @@ def _error(capsys, *argv):
 
 
 CASES = [
-    ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: atomic, ekd, multifidelity, train"]),
+    ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: atomic, ekd, hessian, multifidelity, train"]),
     ({"workflow": None}, ["workflow: missing", "valid: atomic, ekd"]),
     ({"trainng": {"lr": 1}}, ["trainng: unknown key", "valid:", "training"]),
     ({"student.model.widht": 3}, ["student.model.widht: unknown key (valid: cutoff, n_radial, width)"]),

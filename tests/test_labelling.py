@@ -197,3 +197,28 @@ def test_data_command_sample_label_info(tmp_path, capsys):
     assert main(["data", "info", str(out), "--per-molecule"]) == 0
     text = capsys.readouterr().out
     assert "2 molecules, 14 conformations" in text and "xtb.energy" in text and "14/14" in text
+
+
+def test_hessian_job_by_finite_differences_of_forces(tmp_path, capsys):
+    """`kdframe data label --hessian`: a symmetric Hessian whose product with a displacement is the force change."""
+    from kdframe.cli import main
+    from kdframe.data import read_dataset
+    from kdframe.units import HARTREE_TO_EV
+
+    path = make_file(tmp_path / "h.h5", n_conf=2)
+    args = ["data", "label", str(path), "--method", "xtb", "--molecules", "water", "--workers", "0", "--no-progress"]
+    assert main(args) == 0 and main([*args, "--hessian"]) == 0
+    assert main([*args, "--hessian"]) == 0 and "2 selected, 2 already done, 0 labelled" in capsys.readouterr().out
+    with h5py.File(path) as f:
+        hessians, x = f["water/xtb.hessian"][()], f["water/coordinates"][()]
+        forces = f["water/xtb.forces"][()]
+        assert np.isnan(f["ammonia/xtb.hessian"][()]).all() and "provenance.xtb+hessian" in f.attrs
+    assert hessians.shape == (2, 9, 9) and np.allclose(hessians, hessians.transpose(0, 2, 1))
+    xtb = get_labeler("xtb")
+    d = np.random.default_rng(1).normal(0, 1e-3, (3, 3))
+    moved = xtb.compute(WATER[0], x[0] + d)["forces"] - forces[0]
+    assert np.allclose(-hessians[0] @ d.ravel(), moved.ravel(), rtol=0.05, atol=2e-5)
+    data = read_dataset(path, {"energy": "xtb.energy", "hessian": "xtb.hessian"})
+    water = data.subset(np.flatnonzero(np.isfinite(data.labels["hessian"][data.atom_ptr[:-1], 0, 0, 0])))
+    assert water.labels["hessian"].shape == (6, 3, 4, 3)  # padded to ammonia's 4 atoms
+    assert np.allclose(water.labels["hessian"][:3, :, :3].reshape(9, 9), hessians[0] * HARTREE_TO_EV)

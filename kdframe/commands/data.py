@@ -51,7 +51,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces); resumable")
+    p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces, or .hessian); resumable")
     p.add_argument("file")
     p.add_argument("--method", required=True, help="labeler, e.g. xtb, wb97x_dz, mp2_dz, ccsd(t)_dz")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -64,6 +64,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
     p.add_argument("--merge-every", type=int, default=25, help="merge finished items into the file every N items")
     p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
+    p.add_argument("--hessian", action="store_true",
+                   help="<method>.hessian (3N x 3N, Hartree/Å²) by central differences of the method's forces")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_label)
 
@@ -184,8 +186,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     summary = label_file(args.file, args.method, workers=args.workers, molecules=molecules,
                          per_molecule=args.per_molecule, limit=args.limit, order=args.order,
                          merge_every=args.merge_every, retry_failed=args.retry_failed,
-                         progress=not args.no_progress, origin=args.origin)
-    print(f"{args.file} {args.method}: {summary.selected} selected, {summary.skipped} already done, "
+                         progress=not args.no_progress, origin=args.origin, hessian=args.hessian)
+    print(f"{args.file} {args.method}{' hessian' if args.hessian else ''}: {summary.selected} selected, {summary.skipped} already done, "
           f"{summary.done} labelled, {summary.failed} failed, {summary.errors} errors"
           + (f", {summary.mean_seconds:.3f} s/conformation" if summary.seconds else ""))
     return 1 if summary.errors else 0

@@ -33,7 +33,7 @@ class Dataset:
     atom_ptr: np.ndarray  # (C+1,) int64
     molecule: np.ndarray  # (C,) int64 index into molecule_names
     molecule_names: list[str]
-    labels: dict[str, np.ndarray] = field(default_factory=dict)  # (C,) or (A,) or (A, 3)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # (C,), (A,), (A, 3) or Hessians (A, 3, max_atoms, 3)
     source: str = ""
 
     def __len__(self) -> int:
@@ -57,7 +57,7 @@ class Dataset:
         found = np.zeros(len(self), dtype=bool)
         conf_of_atom = np.repeat(np.arange(len(self)), self.n_atoms)
         for name in names:
-            present = ~np.isnan(self.labels[name]).reshape(self.labels[name].shape[0], -1).any(axis=1)
+            present = ~np.isnan(self.labels[name]).reshape(self.labels[name].shape[0], -1).all(axis=1)  # Hessian rows: NaN-padded
             found |= present if self.label_kind(name) == PER_CONF else np.bincount(
                 conf_of_atom, weights=present, minlength=len(self)) > 0
         return found
@@ -125,6 +125,14 @@ class Dataset:
             yield self.batch(confs, labels)
 
 
+def concat_labels(values: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate one label's rows; per-atom Hessian labels (n, 3, width, 3) are NaN-padded to the widest."""
+    if values and values[0].ndim == 4:
+        width = max(v.shape[2] for v in values)
+        values = [np.pad(v, ((0, 0), (0, 0), (0, width - v.shape[2]), (0, 0)), constant_values=np.nan) for v in values]
+    return np.concatenate(values)
+
+
 def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     """One dataset from several (molecule names are made unique by source)."""
     names: list[str] = []
@@ -138,6 +146,6 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
     return Dataset(
         np.concatenate([d.species for d in datasets]), np.concatenate([d.positions for d in datasets]),
         np.concatenate(ptrs), np.concatenate(molecule), names,
-        {k: np.concatenate([d.labels[k] for d in datasets]) for k in sorted(common)},
+        {k: concat_labels([d.labels[k] for d in datasets]) for k in sorted(common)},
         "+".join(d.source for d in datasets),
     )

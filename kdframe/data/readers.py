@@ -3,6 +3,8 @@
 ``keys`` maps a kdframe label name to the key in the file, e.g.
 ``{"energy": "ccsd(t)_cbs.energy", "forces": "wb97x_dz.forces"}``. Energies become
 eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convention).
+ANI Hessians ``<method>.hessian`` (n_conf, 3N, 3N), Hartree/Å², become per-atom labels in eV/Å²
+(layout of :mod:`kdframe.derivatives`), NaN-padded to the largest molecule of the file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from ase.data import atomic_numbers as SYMBOL_TO_Z
 
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
-from .dataset import Dataset
+from ..derivatives import pack_hessians
+from .dataset import Dataset, concat_labels
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -78,7 +81,10 @@ def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset
                 value = np.asarray(group[key][()], dtype=np.float64) * to_ev
                 if value.shape[0] != n_conf:
                     raise DataError(f"{path}:/{name}/{key}: {value.shape[0]} rows for {n_conf} conformations")
-                labels[label].append(value.reshape(n_conf * len(z), *value.shape[2:]) if value.ndim >= 2 else value)
+                if value.shape[1:] == (3 * len(z), 3 * len(z)):  # a Hessian per conformation
+                    labels[label].append(pack_hessians(list(value)))
+                else:
+                    labels[label].append(value.reshape(n_conf * len(z), *value.shape[2:]) if value.ndim >= 2 else value)
             species.append(np.tile(z, n_conf))
             positions.append(xyz.reshape(-1, 3))
             ptr.extend(ptr[-1] + len(z) * np.arange(1, n_conf + 1))
@@ -86,7 +92,7 @@ def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset
             names.append(name)
     return Dataset(
         np.concatenate(species), np.concatenate(positions), np.asarray(ptr, dtype=np.int64),
-        np.concatenate(molecule), names, {k: np.concatenate(v) for k, v in labels.items()}, path.stem,
+        np.concatenate(molecule), names, {k: concat_labels(v) for k, v in labels.items()}, path.stem,
     )
 
 

@@ -6,6 +6,12 @@ error has not improved for ``lr_patience`` epochs; training stops after
 is written atomically every epoch and training resumes from it; the shuffle order (and
 any fresh probe vectors) of epoch ``e`` depend only on (seed, e), so a resumed run ends
 with the same weights.
+
+Under ``torchrun`` (see :mod:`kdframe.distributed`) ``batch_size`` stays the global batch: every rank
+takes its shard of each batch of the same seeded shuffle, gradients are combined by one all-reduce
+(weighted by each rank's share of the batch), validation errors are summed over ranks so every rank
+takes the same learning-rate and termination decisions, and only rank 0 writes the checkpoint and
+metrics. One process in a process group gives exactly the weights of a plain run.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import pydantic
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..batch import Batch
 from ..data.dataset import Dataset
 from ..errors import ConfigError
@@ -73,6 +80,7 @@ class Trainer:
     ):
         """``online`` sources label every batch; ``probes`` names probe labels the trainer draws itself
         (fresh ones per minibatch; in validation always each configuration's fixed probe)."""
+        distributed.init()
         self.dtype = getattr(torch, settings.dtype)
         self.model = model.to(device=device, dtype=self.dtype)
         self.terms, self.train_set, self.valid_set = list(terms), train, valid
@@ -80,7 +88,7 @@ class Trainer:
         self.monitor = monitor or self.terms[0]
         self.online = list(online)
         self.probes = dict(probes or {})
-        self.progress = progress
+        self.progress = progress and distributed.is_main()
         wanted = {t.label for t in self.terms} | {t.probe for t in self.terms if t.probe}
         self.labels = sorted(wanted - {s.label for s, _ in self.online} - set(self.probes))
         self.needs_forces = any(t.quantity in NEEDS_FORCES for t in self.terms)
@@ -116,37 +124,48 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
-        rngs = {label: fresh_rng(settings, self.seed, epoch) for label, settings in self.probes.items()}
+        key = (self.seed, epoch, distributed.rank()) if distributed.world_size() > 1 else (self.seed, epoch)
+        rngs = {label: fresh_rng(settings, *key) for label, settings in self.probes.items()}
         weights = [t.weight(epoch) for t in self.terms]
+        params = self.model.trainable_weights()
         total, n = 0.0, 0
-        for batch in self.train_set.batches(self.settings.batch_size, True, generator, self.labels):
-            batch = self._prepare(batch, rngs)
-            prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
-            loss = self._regularisation(prediction)
-            for weight, term in zip(weights, self.terms):
-                if weight:
-                    rmse, mae = term.errors(prediction, batch, create_graph=True)
-                    loss = loss + weight * (rmse + mae)
+        for confs in self.train_set.batch_indices(self.settings.batch_size, True, generator):
+            mine = distributed.shard(confs)  # all of it in a plain run
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(mine):  # a short last batch may leave a rank nothing; it still joins the all-reduce
+                batch = self._prepare(self.train_set.batch(mine, self.labels), rngs)
+                prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
+                loss = self._regularisation(prediction)
+                for weight, term in zip(weights, self.terms):
+                    if weight:
+                        rmse, mae = term.errors(prediction, batch, create_graph=True)
+                        loss = loss + weight * (rmse + mae)
+                loss.backward()
+                total, n = total + float(loss.detach()) * batch.n_conf, n + batch.n_conf
+            distributed.combine_gradients(params, len(mine) / len(confs))
             self.optimizer.step()
-            total, n = total + float(loss.detach()) * batch.n_conf, n + batch.n_conf
+        total, n = distributed.sum_all([total, n])
         return total / max(n, 1)
 
     def validate(self, dataset: Dataset | None = None) -> dict[str, float]:
-        """Unweighted RMSE of every term on a dataset (the validation split by default)."""
+        """Unweighted RMSE of every term on a dataset (the validation split by default), over all ranks."""
         dataset = self.valid_set if dataset is None else dataset
         self.model.eval()
         sq = {t.name: [0.0, 0] for t in self.terms}
-        for batch in dataset.batches(self.settings.eval_batch_size, labels=self.labels):
-            batch = self._prepare(batch)
+        for confs in dataset.batch_indices(self.settings.eval_batch_size):
+            mine = distributed.shard(confs)
+            if not len(mine):
+                continue
+            batch = self._prepare(dataset.batch(mine, self.labels))
             with torch.enable_grad() if self.needs_forces else torch.no_grad():
                 prediction = self.model(batch, forces=self.needs_forces, create_graph=self.needs_curvature)
                 residuals = [t.residual(prediction, batch).detach() for t in self.terms]
             for t, r in zip(self.terms, residuals):
                 sq[t.name][0] += float(r.pow(2).sum())
                 sq[t.name][1] += r.numel()
-        return {f"valid_rmse[{name}]": math.sqrt(s / c) if c else math.nan for name, (s, c) in sq.items()}
+        totals = distributed.sum_all([v for pair in sq.values() for v in pair])
+        return {f"valid_rmse[{name}]": math.sqrt(s / c) if c else math.nan
+                for name, s, c in zip(sq, totals[::2], totals[1::2])}
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> Potential:
@@ -156,6 +175,7 @@ class Trainer:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._resume()
+        distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         finished = self.bad_epochs >= self.settings.termination_patience
         epochs = range(self.epoch + 1, self.settings.max_epochs + 1 if not finished else self.epoch + 1)
         bar = tqdm(epochs, desc=self.run_dir.name, disable=not self.progress, leave=False,
@@ -176,7 +196,9 @@ class Trainer:
                                  "train_loss": train_loss, **metrics,
                                  **{f"weight[{t.name}]": t.weight(epoch) for t in self.terms},
                                  "seconds": time.perf_counter() - start})
-            self._checkpoint()
+            if distributed.is_main():
+                self._checkpoint()
+            distributed.barrier()
             bar.set_postfix(loss=f"{train_loss:.4g}", valid=f"{monitored:.4g}")
             if self.bad_epochs >= self.settings.termination_patience or (stop_after and done >= stop_after):
                 break

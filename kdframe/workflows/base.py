@@ -15,6 +15,7 @@ import numpy as np
 import pydantic
 import torch
 
+from .. import distributed
 from ..config import Base, DataFile, ModelSpec, TrainSettings, config_error, resolve_path, validate
 from ..data.dataset import Dataset
 from ..data.readers import read_dataset
@@ -26,6 +27,7 @@ from ..io import atomic_write_text
 from ..knowledge import KnowledgeSource, offline_knowledge
 from ..plugins import registry
 from ..potential import Ensemble, Potential
+from ..probes import ProbeSettings
 from ..report import table, write_report
 from ..schedule import make_schedule
 from ..teacher import Teacher
@@ -127,12 +129,15 @@ class Run:
 
     def train(self, stage: str, spec: ModelSpec, terms: Sequence[LossTerm], settings: TrainSettings, dataset: Dataset,
               train_idx: np.ndarray, valid_idx: np.ndarray, seed: int, identity: Mapping[str, Any],
-              heads: Sequence[str] = ("energy",), energy_labels: Sequence[str] | None = None) -> Potential:
+              heads: Sequence[str] = ("energy",), energy_labels: Sequence[str] | None = None,
+              probes: Mapping[str, ProbeSettings] | None = None,
+              online: Sequence[tuple[KnowledgeSource, Teacher]] = ()) -> Potential:
         """Train one model as a stage of this run, or load it if that stage already finished.
 
         ``identity`` (weights spec, teacher fingerprints...) and everything else that determines the
         result is recorded; a stage directory made with other settings is never silently reused.
-        ``energy_labels`` (one per head) are what each head's reference energies are fitted on.
+        ``energy_labels`` (one per head) are what each head's reference energies are fitted on;
+        ``probes`` and ``online`` go to the :class:`~kdframe.training.Trainer` (and into the record).
         """
         stage_dir = self.dir / stage
         # Configurations carrying none of the terms' labels (e.g. no CC energy yet) only cost time.
@@ -146,14 +151,21 @@ class Run:
                   "valid": fingerprint(valid_idx.tolist()), **identity}
         if energy_labels is not None:
             record["reference_labels"] = list(energy_labels)
-        self._claim_stage(stage_dir, record)
+        if probes:
+            record["probes"] = {label: p.model_dump() for label, p in probes.items()}
+        if online:
+            record["online"] = {source.label: [source.describe(), teacher.fingerprint()] for source, teacher in online}
+        with distributed.main_first():  # under torchrun rank 0 writes stage.json, the others then check it
+            self._claim_stage(stage_dir, record)
         if (stage_dir / MODEL_FILE).is_file():
             return Potential.load(stage_dir / MODEL_FILE).to(self.device)
         model = self.build(spec, heads, seed, energy_labels)
         trainer = Trainer(model, terms, dataset.subset(train_idx), dataset.subset(valid_idx), settings, stage_dir,
-                          seed, self.device, progress=self.progress)
+                          seed, self.device, online=online, probes=probes, progress=self.progress)
         model = trainer.fit()
-        model.save(stage_dir / MODEL_FILE)
+        if distributed.is_main():
+            model.save(stage_dir / MODEL_FILE)
+        distributed.barrier()
         return model
 
     def _claim_stage(self, stage_dir: Path, record: dict[str, Any]) -> None:
@@ -182,9 +194,10 @@ class Run:
                 if row.energy not in dataset.labels:
                     continue
                 forces = row.forces if row.forces in dataset.labels else None
+                hessian = row.hessian if row.hessian in dataset.labels else None
                 head = row.model.head_index(row.head, f"{name}: head") if row.head else 0
                 results[set_name][name] = evaluate(row.model.to(self.device), dataset, row.energy, forces, head,
-                                                   device=self.device)
+                                                   device=self.device, hessian_label=hessian)
         return results
 
     def evaluate(self, models: Mapping[str, Potential | Ensemble | Scored], title: str, notes: str = "",
@@ -197,20 +210,25 @@ class Run:
 
 @dataclass
 class Scored:
-    """One table row: a model's ``head`` (default: the first) scored against two labels of the evaluation sets."""
+    """One table row: a model's ``head`` (default: the first) scored against labels of the evaluation sets."""
 
     model: Potential | Ensemble
     head: str | None = None
     energy: str = "energy"
     forces: str = "forces"
+    hessian: str = "hessian"
 
 
-def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, str]], where: str) -> list[LossTerm]:
-    """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label)."""
+def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, ...]], where: str) -> list[LossTerm]:
+    """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label[, probe label])."""
     unknown = set(weights) - set(labels)
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown loss term", labels)
-    return [LossTerm(*labels[name], make_schedule(weights[name], f"{where}.{name}")) for name in weights]
+    terms = []
+    for name in weights:
+        quantity, label, *probe = labels[name]
+        terms.append(LossTerm(quantity, label, make_schedule(weights[name], f"{where}.{name}"), probe=next(iter(probe), None)))
+    return terms
 
 
 def check_model_spec(spec: ModelSpec, where: str, source: str) -> None:

@@ -72,16 +72,26 @@ class WB97XLabeler(_PySCFLabeler):
     cart = True
     xc = "wb97x"
 
-    def compute(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+    hessian_scheme = "analytic (pyscf mf.Hessian())"
+
+    def _rks(self, atomic_numbers: np.ndarray, positions: np.ndarray):
         from pyscf import dft
 
         mol = self._molecule(atomic_numbers, positions)
         if mol.nelectron % 2:
             raise LabelError("odd number of electrons: only neutral closed-shell molecules are supported")
-        mf = dft.RKS(mol, xc=self.xc)
-        mf = self._scf(mf)
+        return self._scf(dft.RKS(mol, xc=self.xc))
+
+    def compute(self, atomic_numbers: np.ndarray, positions: np.ndarray) -> dict[str, Any]:
+        mf = self._rks(atomic_numbers, positions)
         grad = mf.nuc_grad_method().kernel()
         return {"energy": float(mf.e_tot), "forces": -np.asarray(grad) / Bohr}
+
+    def hessian(self, atomic_numbers: np.ndarray, positions: np.ndarray, step: float = 5e-3) -> np.ndarray:
+        """(3N, 3N) analytic Hessian in Hartree/Å² (``step`` unused)."""
+        blocks = self._rks(atomic_numbers, positions).Hessian().kernel()  # (N, N, 3, 3) Hartree/Bohr²
+        n = len(atomic_numbers)
+        return np.asarray(blocks).transpose(0, 2, 1, 3).reshape(3 * n, 3 * n) / Bohr**2
 
     def settings(self) -> dict[str, Any]:
         from pyscf import dft

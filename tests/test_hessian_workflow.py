@@ -1,0 +1,102 @@
+"""Hessian labels from ANI files (packing, padding, units) and the `hessian` workflow end to end (toy model)."""
+
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from kdframe import derivatives
+from kdframe.cli import main
+from kdframe.data import read_dataset
+from kdframe.data.dataset import concatenate
+from kdframe.units import HARTREE_TO_EV
+
+from toy import morse_energy
+
+
+@pytest.fixture
+def hessian_file(ani_file):
+    """The Morse file plus `morse.hessian` (n_conf, 3N, 3N) in Hartree/Å², the last conformation of water missing."""
+    with h5py.File(ani_file, "a") as f:
+        for group in f.values():
+            z = torch.tensor(group["atomic_numbers"][()])
+            blocks = [torch.autograd.functional.hessian(lambda x: morse_energy(z, x.reshape(-1, 3)),
+                                                        torch.tensor(c).flatten()).numpy() / HARTREE_TO_EV
+                      for c in group["coordinates"][()]]
+            group["morse.hessian"] = np.array(blocks)
+        f["water/morse.hessian"][-1] = np.nan
+    return ani_file
+
+
+def test_reader_packs_hessians_in_ev_padded_to_the_largest_molecule(hessian_file):
+    data = read_dataset(hessian_file, {"energy": "morse.energy", "hessian": "morse.hessian"})
+    label = data.labels["hessian"]
+    assert label.shape == (len(data.species), 3, 6, 3) and data.label_kind("hessian") == "atom"  # methanol: 6 atoms
+    with h5py.File(hessian_file) as f:
+        names = list(f)
+        for m, name in enumerate(names):
+            ref = f[name]["morse.hessian"][()] * HARTREE_TO_EV
+            for c in np.flatnonzero(data.molecule == m)[:2]:
+                k = int(np.flatnonzero(data.molecule == m).tolist().index(c))
+                n = int(data.n_atoms[c])
+                rows = label[data.atom_ptr[c]:data.atom_ptr[c + 1]]
+                np.testing.assert_allclose(rows[:, :, :n].reshape(3 * n, 3 * n), ref[k])
+                assert np.isnan(rows[:, :, n:]).all()
+    water = np.flatnonzero(data.molecule == names.index("water"))
+    assert np.isnan(label[data.atom_indices(water[-1:])]).all()
+    assert data.labelled(["hessian"]).sum() == len(data) - 1  # padding is not a missing label
+    batch = data.batch(water[:3])
+    v = torch.randn(batch.n_atoms, 3, dtype=torch.float64)
+    hv = derivatives.hessian_times(batch.labels["hessian"], v, batch)
+    block = label[data.atom_indices(water[:1])][:, :, :3].reshape(9, 9)
+    np.testing.assert_allclose(hv[:3].numpy().ravel(), block @ v[:3].numpy().ravel())
+    small = data.subset(water)
+    small.labels["hessian"] = small.labels["hessian"][:, :, :3]
+    both = concatenate([small, data.subset(np.flatnonzero(data.molecule != names.index("water")))])
+    assert both.labels["hessian"].shape[2] == 6
+    np.testing.assert_array_equal(both.labels["hessian"][:len(small.species), :, :3], small.labels["hessian"])
+    assert np.isnan(both.labels["hessian"][:len(small.species), :, 3:]).all()
+
+
+CONFIG = """
+workflow: hessian
+run_dir: {run_dir}
+seed: 0
+device: cpu
+data:
+  train: {{path: {data}, energy: morse.energy, forces: morse.forces, hessian: morse.hessian}}
+  split: {{by: configuration, fractions: {{train: 0.6, valid: 0.2, test: 0.2}}}}
+training: {{batch_size: 8, max_epochs: 2, lr: 0.003, dtype: float64}}
+model: {{architecture: toy, width: 8}}
+variants:
+  E-F: {{}}
+  E-F-HVP fresh: {{weights: {{energy: 1, forces: 10, hvp: 1}}, probes: {{kind: gaussian, regime: fresh}}}}
+  E-F-H: {{weights: {{energy: 1, forces: 10, hessian: 1}}, model: {{architecture: toy, width: 12}}}}
+distillation:
+  teacher: E-F-H
+  student:
+    model: {{architecture: toy, width: 4}}
+    weights: {{energy: 1, forces: 10, teacher_hvp: 1}}
+    probes: {{kind: one_hot, regime: fixed}}
+"""
+
+
+def test_hessian_workflow_table_with_hessian_errors(tmp_path, hessian_file, capsys, monkeypatch):
+    monkeypatch.setattr("kdframe.report.parity_plot", lambda *args: False)  # plots cost seconds, tested elsewhere
+    config = tmp_path / "h.yaml"
+    config.write_text(textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file)))
+    assert main(["run", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| H rmse | H mae |" in out and "| test | E-F-HVP fresh |" in out
+    for row in ("E-F", "E-F-H", "student (E-F-H HVPs)", "control (student size, E-F)"):
+        line = next(x for x in out.splitlines() if x.startswith(f"| test | {row} |"))
+        assert float(line.split("|")[-3]) > 0  # H rmse
+    run = tmp_path / "run"
+    assert len(list((run / "knowledge").glob("teacher_hvp-*.h5"))) == 1  # fixed probes: cached offline
+    assert {p.name for p in run.iterdir()} >= {"e_f", "e_f_hvp_fresh", "e_f_h", "student", "control", "report.md"}
+    assert main(["run", str(config), "--quiet"]) == 0 and capsys.readouterr().out == out  # stages reused
+    config.write_text(config.read_text().replace("  teacher: E-F-H\n", "  teacher: E-F-X\n"))
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "distillation.teacher: not a variant" in capsys.readouterr().err
