@@ -170,10 +170,30 @@ def test_single_fidelity_run_scores_its_only_head(tmp_path, mf_file, capsys):
     ({"fidelities": {"high": {"energy": "high.energy", "weights": {"atom_energies": 1}}}},
      "fidelities.high.weights.atom_energies: unknown loss term (valid: energy)"),
     ({"fidelities": {"high": {"energy": "high.energy", "forcse": "low.forces"}}},
-     "fidelities.high.forcse: unknown key (valid: energy, forces, weights)"),
+     "fidelities.high.forcse: unknown key (valid: energy, forces, teacher_forces, weights)"),
     ({"fidelities": {}}, "fidelities: Dictionary should have at least 1 item"),
 ])
 def test_bad_fidelity_blocks_name_the_yaml_path(tmp_path, mf_file, capsys, change, message):
     raw = {**_raw(tmp_path, mf_file), **change}
     assert main(["run", _write(tmp_path, raw), "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_fidelity_can_learn_teacher_ensemble_forces(tmp_path, mf_file, capsys):
+    torch.manual_seed(0)
+    files = []
+    for i in range(2):
+        teacher = Potential(registry().architectures["toy"], {"width": 4}, [1, 6, 7, 8])
+        teacher.save(tmp_path / f"teacher_{i}.pt")
+        files.append(str(tmp_path / f"teacher_{i}.pt"))
+    raw = _raw(tmp_path, mf_file)
+    raw["fidelities"]["low"] = {"energy": "low.energy", "teacher_forces": files}
+    assert main(["run", _write(tmp_path, raw), "--quiet"]) == 0
+    assert "| test | potential [low] |" in capsys.readouterr().out
+    assert len(list((tmp_path / "run" / "knowledge").glob("ensemble_forces-low.forces-*.h5"))) == 1
+    header = (tmp_path / "run" / "potential" / "metrics.csv").read_text().splitlines()[0]
+    assert "valid_rmse[forces:low.forces@1]" in header
+
+    raw["fidelities"]["low"]["forces"] = "low.forces"
+    assert main(["run", _write(tmp_path, raw), "--quiet"]) == 2
+    assert "not both" in capsys.readouterr().err

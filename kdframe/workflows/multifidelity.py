@@ -7,10 +7,9 @@ its own per-species reference energies, fitted on its own energies. The head nam
 ``evaluate_head`` is scored against ``data.train``'s energy/forces (test split) and the
 ``data.evaluate`` sets; every other head against its own labels on the test split.
 
-Composition with EKD (not implemented): a fidelity's forces could come from a teacher
-ensemble instead of the file -- ``run.knowledge(EnsembleForces(label), Teacher(...), run.data)``
-then ``run.data.with_labels(**{label: forces})`` before training, with the fidelity's
-``forces`` naming that label; nothing else here changes.
+Composition with EKD: a fidelity's forces may come from a teacher ensemble instead of the file
+(``teacher_forces: [model files]``): its ensemble-averaged forces on every configuration are cached
+offline like any teacher knowledge and trained as that fidelity's forces.
 """
 
 from __future__ import annotations
@@ -19,11 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
+import torch
 
 from ..config import Base, ModelSpec, Strict
 from ..errors import ConfigError
+from ..data.dataset import Dataset
 from ..hookspecs import hookimpl
+from ..knowledge.ensemble import EnsembleForces
 from ..potential import Ensemble, Potential
+from ..teacher import Teacher
 from ..training import LossTerm
 from .base import Run, Scored, Workflow, compare_files, compared, loss_terms, settings
 
@@ -33,15 +36,26 @@ class Fidelity(Strict):
 
     energy: str
     forces: str | None = None
+    teacher_forces: list[str] = []  # saved models whose ensemble-averaged forces stand in for `forces` (EKD)
     weights: dict[str, Any] | None = None  # default: energy 1, forces 1 where the fidelity has forces
+
+    @pydantic.model_validator(mode="after")
+    def _one_force_source(self) -> "Fidelity":
+        if self.forces and self.teacher_forces:
+            raise ValueError("give 'forces' (a key of the file) or 'teacher_forces' (model files), not both")
+        return self
+
+    @property
+    def has_forces(self) -> bool:
+        return bool(self.forces or self.teacher_forces)
 
     def labels(self, name: str) -> dict[str, tuple[str, str]]:
         """Loss-term name -> (quantity, dataset label) for this fidelity."""
         own = {"energy": ("energy", label(name, "energy"))}
-        return {**own, "forces": ("forces", label(name, "forces"))} if self.forces else own
+        return {**own, "forces": ("forces", label(name, "forces"))} if self.has_forces else own
 
     def weight_block(self) -> dict[str, Any]:
-        return self.weights if self.weights is not None else {"energy": 1.0, **({"forces": 1.0} if self.forces else {})}
+        return self.weights if self.weights is not None else {"energy": 1.0, **({"forces": 1.0} if self.has_forces else {})}
 
 
 class PotentialBlock(Strict):
@@ -102,9 +116,13 @@ class MultiFidelity(Workflow):
             if fidelity.weights == {}:
                 raise ConfigError(f"{source}: fidelities.{name}.weights", "no loss terms (null: the default weights)",
                                   fidelity.labels(name))
-            if fidelity.weights is not None and "forces" in fidelity.weights and not fidelity.forces:
+            if fidelity.weights is not None and "forces" in fidelity.weights and not fidelity.has_forces:
                 raise ConfigError(f"{source}: fidelities.{name}.weights.forces",
-                                  f"this fidelity has no forces: set fidelities.{name}.forces to a key of the file")
+                                  f"this fidelity has no forces: set fidelities.{name}.forces to a key of the file "
+                                  f"or fidelities.{name}.teacher_forces to model files")
+            if fidelity.teacher_forces:
+                compare_files({f"fidelities.{name}.teacher_forces": fidelity.teacher_forces},
+                              f"fidelities.{name}.teacher_forces", Path(source).parent)
         super().check(config, source)
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
@@ -113,19 +131,39 @@ class MultiFidelity(Workflow):
         config: MultiFidelityConfig = run.config
         heads = list(config.fidelities)
         block = config.potential
+        data, teachers = self.teacher_forces(run, config)
         model = run.train("potential", block.model, fidelity_terms(config),
-                          settings(config, block.training, "potential.training"), run.data, run.splits["train"],
-                          run.splits["valid"], config.seed, {"fidelities": config.model_dump()["fidelities"]},
+                          settings(config, block.training, "potential.training"), data, run.splits["train"],
+                          run.splits["valid"], config.seed,
+                          {"fidelities": config.model_dump()["fidelities"], "teachers": teachers},
                           heads=heads, energy_labels=[label(h, "energy") for h in heads])
         rows: dict[str, Potential | Ensemble | Scored] = {"potential": Scored(model, config.evaluate_head)}
         for head in heads:
             if head != config.evaluate_head:
-                rows[f"potential [{head}]"] = Scored(model, head, label(head, "energy"), label(head, "forces"))
+                forces = label(head, "forces") if config.fidelities[head].forces else None  # not teacher forces
+                rows[f"potential [{head}]"] = Scored(model, head, label(head, "energy"), forces)
         for name, other in compared(config.compare, run.config_dir, run.device).items():
             rows[name] = Scored(other, config.evaluate_head if config.evaluate_head in other.heads else None)
         note = (f"Heads: {', '.join(heads)}. Row `potential` is head {config.evaluate_head!r} against data.train's "
                 "labels; `potential [h]` is head h against fidelity h's own labels (test split).")
         return run.evaluate(rows, f"Multi-fidelity learning ({', '.join(heads)})", note)
+
+    @staticmethod
+    def teacher_forces(run: Run, config: MultiFidelityConfig) -> tuple[Dataset, dict[str, str]]:
+        """run.data with each ``teacher_forces`` fidelity's ensemble-averaged forces; teacher fingerprints."""
+        data, fingerprints = run.data, {}
+        for name, fidelity in config.fidelities.items():
+            if not fidelity.teacher_forces:
+                continue
+            where = f"fidelities.{name}.teacher_forces"
+            members = [Potential.load(p).to(run.device) for p in compare_files({where: fidelity.teacher_forces}, where,
+                                                                                run.config_dir)]
+            for member in members:
+                member.check_species(torch.as_tensor(run.species), where)
+            teacher = Teacher(Ensemble(members), f"{name} teachers")
+            forces = run.knowledge(EnsembleForces(label(name, "forces")), teacher, run.data)
+            data, fingerprints[name] = data.with_labels(**{label(name, "forces"): forces}), teacher.fingerprint()
+        return data, fingerprints
 
 
 @hookimpl
