@@ -31,6 +31,19 @@ def test_training_lowers_the_loss(ani_file, tmp_path):
     assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") == 7
 
 
+def test_training_split_errors_are_logged_per_epoch(ani_file, tmp_path):
+    """With weights that do not move (lr ~ 0), the logged training RMSE is the RMSE over the training split."""
+    settings = SETTINGS.model_copy(update={"lr": 1e-30, "max_epochs": 1, "dtype": "float64"})
+    trainer = _trainer(ani_file, tmp_path / "still", settings)
+    trainer.fit()
+    on_train = trainer.validate(trainer.train_set)
+    for name in ("energy:energy", "forces:forces"):
+        logged = trainer.history[-1][f"train_rmse[{name}]"]
+        assert logged == pytest.approx(on_train[f"valid_rmse[{name}]"], rel=1e-9)
+        assert logged != pytest.approx(trainer.history[-1][f"valid_rmse[{name}]"], rel=1e-3)  # a different split
+    assert "train_rmse[forces:forces]" in (tmp_path / "still" / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path):
     straight = _trainer(ani_file, tmp_path / "straight").fit()
     interrupted = _trainer(ani_file, tmp_path / "resumed")

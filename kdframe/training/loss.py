@@ -21,6 +21,11 @@ CURVATURE = ("hvp", "hessian")
 NEEDS_FORCES = ("forces", *CURVATURE)
 
 
+def rmse_mae(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSE, MAE) of a non-empty residual tensor."""
+    return residual.pow(2).mean().sqrt(), residual.abs().mean()
+
+
 @dataclass
 class LossTerm:
     quantity: str  # one of QUANTITIES
@@ -70,7 +75,7 @@ class LossTerm:
         if r.numel() == 0:
             zero = prediction["energy"].new_zeros(())
             return zero, zero
-        return r.pow(2).mean().sqrt(), r.abs().mean()
+        return rmse_mae(r)
 
     @property
     def name(self) -> str:

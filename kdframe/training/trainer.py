@@ -38,7 +38,7 @@ from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
 from ..probes import ProbeSettings, batch_probes, fresh_rng
 from ..teacher import Teacher
-from .loss import CURVATURE, NEEDS_FORCES, LossTerm
+from .loss import CURVATURE, NEEDS_FORCES, LossTerm, rmse_mae
 
 CHECKPOINT, METRICS = "checkpoint.pt", "metrics.csv"
 
@@ -56,6 +56,23 @@ class TrainSettings(pydantic.BaseModel):
     regularisers: dict[str, float] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
     dtype: Literal["float32", "float64"] = "float32"
     eval_batch_size: int = pydantic.Field(128, ge=1)
+
+
+class _SquaredErrors:
+    """Sums of squared residuals per loss term, combined over ranks into RMSEs."""
+
+    def __init__(self, terms: Sequence[LossTerm]):
+        self.sums = {t.name: [0.0, 0] for t in terms}
+
+    def add(self, term: LossTerm, residual: torch.Tensor) -> None:
+        pair = self.sums[term.name]
+        pair[0] += float(residual.detach().pow(2).sum())
+        pair[1] += residual.numel()
+
+    def rmse(self, split: str) -> dict[str, float]:
+        totals = distributed.sum_all([v for pair in self.sums.values() for v in pair])
+        return {f"{split}_rmse[{name}]": math.sqrt(s / c) if c else math.nan
+                for name, s, c in zip(self.sums, totals[::2], totals[1::2])}
 
 
 def _seed_for(seed: int, epoch: int) -> int:
@@ -121,7 +138,13 @@ class Trainer:
         batch.positions.requires_grad_(self.needs_forces)
         return batch
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One pass over the training split: (mean loss, RMSE of every term under the weights of each step).
+
+        The per-term RMSEs come from the residuals the loss already needs (a running estimate while the
+        weights change, as Keras-style training logs report); a term weighted zero this epoch is still
+        reported, except a curvature term, whose double backward would cost as much as training on it.
+        """
         self.model.train()
         generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
         key = (self.seed, epoch, distributed.rank()) if distributed.world_size() > 1 else (self.seed, epoch)
@@ -129,6 +152,7 @@ class Trainer:
         weights = [t.weight(epoch) for t in self.terms]
         params = self.model.trainable_weights()
         total, n = 0.0, 0
+        squares = _SquaredErrors(self.terms)
         for confs in self.train_set.batch_indices(self.settings.batch_size, True, generator):
             mine = distributed.shard(confs)  # all of it in a plain run
             self.optimizer.zero_grad(set_to_none=True)
@@ -137,21 +161,24 @@ class Trainer:
                 prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
                 loss = self._regularisation(prediction)
                 for weight, term in zip(weights, self.terms):
-                    if weight:
-                        rmse, mae = term.errors(prediction, batch, create_graph=True)
-                        loss = loss + weight * (rmse + mae)
+                    if not weight and term.quantity in CURVATURE:
+                        continue
+                    r = term.residual(prediction, batch, create_graph=bool(weight))
+                    if weight and r.numel():
+                        loss = loss + weight * sum(rmse_mae(r))
+                    squares.add(term, r)
                 loss.backward()
                 total, n = total + float(loss.detach()) * batch.n_conf, n + batch.n_conf
             distributed.combine_gradients(params, len(mine) / len(confs))
             self.optimizer.step()
         total, n = distributed.sum_all([total, n])
-        return total / max(n, 1)
+        return total / max(n, 1), squares.rmse("train")
 
     def validate(self, dataset: Dataset | None = None) -> dict[str, float]:
         """Unweighted RMSE of every term on a dataset (the validation split by default), over all ranks."""
         dataset = self.valid_set if dataset is None else dataset
         self.model.eval()
-        sq = {t.name: [0.0, 0] for t in self.terms}
+        squares = _SquaredErrors(self.terms)
         for confs in dataset.batch_indices(self.settings.eval_batch_size):
             mine = distributed.shard(confs)
             if not len(mine):
@@ -159,13 +186,9 @@ class Trainer:
             batch = self._prepare(dataset.batch(mine, self.labels))
             with torch.enable_grad() if self.needs_forces else torch.no_grad():
                 prediction = self.model(batch, forces=self.needs_forces, create_graph=self.needs_curvature)
-                residuals = [t.residual(prediction, batch).detach() for t in self.terms]
-            for t, r in zip(self.terms, residuals):
-                sq[t.name][0] += float(r.pow(2).sum())
-                sq[t.name][1] += r.numel()
-        totals = distributed.sum_all([v for pair in sq.values() for v in pair])
-        return {f"valid_rmse[{name}]": math.sqrt(s / c) if c else math.nan
-                for name, s, c in zip(sq, totals[::2], totals[1::2])}
+                for term in self.terms:
+                    squares.add(term, term.residual(prediction, batch))
+        return squares.rmse("valid")
 
     # --- the loop ----------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> Potential:
@@ -182,7 +205,7 @@ class Trainer:
                    initial=self.epoch, total=self.settings.max_epochs)
         for done, epoch in enumerate(bar, 1):
             start = time.perf_counter()
-            train_loss = self._train_epoch(epoch)
+            train_loss, train_metrics = self._train_epoch(epoch)
             metrics = self.validate()
             monitored = metrics[f"valid_rmse[{self.monitor.name}]"]
             self.plateau.step(monitored)
@@ -193,7 +216,7 @@ class Trainer:
                 self.bad_epochs += 1
             self.epoch = epoch
             self.history.append({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                                 "train_loss": train_loss, **metrics,
+                                 "train_loss": train_loss, **metrics, **train_metrics,
                                  **{f"weight[{t.name}]": t.weight(epoch) for t in self.terms},
                                  "seconds": time.perf_counter() - start})
             if distributed.is_main():
@@ -212,7 +235,8 @@ class Trainer:
                  "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
         atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
+        columns = list(dict.fromkeys(k for record in self.history for k in record))  # a resumed older run may lack some
+        writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / METRICS, buffer.getvalue())

@@ -16,7 +16,7 @@ from ..potential import Potential
 from ..report import plt
 from ..units import EV_TO_KCAL_MOL
 
-FORCE_COLUMN = "valid_rmse[forces:forces]"  # what the trainer writes to metrics.csv for the true forces
+FORCE_COLUMN = "{split}_rmse[forces:forces]"  # what the trainer writes to metrics.csv for the true forces
 STYLE = {"teacher": ("k", "*"), "born-again": ("tab:red", "D"), "student": ("tab:blue", "o"),
          "control": ("tab:orange", "s")}
 
@@ -71,7 +71,7 @@ def size_plot(path: Path, rows: Sequence[SweepRow], results: Mapping[str, Metric
     return _save(fig, path)
 
 
-def read_curve(path: Path, column: str = FORCE_COLUMN) -> tuple[list[int], list[float]]:
+def read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
     """(epochs, values) of one metrics.csv column; empty when the file or column is absent."""
     if not path.is_file():
         return [], []
@@ -81,20 +81,22 @@ def read_curve(path: Path, column: str = FORCE_COLUMN) -> tuple[list[int], list[
 
 
 def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
-    """Validation force RMSE per epoch of every trained model (students solid, controls dashed)."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    """Training and validation force RMSE per epoch of every trained model (students solid, controls dashed)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
     drawn = False
-    for row in rows:
-        epochs, values = read_curve(row.metrics_csv)
-        if epochs:
-            colour, _ = STYLE[row.kind]
-            ax.plot(epochs, [v * EV_TO_KCAL_MOL for v in values], color=colour, lw=1,
-                    ls="--" if row.kind == "control" else "-", label=row.name)
-            drawn = True
+    for ax, split in zip(axes, ("train", "valid")):
+        for row in rows:
+            epochs, values = read_curve(row.metrics_csv, FORCE_COLUMN.format(split=split))
+            if epochs:
+                colour, _ = STYLE[row.kind]
+                ax.plot(epochs, [v * EV_TO_KCAL_MOL for v in values], color=colour, lw=1,
+                        ls="--" if row.kind == "control" else "-", label=row.name)
+                drawn = True
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{'training' if split == 'train' else 'validation'} split", fontsize=9)
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation force RMSE (kcal/mol/Å)")
-    ax.legend(fontsize=6, ncol=2)
+    axes[0].set_ylabel("force RMSE (kcal/mol/Å)")
+    axes[1].legend(fontsize=6, ncol=2)
     return _save(fig, path)
