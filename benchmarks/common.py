@@ -31,7 +31,7 @@ def kdframe_epoch(architecture: str, hyper: dict[str, Any], data: Dataset, batch
     Trainer. Loss: ``terms`` (default E + F, RMSE + MAE); ``probes`` as for the Trainer."""
     torch.manual_seed(0)
     ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
-    model = Potential(registry().architectures[architecture], hyper, sorted(set(data.species.tolist())), ["energy"], ref)
+    model = Potential(registry().architectures[architecture], hyper, data.elements().tolist(), ["energy"], ref)
     settings = TrainSettings(batch_size=batch_size, max_epochs=10**6, weight_l2=1e-6, regularisers=regularisers or {})
     terms = terms or [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
     trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device,

@@ -53,7 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = Potential.load(args.model)
     keys = {"energy": args.energy_key, **({"forces": args.forces_key} if args.forces_key else {})}
     data = read_dataset(args.data, keys)
-    model.check_species(__import__("torch").from_numpy(data.species), str(args.data))
+    model.check_species(__import__("torch").from_numpy(data.elements()), str(args.data))
     metrics = evaluate(model, data, "energy", "forces" if args.forces_key else None,
                        head=model.head_index(args.head, "--head") if args.head else 0)
     text = table({Path(args.data).name: {Path(args.model).name: metrics}})

@@ -1,6 +1,6 @@
 """``kdframe data``: sample geometries from SMILES, label them with a level of theory, inspect files.
 
-Subcommands of ``kdframe data``: sample, label, merge, info.
+Subcommands of ``kdframe data``: sample, label, merge, pack, info.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError, KdframeError
+from ..data.packed import is_packed
 from ..io import atomic_write
 
 KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)
@@ -72,6 +73,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("merge", help="fold finished labelling journals into the file (atomic)")
     p.add_argument("file")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("pack", help="an ANI-layout file as one flat, chunked file that training streams from disk")
+    p.add_argument("source", help="ANI-layout HDF5 file")
+    p.add_argument("target", help="packed HDF5 file to write (atomically)")
+    p.add_argument("--units", default="hartree", choices=["hartree", "ev"], help="energy unit of the source file")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges")
     p.add_argument("file")
@@ -202,6 +209,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from ..data.packed import pack_ani
+
+    if not Path(args.source).is_file():
+        raise DataError(f"{args.source}: data file not found")
+    path = pack_ani(args.source, args.target, args.units)
+    with h5py.File(path, "r") as f:
+        print(f"{path}: {len(f['molecule'])} conformations, {len(f['species'])} atoms, "
+              f"labels {', '.join(sorted(f['labels']))} (eV, eV/Å)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- info
 
 
@@ -212,6 +231,8 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    if is_packed(path):
+        return describe_packed(path)
     lines: list[str] = []
     stats: dict[str, dict] = {}
     n_mol = n_conf = 0
@@ -258,6 +279,18 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
             secs = [r["seconds"] for r in items.values()]
             lines.append(f"  journal {jp.name}: {ok} done, {len(items) - ok} failed"
                          + (f", {np.mean(secs):.3f} s/conformation" if secs else ""))
+    return "\n".join(lines)
+
+
+def describe_packed(path: Path) -> str:
+    """Summary of a packed file: sizes and how many configurations carry each label (eV, eV/Å)."""
+    with h5py.File(path, "r") as f:
+        n_conf = len(f["molecule"])
+        lines = [f"{path}: packed ({f.attrs['source']}), {len(f['molecule_names'])} molecules, {n_conf} conformations, "
+                 f"{len(f['species'])} atoms", f"  {'label':<28} {'conformations':>13}"]
+        for key in sorted(f["labels"]):
+            present = f[f"present/{key}"][()] if key in f.get("present", {}) else ~np.isnan(f[f"labels/{key}"][()])
+            lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}")
     return "\n".join(lines)
 
 

@@ -21,8 +21,29 @@ class LabelSpec:
     kind: str  # PER_CONF or PER_ATOM
 
 
+def atom_ranges(atom_ptr: np.ndarray, confs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the atoms of ``confs``, in that order; number of atoms of each) under ``atom_ptr``."""
+    starts, lengths = atom_ptr[confs], atom_ptr[confs + 1] - atom_ptr[confs]
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return np.arange(lengths.sum()) + offsets, lengths
+
+
+class Batching:
+    """What every dataset kind derives from ``batch_indices`` and ``batch``."""
+
+    @staticmethod
+    def in_batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                labels: Sequence[str] | None = None) -> Iterator[Batch]:
+        for confs in self.batch_indices(batch_size, shuffle, generator):
+            yield self.batch(confs, labels)
+
+
 @dataclass
-class Dataset:
+class Dataset(Batching):
     """Configurations stored flat: atoms of configuration c are ``atom_ptr[c]:atom_ptr[c+1]``.
 
     Labels are in eV and eV/Å; NaN marks a missing label (masked in losses, never zero).
@@ -47,10 +68,11 @@ class Dataset:
         return PER_CONF if self.labels[name].shape[0] == len(self) else PER_ATOM
 
     def atom_indices(self, confs: np.ndarray) -> np.ndarray:
-        starts, stops = self.atom_ptr[confs], self.atom_ptr[confs + 1]
-        lengths = stops - starts
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        return np.arange(lengths.sum()) + offsets
+        return atom_ranges(self.atom_ptr, confs)[0]
+
+    def elements(self) -> np.ndarray:
+        """The atomic numbers present, sorted."""
+        return np.unique(self.species)
 
     def labelled(self, names: Sequence[str]) -> np.ndarray:
         """(C,) bool: configurations with at least one of the named labels present (not NaN) on any row."""
@@ -116,13 +138,7 @@ class Dataset:
                       generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
         """The configurations of each batch, in order or shuffled by ``generator``."""
         order = torch.randperm(len(self), generator=generator).numpy() if shuffle else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            yield order[start:start + batch_size]
-
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                labels: Sequence[str] | None = None) -> Iterator[Batch]:
-        for confs in self.batch_indices(batch_size, shuffle, generator):
-            yield self.batch(confs, labels)
+        return self.in_batches(order, batch_size)
 
 
 def concat_labels(values: Sequence[np.ndarray]) -> np.ndarray:

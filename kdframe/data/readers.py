@@ -21,16 +21,24 @@ from ..errors import DataError
 from ..units import HARTREE_TO_EV
 from ..derivatives import pack_hessians
 from .dataset import Dataset, concat_labels
+from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
 
 
-def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = "auto") -> Dataset:
-    """Read a dataset; every key in ``keys`` must exist in the file (NaN entries are allowed)."""
+def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = "auto") -> Dataset | PackedDataset:
+    """Read a dataset; every key in ``keys`` must exist in the file (NaN entries are allowed).
+
+    A packed file (``kdframe data pack``) is opened lazily, in eV as packed.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    if path.suffix.lower() in HDF5_SUFFIXES and is_packed(path):
+        if units == "hartree":
+            raise DataError(f"{path}: a packed file is in eV and eV/Å (units: hartree applies to ANI files; use auto or ev)")
+        return PackedDataset.open(path, keys)
     if path.suffix.lower() in HDF5_SUFFIXES:
         return _read_ani_hdf5(path, keys, HARTREE_TO_EV if units in ("auto", "hartree") else 1.0)
     if path.suffix.lower() in XYZ_SUFFIXES:

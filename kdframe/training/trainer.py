@@ -150,29 +150,36 @@ class Trainer:
         key = (self.seed, epoch, distributed.rank()) if distributed.world_size() > 1 else (self.seed, epoch)
         rngs = {label: fresh_rng(settings, *key) for label, settings in self.probes.items()}
         weights = [t.weight(epoch) for t in self.terms]
-        params = self.model.trainable_weights()
         total, n = 0.0, 0
         squares = _SquaredErrors(self.terms)
         for confs in self.train_set.batch_indices(self.settings.batch_size, True, generator):
-            mine = distributed.shard(confs)  # all of it in a plain run
-            self.optimizer.zero_grad(set_to_none=True)
-            if len(mine):  # a short last batch may leave a rank nothing; it still joins the all-reduce
-                batch = self._prepare(self.train_set.batch(mine, self.labels), rngs)
-                prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
-                loss = self._regularisation(prediction)
-                for weight, term in zip(weights, self.terms):
-                    if not weight and term.quantity in CURVATURE:
-                        continue
-                    r = term.residual(prediction, batch, create_graph=bool(weight))
-                    if weight and r.numel():
-                        loss = loss + weight * sum(rmse_mae(r))
-                    squares.add(term, r)
-                loss.backward()
-                total, n = total + float(loss.detach()) * batch.n_conf, n + batch.n_conf
-            distributed.combine_gradients(params, len(mine) / len(confs))
-            self.optimizer.step()
+            loss, count = self.step(confs, weights, rngs, squares)
+            total, n = total + loss * count, n + count
         total, n = distributed.sum_all([total, n])
         return total / max(n, 1), squares.rmse("train")
+
+    def step(self, confs: np.ndarray, weights: Sequence[float], rngs: Mapping[str, np.random.Generator],
+             squares: "_SquaredErrors") -> tuple[float, int]:
+        """One optimiser step on the training configurations ``confs``: (loss, configurations on this rank)."""
+        mine = distributed.shard(confs)  # all of it in a plain run
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value, count = 0.0, 0
+        if len(mine):  # a short last batch may leave a rank nothing; it still joins the all-reduce
+            batch = self._prepare(self.train_set.batch(mine, self.labels), rngs)
+            prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
+            loss = self._regularisation(prediction)
+            for weight, term in zip(weights, self.terms):
+                if not weight and term.quantity in CURVATURE:
+                    continue
+                r = term.residual(prediction, batch, create_graph=bool(weight))
+                if weight and r.numel():
+                    loss = loss + weight * sum(rmse_mae(r))
+                squares.add(term, r)
+            loss.backward()
+            loss_value, count = float(loss.detach()), batch.n_conf
+        distributed.combine_gradients(self.model.trainable_weights(), len(mine) / len(confs))
+        self.optimizer.step()
+        return loss_value, count
 
     def validate(self, dataset: Dataset | None = None) -> dict[str, float]:
         """Unweighted RMSE of every term on a dataset (the validation split by default), over all ranks."""

@@ -18,6 +18,7 @@ import torch
 from .. import distributed
 from ..config import Base, DataFile, ModelSpec, TrainSettings, config_error, resolve_path, validate
 from ..data.dataset import Dataset
+from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
 from ..data.reference import fit_reference_energies
 from ..data.splits import split
@@ -42,6 +43,7 @@ class Workflow(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[Base]]
     stages: ClassVar[tuple[str, ...]] = ("train", "label", "run")  # what `kdframe train/label/run` stop after
+    streams_data: ClassVar[bool] = False  # trains from a packed (larger than memory) data.train file
 
     @abstractmethod
     def run(self, run: "Run", until: str = "run") -> str:
@@ -93,16 +95,21 @@ class Run:
         self.device = device_for(config.device)
         workflow.check(config, str(config_path))
         self.data = self.read(config.data.train, "data.train", workflow.data_keys(config))
+        if isinstance(self.data, PackedDataset) and not workflow.streams_data:
+            streaming = sorted(w.name for w in registry().workflows.values() if w.streams_data)
+            raise ConfigError("data.train.path", f"{config.data.train.path} is a packed file, streamed from disk; workflow "
+                              f"{workflow.name!r} holds teacher knowledge in memory and needs the ANI-layout file "
+                              f"(workflows that stream packed files: {', '.join(streaming)})")
         fractions = config.data.split.fractions
         self.splits = split(self.data, fractions, config.seed, config.data.split.by)
         self.train_set = self.data.subset(self.splits["train"])
         self.reference = fit_reference_energies(self.train_set, "energy")
-        self.species = sorted(int(z) for z in np.unique(self.data.species))
+        self.species = sorted(int(z) for z in self.data.elements())
         self.eval_sets = {"test": self.data.subset(self.splits["test"])}
         for i, spec in enumerate(config.data.evaluate):
             name = spec.name or Path(spec.path).stem
             self.eval_sets[name] = self.read(spec, f"data.evaluate[{i}]")
-            extra = sorted(set(np.unique(self.eval_sets[name].species).tolist()) - set(self.species))
+            extra = sorted(set(self.eval_sets[name].elements().tolist()) - set(self.species))
             if extra:
                 raise DataError(f"data.evaluate[{i}] ({spec.path}): elements {extra} do not occur in the training data "
                                 f"(elements there: {self.species})")

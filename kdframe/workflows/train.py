@@ -26,6 +26,7 @@ class TrainConfig(Base):
 class Train(Workflow):
     name = "train"
     Config = TrainConfig
+    streams_data = True
 
     def model_specs(self, config: TrainConfig) -> dict[str, ModelSpec]:
         return {"potential.model": config.potential.model}

@@ -1,0 +1,328 @@
+"""Packed datasets: one flat, chunked HDF5 file read lazily, for data larger than memory.
+
+``kdframe data pack SRC DST`` turns an ANI-layout file (one group per molecule) into this layout,
+one group at a time, so neither step ever holds the whole dataset:
+
+- per configuration, in memory when opened (a few tens of bytes each): ``atom_ptr`` (C+1),
+  ``molecule`` (C), the element counts, every per-configuration label (energies, eV) and, for every
+  per-atom label, whether a configuration has it;
+- per atom, on disk and read in blocks of ``BLOCK_CONFS`` configurations: ``species``,
+  ``positions`` (Å) and the per-atom labels (forces, eV/Å; NaN = missing).
+
+Shuffled epochs are block-shuffled, as streaming loaders do (webdataset, tf.data shuffle buffers):
+the order of the blocks is shuffled, then the configurations of each window of ``WINDOW`` blocks,
+so a batch touches only the blocks of (at most two) windows and at most ``2 * WINDOW`` blocks are held
+in memory, whatever the file size. Hessian labels are not packed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..batch import Batch
+from ..errors import DataError
+from ..units import HARTREE_TO_EV
+from .dataset import PER_ATOM, PER_CONF, Batching, atom_ranges
+
+FORMAT = "kdframe-packed-1"
+BLOCK_CONFS, WINDOW = 1024, 8
+CHUNK_ATOMS = 1 << 15
+SKIPPED = ("coordinates", "atomic_numbers", "species")
+CONVERTED = ("energy", "energies", "forces")  # key endings converted to eV; others (e.g. t1_diagnostic) kept as they are
+
+
+def is_packed(path: str | os.PathLike) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
+
+
+class PackedWriter:
+    """Appends molecules to a packed file; the file appears (atomically renamed) on :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike, label_kinds: Mapping[str, str], source: str = ""):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        self.kinds = dict(label_kinds)
+        self.source = source or self.path.stem
+        self.hash = hashlib.sha256()
+        self.counts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
+        self.molecule: list[np.ndarray] = []
+        self.names: list[str] = []
+        self.conf_labels: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_CONF}
+        self.present: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_ATOM}
+        self.elements: list[np.ndarray] = []
+        self._growing("species", (), np.int16)
+        self._growing("positions", (3,), np.float64)
+        for name in self.present:
+            self._growing(f"labels/{name}", (3,), np.float64)
+
+    def _growing(self, name: str, tail: tuple[int, ...], dtype) -> None:
+        self.file.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                 chunks=(CHUNK_ATOMS, *tail))
+
+    def _append(self, name: str, rows: np.ndarray) -> None:
+        data = self.file[name]
+        start = data.shape[0]
+        data.resize(start + len(rows), axis=0)
+        data[start:] = rows
+        self.hash.update(name.encode())
+        self.hash.update(np.ascontiguousarray(rows).tobytes())
+
+    def add(self, name: str, species: np.ndarray, positions: np.ndarray, labels: Mapping[str, np.ndarray]) -> None:
+        """One molecule: ``species`` (n,), ``positions`` (k, n, 3) Å, labels (k,) eV or (k, n, 3) eV/Å (NaN = missing)."""
+        k, n = positions.shape[:2]
+        self._append("species", np.tile(species, k).astype(np.int16))
+        self._append("positions", positions.reshape(-1, 3))
+        for label, kind in self.kinds.items():
+            value = labels.get(label)
+            if kind == PER_CONF:
+                value = np.full(k, np.nan) if value is None else np.asarray(value, dtype=np.float64)
+                self.conf_labels[label].append(value)
+                self.hash.update(value.tobytes())
+            else:
+                value = np.full((k, n, 3), np.nan) if value is None else np.asarray(value, dtype=np.float64)
+                self.present[label].append(~np.isnan(value).all(axis=(1, 2)))
+                self._append(f"labels/{label}", value.reshape(-1, 3))
+        self.counts.append(np.full(k, n, dtype=np.int64))
+        self.molecule.append(np.full(k, len(self.names), dtype=np.int64))
+        self.names.append(name)
+        self.elements.append(np.tile(np.bincount(species, minlength=128)[None, :], (k, 1)).astype(np.uint16))
+
+    def close(self) -> Path:
+        f = self.file
+        f["atom_ptr"] = np.cumsum(np.concatenate(self.counts))
+        f["molecule"] = np.concatenate(self.molecule)
+        f["molecule_names"] = np.array(self.names, dtype=h5py.string_dtype())
+        counts = np.concatenate(self.elements)
+        present = np.flatnonzero(counts.sum(axis=0))
+        f["element_counts"] = counts[:, present]
+        f["elements"] = present
+        for label, values in self.conf_labels.items():
+            f[f"labels/{label}"] = np.concatenate(values)
+        for label, values in self.present.items():
+            f[f"present/{label}"] = np.concatenate(values)
+        f.attrs.update({"format": FORMAT, "source": self.source, "content_hash": self.hash.hexdigest()[:16]})
+        f.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = "hartree") -> Path:
+    """An ANI-layout file as a packed file: every per-configuration and per-atom key, energies and forces in eV(/Å)."""
+    from .readers import _molecule_groups, _species
+
+    to_ev = HARTREE_TO_EV if units == "hartree" else 1.0
+    with h5py.File(source, "r") as f:
+        groups = _molecule_groups(f)
+        if not groups:
+            raise DataError(f"{source}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
+        kinds: dict[str, str] = {}
+        for _, group in groups:
+            k, n = group["coordinates"].shape[:2]
+            for key, value in group.items():
+                if key in SKIPPED or not isinstance(value, h5py.Dataset):
+                    continue
+                if value.shape == (k,):
+                    kinds.setdefault(key, PER_CONF)
+                elif value.shape == (k, n, 3):
+                    kinds.setdefault(key, PER_ATOM)
+        writer = PackedWriter(target, kinds, Path(source).stem)
+        try:
+            for name, group in groups:
+                labels = {key: np.asarray(group[key][()], dtype=np.float64) * (to_ev if key.endswith(CONVERTED) else 1.0)
+                          for key in kinds if key in group}
+                writer.add(name, _species(group), np.asarray(group["coordinates"][()], dtype=np.float64), labels)
+        except BaseException:
+            writer.file.close()
+            writer.tmp.unlink(missing_ok=True)
+            raise
+        return writer.close()
+
+
+class _Store:
+    """What every view of one packed file shares: the per-configuration arrays and the block cache."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with h5py.File(path, "r") as f:
+            self.atom_ptr = f["atom_ptr"][()].astype(np.int64)  # (C+1,), from 0
+            self.molecule = f["molecule"][()]
+            self.molecule_names = [s.decode() if isinstance(s, bytes) else s for s in f["molecule_names"][()]]
+            self.element_counts = f["element_counts"][()]
+            self.elements = f["elements"][()]
+            self.kinds = {k: (PER_ATOM if k in f.get("present", {}) else PER_CONF) for k in f["labels"]}
+            self.conf_labels = {k: f[f"labels/{k}"][()] for k, kind in self.kinds.items() if kind == PER_CONF}
+            self.present = {k: f[f"present/{k}"][()] for k in f.get("present", {})}
+            self.source, self.content_hash = str(f.attrs["source"]), str(f.attrs["content_hash"])
+        self.blocks: OrderedDict[tuple[int, tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
+        self._file: h5py.File | None = None  # opened on first read, in the process that reads
+
+    def block(self, b: int, labels: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Species, positions and per-atom ``labels`` of block ``b`` (least recently used blocks dropped)."""
+        key = (b, labels)
+        if key in self.blocks:
+            self.blocks.move_to_end(key)
+            return self.blocks[key]
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        start = self.atom_ptr[b * BLOCK_CONFS]
+        stop = self.atom_ptr[min((b + 1) * BLOCK_CONFS, len(self.atom_ptr) - 1)]
+        arrays = {"species": self._file["species"][start:stop].astype(np.int64),
+                  "positions": self._file["positions"][start:stop]}
+        arrays.update({k: self._file[f"labels/{k}"][start:stop] for k in labels})
+        self.blocks[key] = arrays
+        while len(self.blocks) > 2 * WINDOW:
+            self.blocks.popitem(last=False)
+        return arrays
+
+
+class PackedDataset(Batching):
+    """A view (a subset of configurations) of a packed file, with the interface of :class:`Dataset`.
+
+    Per-configuration labels are arrays; a per-atom label is read from disk for the whole view when
+    indexed (evaluation sets), while training batches read only the blocks they need.
+    """
+
+    def __init__(self, store: _Store, keys: Mapping[str, str], confs: np.ndarray | None = None,
+                 extra: Mapping[str, np.ndarray] | None = None):
+        self.store, self.keys = store, dict(keys)
+        self.confs = np.arange(len(store.molecule)) if confs is None else np.asarray(confs, dtype=np.int64)
+        self.extra = dict(extra or {})  # per-configuration labels added in memory (with_labels)
+        self.labels = _Labels(self)
+        self.source = store.source
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, keys: Mapping[str, str]) -> "PackedDataset":
+        store = _Store(Path(path))
+        for label, key in keys.items():
+            if key not in store.kinds:
+                raise DataError(f"{path}: key {key!r} (for {label!r}) not found (available: {', '.join(sorted(store.kinds))})")
+        return cls(store, keys)
+
+    def __len__(self) -> int:
+        return len(self.confs)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.diff(self.store.atom_ptr)[self.confs]
+
+    @property
+    def molecule(self) -> np.ndarray:
+        return self.store.molecule[self.confs]
+
+    @property
+    def molecule_names(self) -> list[str]:
+        return self.store.molecule_names
+
+    def elements(self) -> np.ndarray:
+        return self.store.elements[self.store.element_counts[self.confs].sum(axis=0) > 0]
+
+    def label_kind(self, name: str) -> str:
+        return PER_CONF if name in self.extra else self.store.kinds[self.keys[name]]
+
+    def element_counts(self) -> np.ndarray:
+        counts = np.zeros((len(self), int(self.store.elements.max()) + 1))
+        counts[:, self.store.elements] = self.store.element_counts[self.confs]
+        return counts
+
+    def labelled(self, names: Sequence[str]) -> np.ndarray:
+        found = np.zeros(len(self), dtype=bool)
+        for name in names:
+            if self.label_kind(name) == PER_ATOM:
+                found |= self.store.present[self.keys[name]][self.confs]
+            else:
+                found |= ~np.isnan(self.labels[name])
+        return found
+
+    def subset(self, confs: Sequence[int] | np.ndarray) -> "PackedDataset":
+        confs = np.asarray(confs, dtype=np.int64)
+        return PackedDataset(self.store, self.keys, self.confs[confs], {k: v[confs] for k, v in self.extra.items()})
+
+    def with_labels(self, **labels: np.ndarray) -> "PackedDataset":
+        for name, value in labels.items():
+            if value.shape != (len(self),):
+                raise DataError(f"{self.store.path}: label {name!r}: a packed dataset takes only per-configuration "
+                                f"labels in memory (shape ({len(self)},), got {value.shape}); per-atom labels stream from disk")
+        return PackedDataset(self.store, self.keys, self.confs, {**self.extra, **labels})
+
+    def content_hash(self, labels: Sequence[str] | None = None) -> str:
+        h = hashlib.sha256(self.store.content_hash.encode())
+        h.update(self.confs.tobytes())
+        for name in sorted(self.labels if labels is None else labels):
+            h.update(name.encode())
+            h.update(self.extra[name].tobytes() if name in self.extra else self.keys[name].encode())
+        return h.hexdigest()[:16]
+
+    def batch(self, confs: Sequence[int] | np.ndarray, labels: Sequence[str] | None = None) -> Batch:
+        confs = np.asarray(confs, dtype=np.int64)
+        files = self.confs[confs]
+        names = list(self.labels if labels is None else labels)
+        per_atom = tuple(sorted(self.keys[n] for n in names if self.label_kind(n) == PER_ATOM))
+        atoms, counts = atom_ranges(self.store.atom_ptr, files)
+        atom_block = np.repeat(files // BLOCK_CONFS, counts)
+        out = {"species": np.empty(len(atoms), dtype=np.int64), "positions": np.empty((len(atoms), 3))}
+        out.update({k: np.empty((len(atoms), 3)) for k in per_atom})
+        for b in np.unique(atom_block):
+            rows = atom_block == b
+            local = atoms[rows] - self.store.atom_ptr[b * BLOCK_CONFS]
+            for key, array in self.store.block(int(b), per_atom).items():
+                out[key][rows] = array[local]
+        batch_labels = {n: torch.from_numpy(out[self.keys[n]] if self.label_kind(n) == PER_ATOM
+                                            else np.ascontiguousarray(self.labels[n][confs])) for n in names}
+        return Batch(species=torch.from_numpy(out["species"]), positions=torch.from_numpy(out["positions"]),
+                     conf_index=torch.from_numpy(np.repeat(np.arange(len(confs)), counts)), n_conf=len(confs),
+                     labels=batch_labels, index=torch.from_numpy(confs))
+
+    def batch_indices(self, batch_size: int, shuffle: bool = False,
+                      generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
+        """In file order, or block-shuffled: blocks in random order, configurations shuffled within windows."""
+        order = np.arange(len(self))
+        if shuffle:
+            block_of = self.confs // BLOCK_CONFS
+            blocks = np.unique(block_of)
+            rank = np.empty(int(blocks.max()) + 1 if len(blocks) else 0, dtype=np.int64)
+            rank[blocks[torch.randperm(len(blocks), generator=generator).numpy()]] = np.arange(len(blocks))
+            window = rank[block_of] // WINDOW
+            jitter = torch.randperm(len(self), generator=generator).numpy()
+            order = np.lexsort((jitter, window))  # by window, randomly within a window
+        return self.in_batches(order, batch_size)
+
+
+class _Labels(Mapping[str, np.ndarray]):
+    """The labels of a view: per-configuration ones from memory, per-atom ones read from disk on access."""
+
+    def __init__(self, view: PackedDataset):
+        self.view = view
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.view.keys, *self.view.extra])
+
+    def __len__(self) -> int:
+        return len(self.view.keys) + len(self.view.extra)
+
+    def __contains__(self, name: object) -> bool:  # without reading a per-atom label
+        return name in self.view.keys or name in self.view.extra
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        view = self.view
+        if name in view.extra:
+            return view.extra[name]
+        key = view.keys[name]
+        if view.store.kinds[key] == PER_CONF:
+            return view.store.conf_labels[key][view.confs]
+        parts = [view.batch(confs, labels=[name]).labels[name].numpy()
+                 for confs in view.batch_indices(BLOCK_CONFS)]
+        return np.concatenate(parts) if parts else np.zeros((0, 3))

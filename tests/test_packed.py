@@ -1,0 +1,122 @@
+"""Packed (larger than memory) datasets: same batches as the ANI file, block-shuffled epochs, bounded memory."""
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from kdframe.cli import main
+from kdframe.data import packed, read_dataset
+from kdframe.data.reference import fit_reference_energies
+from kdframe.errors import DataError
+
+KEYS = {"energy": "morse.energy", "forces": "morse.forces"}
+
+
+@pytest.fixture
+def packed_file(tmp_path, ani_file):
+    return packed.pack_ani(ani_file, tmp_path / "packed.h5")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 5 configurations and windows of 2 blocks, so the 48 test configurations span many blocks."""
+    monkeypatch.setattr(packed, "BLOCK_CONFS", 5)
+    monkeypatch.setattr(packed, "WINDOW", 2)
+
+
+def _same_batch(a, b):
+    assert torch.equal(a.species, b.species) and torch.equal(a.conf_index, b.conf_index)
+    assert torch.allclose(a.positions, b.positions, rtol=0, atol=0)
+    assert a.labels.keys() == b.labels.keys()
+    for name in a.labels:
+        assert torch.allclose(a.labels[name], b.labels[name], rtol=1e-15, atol=0, equal_nan=True), name
+
+
+def test_packed_batches_equal_the_ani_files(ani_file, packed_file, small_blocks):
+    memory, lazy = read_dataset(ani_file, KEYS), read_dataset(packed_file, KEYS)
+    assert isinstance(lazy, packed.PackedDataset) and len(lazy) == len(memory)
+    confs = np.random.default_rng(0).permutation(len(memory))[:13]  # across blocks, in any order
+    _same_batch(memory.batch(confs), lazy.batch(confs))
+    sub_memory, sub_lazy = memory.subset(confs[3:]), lazy.subset(confs[3:])
+    _same_batch(sub_memory.batch([4, 0, 2]), sub_lazy.batch([4, 0, 2]))
+    for name in KEYS:  # whole-view labels (evaluation reads them) in the view's order
+        np.testing.assert_array_equal(sub_memory.labels[name], sub_lazy.labels[name])
+    np.testing.assert_array_equal(memory.element_counts(), lazy.element_counts())
+    np.testing.assert_array_equal(memory.labelled(["forces"]), lazy.labelled(["forces"]))
+    np.testing.assert_allclose(fit_reference_energies(memory, "energy"), fit_reference_energies(lazy, "energy"))
+    assert lazy.elements().tolist() == memory.elements().tolist()
+
+
+def test_shuffled_epochs_visit_every_configuration_once_from_few_blocks(packed_file, small_blocks):
+    data = read_dataset(packed_file, KEYS).subset(np.arange(2, 34))
+    epochs = [list(data.batch_indices(4, True, torch.Generator().manual_seed(s))) for s in (0, 0, 1)]
+    assert [b.tolist() for b in epochs[0]] == [b.tolist() for b in epochs[1]]  # seeded
+    assert np.concatenate(epochs[0]).tolist() != np.concatenate(epochs[2]).tolist()
+    for batches in epochs:
+        assert sorted(np.concatenate(batches).tolist()) == list(range(32))
+        for confs in batches:  # a batch draws on at most two windows of blocks
+            assert len(np.unique(data.confs[confs] // packed.BLOCK_CONFS)) <= 2 * packed.WINDOW
+    for confs in epochs[2]:
+        data.batch(confs, ["energy", "forces"])
+    assert 0 < len(data.store.blocks) <= 2 * packed.WINDOW  # memory bounded by the window, not the file
+
+
+def test_missing_labels_stay_missing(tmp_path):
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "m.h5", missing_every=2)
+    path = packed.pack_ani(tmp_path / "m.h5", tmp_path / "m.packed.h5")
+    data = read_dataset(path, {"energy": "morse.energy"})
+    assert np.isnan(data.labels["energy"][::2]).all() and not np.isnan(data.labels["energy"][1::2]).any()
+    assert data.labelled(["energy"]).tolist() == [False, True] * (len(data) // 2)
+
+
+def test_packed_file_errors_name_the_key_and_the_workflow(tmp_path, packed_file):
+    with pytest.raises(DataError, match=r"key 'morse.hessian' \(for 'hessian'\) not found \(available: morse.energy, morse.forces\)"):
+        read_dataset(packed_file, {"hessian": "morse.hessian"})
+    with pytest.raises(DataError, match="packed file is in eV"):
+        read_dataset(packed_file, KEYS, units="hartree")
+    config = tmp_path / "ekd.yaml"
+    config.write_text(textwrap.dedent(f"""
+        workflow: ekd
+        run_dir: {tmp_path / 'run'}
+        data: {{train: {{path: {packed_file}, energy: morse.energy}}}}
+        teachers: {{count: 2, model: {{architecture: toy, width: 4}}}}
+        student: {{model: {{architecture: toy, width: 4}}}}
+    """))
+    assert main(["run", str(config), "--quiet"]) == 2
+
+
+TRAIN = """
+workflow: train
+run_dir: {run_dir}
+device: cpu
+data:
+  train: {{path: {data}, energy: morse.energy, forces: morse.forces}}
+training: {{batch_size: 4, max_epochs: 4, lr: 0.003}}
+potential:
+  model: {{architecture: toy, width: 8}}
+  weights: {{energy: 1, forces: 10}}
+"""
+
+
+def test_train_workflow_streams_a_packed_file(tmp_path, packed_file, small_blocks, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=packed_file)))
+    assert main(["run", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| potential |" in out
+    curve = np.genfromtxt(tmp_path / "run" / "potential" / "metrics.csv", delimiter=",", names=True)
+    assert curve["valid_rmseforcesforces"][-1] < curve["valid_rmseforcesforces"][0]
+
+
+def test_pack_and_info_commands(tmp_path, ani_file, capsys):
+    target = tmp_path / "p.h5"
+    assert main(["data", "pack", str(ani_file), str(target)]) == 0
+    assert main(["data", "info", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"{target}: 48 conformations" in out and "packed (morse), 4 molecules, 48 conformations" in out
+    assert "morse.forces" in out and "48/48" in out
+    assert main(["data", "pack", str(tmp_path / "absent.h5"), str(target)]) == 2
