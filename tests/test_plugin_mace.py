@@ -331,3 +331,19 @@ def test_float32_model_trains_two_adam_steps():
         loss.backward()
         optimiser.step()
     assert losses[2] < losses[0]
+
+
+def test_graph_cache_keeps_at_most_its_size(potential, monkeypatch):
+    from kdframe_mace.graph import NeighbourGraphs
+
+    graphs = NeighbourGraphs(SMALL["r_max"], max_entries=2)
+    monkeypatch.setattr(potential.net, "graphs", graphs)
+    batch = batch_from_atoms(molecules(), index=list(range(len(MOLECULES))))
+    assert batch.n_conf > 2
+    potential(fresh(batch), forces=False)
+    assert len(graphs) == 2 and graphs.misses == batch.n_conf
+    n = len(MOLECULES)
+    potential(fresh(batch_from_atoms(molecules()[-1:], index=[n - 1])), forces=False)  # kept: a hit
+    assert graphs.hits == 1
+    potential(fresh(batch_from_atoms(molecules()[:1], index=[0])), forces=False)  # dropped: rebuilt
+    assert graphs.misses == n + 1 and len(graphs) == 2

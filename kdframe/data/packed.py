@@ -281,23 +281,31 @@ class PackedDataset(Batching):
             for key, array in self.store.block(int(b), per_atom).items():
                 out[key][rows] = array[local]
         batch_labels = {n: torch.from_numpy(out[self.keys[n]] if self.label_kind(n) == PER_ATOM
-                                            else np.ascontiguousarray(self.labels[n][confs])) for n in names}
+                                            else self._conf_label(n, confs)) for n in names}
         return Batch(species=torch.from_numpy(out["species"]), positions=torch.from_numpy(out["positions"]),
                      conf_index=torch.from_numpy(np.repeat(np.arange(len(confs)), counts)), n_conf=len(confs),
                      labels=batch_labels, index=torch.from_numpy(confs))
 
+    def _conf_label(self, name: str, confs: np.ndarray) -> np.ndarray:
+        """A per-configuration label of some configurations of this view (without indexing the whole view)."""
+        if name in self.extra:
+            return self.extra[name][confs]
+        return self.store.conf_labels[self.keys[name]][self.confs[confs]]
+
     def batch_indices(self, batch_size: int, shuffle: bool = False,
                       generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
         """In file order, or block-shuffled: blocks in random order, configurations shuffled within windows."""
-        order = np.arange(len(self))
-        if shuffle:
-            block_of = self.confs // BLOCK_CONFS
-            blocks = np.unique(block_of)
-            rank = np.empty(int(blocks.max()) + 1 if len(blocks) else 0, dtype=np.int64)
-            rank[blocks[torch.randperm(len(blocks), generator=generator).numpy()]] = np.arange(len(blocks))
-            window = rank[block_of] // WINDOW
-            jitter = torch.randperm(len(self), generator=generator).numpy()
-            order = np.lexsort((jitter, window))  # by window, randomly within a window
+        if not shuffle:
+            return self.in_batches(np.arange(len(self)), batch_size)
+        # int32 keys: the shuffle of an epoch needs O(configurations) memory; keep it small
+        block_of = (self.confs // BLOCK_CONFS).astype(np.int32)
+        blocks = np.unique(block_of)
+        rank = np.empty(int(blocks.max()) + 1 if len(blocks) else 0, dtype=np.int32)
+        rank[blocks[torch.randperm(len(blocks), generator=generator).numpy()]] = np.arange(len(blocks), dtype=np.int32)
+        window = rank[block_of] // WINDOW
+        del block_of
+        jitter = torch.randperm(len(self), generator=generator, dtype=torch.int32).numpy()
+        order = np.lexsort((jitter, window))  # by window, randomly within a window
         return self.in_batches(order, batch_size)
 
 

@@ -10,11 +10,13 @@ pbc it was built from. It is reused only while no atom has moved more than
 cutoff envelope is exactly zero beyond ``r_max``, so the extra edges add nothing).
 With the default ``skin = 0`` that means identical positions: a configuration whose
 positions changed under the same index is rebuilt, never evaluated on a stale graph.
-Batches without ``index`` (ASE calculator, MD) are never cached.
+Batches without ``index`` (ASE calculator, MD) are never cached. At most ``max_entries`` graphs
+are kept (least recently used dropped), so streaming a dataset larger than memory stays bounded.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +48,12 @@ class _Entry:
 class NeighbourGraphs:
     """Builds (and with ``cache=True`` reuses) neighbour lists within ``r_max`` for batches."""
 
-    def __init__(self, r_max: float, skin: float = 0.0, cache: bool = True):
+    def __init__(self, r_max: float, skin: float = 0.0, cache: bool = True, max_entries: int = 100_000):
         self.r_max = float(r_max)
         self.skin = float(skin)
         self.cache = cache
-        self._entries: dict[int, _Entry] = {}
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -81,6 +84,9 @@ class NeighbourGraphs:
                 entry = self._build(pos, cell, pbc)
                 if indices is not None:
                     self._entries[int(indices[c])] = entry
+                    self._entries.move_to_end(int(indices[c]))
+                    if len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
             edges.append(entry.edges.astype(np.int64) + starts[c])
             shifts.append(entry.unit_shifts)
             confs.append(np.full(entry.edges.shape[1], c, dtype=np.int64))
@@ -106,6 +112,7 @@ class NeighbourGraphs:
         )
         if valid:
             self.hits += 1
+            self._entries.move_to_end(int(index))
             return entry
         return None
 

@@ -32,6 +32,7 @@ class MaceHyperparameters(pydantic.BaseModel):
     cuequivariance: bool = Field(False, description="cuequivariance kernels (CUDA only, needs the extra)")
     cache_graphs: bool = Field(True, description="reuse neighbour lists per dataset index")
     graph_skin: float = Field(0.0, ge=0, description="Verlet skin, Å: cached graphs survive moves < skin/2")
+    graph_cache_size: int = Field(100_000, ge=1, description="most neighbour lists kept (least recently used dropped)")
 
     @pydantic.field_validator("radial_MLP")
     @classmethod

@@ -39,7 +39,8 @@ class MaceEnergyModel(EnergyModel):
         table = torch.full((max(species) + 1,), -1, dtype=torch.long)
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", table, persistent=False)
-        self.graphs = NeighbourGraphs(hp.r_max, skin=hp.graph_skin, cache=hp.cache_graphs)
+        self.graphs = NeighbourGraphs(hp.r_max, skin=hp.graph_skin, cache=hp.cache_graphs,
+                                      max_entries=hp.graph_cache_size)
 
     @property
     def float_dtype(self) -> torch.dtype:
