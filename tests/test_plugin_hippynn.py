@@ -198,3 +198,15 @@ def test_hyperparameter_typo_names_the_key():
 def test_invalid_hyperparameters_are_rejected(bad):
     with pytest.raises(pydantic.ValidationError, match="|".join(bad)):
         HipnnArchitecture().parse(bad)
+
+
+def test_periodic_batches_are_refused_not_silently_wrong():
+    from kdframe.errors import DataError
+
+    batch = make_batch(molecules())
+    batch.cell = torch.eye(3, dtype=torch.float64).expand(batch.n_conf, 3, 3) * 6.0
+    batch.pbc = torch.ones(batch.n_conf, 3, dtype=torch.bool)
+    with pytest.raises(DataError, match="periodic systems"):
+        potential()(batch, forces=False)
+    batch.pbc = torch.zeros(batch.n_conf, 3, dtype=torch.bool)  # a cell without periodicity is fine
+    assert potential()(batch, forces=False)["energy"].shape == (batch.n_conf, 1)

@@ -9,6 +9,7 @@ from hippynn.graphs import GraphModule
 
 from kdframe.architecture import EnergyModel, ModelOutput
 from kdframe.batch import Batch
+from kdframe.errors import DataError
 
 
 class HipnnEnergyModel(EnergyModel):
@@ -24,6 +25,10 @@ class HipnnEnergyModel(EnergyModel):
         self.register_load_state_dict_pre_hook(_restore_extra_state)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        if batch.pbc is not None and bool(batch.pbc.any()):
+            # The graph is built with hippynn's open-boundary pair finder; a cell would be silently ignored.
+            raise DataError("hippynn plugin: periodic systems (pbc) are not supported yet; "
+                            "use the mace or torchani architecture for periodic structures")
         padded = batch.to_padded()
         # The cast is differentiable, so forces still flow back to batch.positions.
         dtype = next(p for p in self.parameters() if p.is_floating_point()).dtype
