@@ -9,9 +9,14 @@ forces are always taken on ``Batch.positions``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import ase
 
 
 @dataclass
@@ -63,6 +68,21 @@ class Batch:
         conf_index = torch.arange(species.shape[0], device=species.device)[:, None].expand_as(species)[mask]
         return cls(species=species[mask], positions=positions[mask], conf_index=conf_index,
                    n_conf=int(species.shape[0]), **extra)
+
+    @classmethod
+    def from_atoms(cls, atoms_list: Sequence["ase.Atoms"], index: Sequence[int] | None = None) -> "Batch":
+        """A batch of ``ase.Atoms`` (Å); cell and pbc only when some structure is periodic."""
+        periodic = any(a.pbc.any() for a in atoms_list)
+        return cls(
+            species=torch.cat([torch.as_tensor(a.numbers, dtype=torch.long) for a in atoms_list]),
+            positions=torch.cat([torch.as_tensor(a.positions, dtype=torch.float64) for a in atoms_list]),
+            conf_index=torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(atoms_list)]),
+            n_conf=len(atoms_list),
+            cell=torch.stack([torch.as_tensor(a.cell.array, dtype=torch.float64) for a in atoms_list])
+            if periodic else None,
+            pbc=torch.stack([torch.as_tensor(a.pbc) for a in atoms_list]) if periodic else None,
+            index=None if index is None else torch.as_tensor(index, dtype=torch.long),
+        )
 
     def sum_per_conf(self, per_atom: torch.Tensor) -> torch.Tensor:
         """Sum a per-atom tensor (n_atoms, ...) into configurations (n_conf, ...)."""

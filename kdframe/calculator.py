@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -30,15 +29,7 @@ class KdframeCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         species = torch.as_tensor(self.atoms.numbers, dtype=torch.long)
         self.model.check_species(species, "KdframeCalculator")
-        pbc = bool(self.atoms.pbc.any())
-        batch = Batch(
-            species=species,
-            positions=torch.as_tensor(self.atoms.positions, dtype=torch.float64),
-            conf_index=torch.zeros(len(self.atoms), dtype=torch.long),
-            n_conf=1,
-            cell=torch.as_tensor(np.asarray(self.atoms.cell)[None], dtype=torch.float64) if pbc else None,
-            pbc=torch.as_tensor(self.atoms.pbc[None]) if pbc else None,
-        ).to(self.device, self.dtype)
+        batch = Batch.from_atoms([self.atoms]).to(self.device, self.dtype)
         out = self.model(batch, forces=True)
         energy = float(out["energy"][0, self.head].detach())
         self.results = {

@@ -30,21 +30,6 @@ SMALL = dict(channels=8, max_L=1, num_interactions=2, correlation=2, max_ell=2,
 MOLECULES = ["H2O", "CH4", "NH3", "CH3OH", "C2H4", "HCOOH"]
 
 
-def batch_from_atoms(atoms_list: list[ase.Atoms], index: list[int] | None = None) -> Batch:
-    """A kdframe Batch built from ase.Atoms (cell and pbc only when some structure is periodic)."""
-    periodic = any(a.pbc.any() for a in atoms_list)
-    return Batch(
-        species=torch.cat([torch.as_tensor(a.numbers, dtype=torch.long) for a in atoms_list]),
-        positions=torch.cat([torch.as_tensor(a.positions, dtype=torch.float64) for a in atoms_list]),
-        conf_index=torch.cat([torch.full((len(a),), i, dtype=torch.long) for i, a in enumerate(atoms_list)]),
-        n_conf=len(atoms_list),
-        cell=torch.stack([torch.as_tensor(a.cell.array, dtype=torch.float64) for a in atoms_list])
-        if periodic else None,
-        pbc=torch.stack([torch.as_tensor(a.pbc) for a in atoms_list]) if periodic else None,
-        index=None if index is None else torch.as_tensor(index, dtype=torch.long),
-    )
-
-
 def molecules(seed: int = 0, names: list[str] = MOLECULES) -> list[ase.Atoms]:
     rng = torch.Generator().manual_seed(seed)
     out = []
@@ -81,7 +66,7 @@ def uncached(potential) -> Potential:
 
 @pytest.fixture
 def batch() -> Batch:
-    return batch_from_atoms(molecules(), index=list(range(100, 100 + len(MOLECULES))))
+    return Batch.from_atoms(molecules(), index=list(range(100, 100 + len(MOLECULES))))
 
 
 # --- energies and heads -------------------------------------------------------------------------
@@ -129,7 +114,7 @@ def test_unknown_element_is_an_error(potential, batch):
 
 # --- derivatives --------------------------------------------------------------------------------
 def test_forces_match_finite_differences(potential):
-    batch = batch_from_atoms(molecules(names=["H2O", "NH3"]))
+    batch = Batch.from_atoms(molecules(names=["H2O", "NH3"]))
     forces = potential(fresh(batch))["forces"]  # (n_atoms, 3, n_heads)
     eps = 1e-5
     fd = torch.zeros_like(forces)
@@ -145,7 +130,7 @@ def test_forces_match_finite_differences(potential):
 
 
 def test_hessian_vector_products_match_finite_differences_of_forces(potential):
-    batch = batch_from_atoms(molecules(names=["CH3OH"]))
+    batch = Batch.from_atoms(molecules(names=["CH3OH"]))
     v = torch.randn(batch.n_atoms, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     eps = 1e-5
     f_plus = potential(fresh(batch, batch.positions + eps * v))["forces"]
@@ -200,7 +185,7 @@ def test_graph_skin_reuses_graphs_for_small_moves_exactly(potential, uncached, m
     from kdframe_mace.graph import NeighbourGraphs
 
     monkeypatch.setattr(potential.net, "graphs", NeighbourGraphs(SMALL["r_max"], skin=0.6, cache=True))
-    batch = batch_from_atoms(molecules(), index=list(range(len(MOLECULES))))
+    batch = Batch.from_atoms(molecules(), index=list(range(len(MOLECULES))))
     potential(fresh(batch), forces=False)
     # every atom moves less than skin / 2 = 0.3 Å
     shake = 0.1 * torch.randn(batch.n_atoms, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -224,7 +209,7 @@ def test_ase_atoms_batch_matches_mace_data_pipeline(potential):
     slab = ase.build.molecule("CH3OH", vacuum=3.0)
     slab.pbc = (True, True, False)
     structures = [ase.build.molecule("C2H4"), bulk, slab]
-    batch = batch_from_atoms(structures)
+    batch = Batch.from_atoms(structures)
     out = potential(fresh(batch))
     assert out["forces"].shape == (batch.n_atoms, 3, len(HEADS))
     previous = torch.get_default_dtype()
@@ -253,7 +238,7 @@ def test_ase_calculator_drives_the_mace_potential(potential):
     atoms.calc = KdframeCalculator(potential, head="cc")
     n_cached = len(potential.net.graphs)
     for step in range(2):  # MD-like: positions change under no dataset index, so nothing is cached
-        out = potential(batch_from_atoms([atoms]))
+        out = potential(Batch.from_atoms([atoms]))
         assert atoms.get_potential_energy() == pytest.approx(out["energy"][0, 1].item(), abs=1e-10)
         assert abs(atoms.get_forces() - out["forces"][..., 1].detach().numpy()).max() < 1e-10
         atoms.positions += 0.02 * (step + 1)
@@ -316,7 +301,7 @@ def test_save_load_round_trip_through_the_entry_point(potential, batch, tmp_path
 
 def test_float32_model_trains_two_adam_steps():
     model = make_potential(dtype="float32")
-    batch = batch_from_atoms(molecules(seed=4), index=list(range(len(MOLECULES))))
+    batch = Batch.from_atoms(molecules(seed=4), index=list(range(len(MOLECULES))))
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
     target_e = torch.linspace(-1.0, 1.0, batch.n_conf, dtype=torch.float64)
     target_f = 0.3 * torch.randn(batch.n_atoms, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -338,12 +323,12 @@ def test_graph_cache_keeps_at_most_its_size(potential, monkeypatch):
 
     graphs = NeighbourGraphs(SMALL["r_max"], max_entries=2)
     monkeypatch.setattr(potential.net, "graphs", graphs)
-    batch = batch_from_atoms(molecules(), index=list(range(len(MOLECULES))))
+    batch = Batch.from_atoms(molecules(), index=list(range(len(MOLECULES))))
     assert batch.n_conf > 2
     potential(fresh(batch), forces=False)
     assert len(graphs) == 2 and graphs.misses == batch.n_conf
     n = len(MOLECULES)
-    potential(fresh(batch_from_atoms(molecules()[-1:], index=[n - 1])), forces=False)  # kept: a hit
+    potential(fresh(Batch.from_atoms(molecules()[-1:], index=[n - 1])), forces=False)  # kept: a hit
     assert graphs.hits == 1
-    potential(fresh(batch_from_atoms(molecules()[:1], index=[0])), forces=False)  # dropped: rebuilt
+    potential(fresh(Batch.from_atoms(molecules()[:1], index=[0])), forces=False)  # dropped: rebuilt
     assert graphs.misses == n + 1 and len(graphs) == 2

@@ -1,0 +1,345 @@
+"""Cross-architecture comparison benchmarks: ``python benchmarks/run.py SUITE [options]``.
+
+Suites (each writes ``benchmarks/results/<suite>.md`` and its PNGs, stating command, commit, device, date):
+
+- ``cost``: trainable weights, energy + forces inference time and peak memory per atom on molecular
+  clusters of several sizes, test-split force error; Pareto plots of force error vs time and vs
+  memory (methods.md §2). On a GPU it also finds the largest cluster that fits.
+- ``md``: ASE NVE of a molecular cluster per model at several time steps; a run fails when two atoms
+  come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
+- ``overhead``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``, ``hvp_cost.py``,
+  ``packed_data.py`` with their own options after ``--``.
+
+Models are saved kdframe models (``--models NAME=PATH ...``); by default the students and controls of
+the cross-architecture EKD runs (``configs/cross/*.yaml``), whose shared test split scores force errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
+from kdframe.batch import Batch  # noqa: E402
+from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
+from kdframe.potential import Potential, model_dtype  # noqa: E402
+from kdframe.report import plt  # noqa: E402
+from kdframe.units import EV_TO_KCAL_MOL  # noqa: E402
+
+CROSS = {
+    "HIP-NN student (ANI-1ccx)": "runs/cross/ani1ccx_to_hipnn/student/model.pt",
+    "MACE student (ANI-1ccx)": "runs/cross/ani1ccx_to_mace/student/model.pt",
+    "TorchANI student (HIP-NN)": "runs/cross/hipnn_to_ani/student/model.pt",
+    "HIP-NN control": "runs/cross/ani1ccx_to_hipnn/control/model.pt",
+    "MACE control": "runs/cross/ani1ccx_to_mace/control/model.pt",
+    "TorchANI control": "runs/cross/hipnn_to_ani/control/model.pt",
+}
+TEST_CONFIG = "configs/cross/ani1ccx_to_hipnn.yaml"  # every cross run shares data, seed and split
+POOL = ROOT / "kdframe" / "datasets" / "train_pool.h5"
+SCRIPTS = {"overhead": "hipnn_overhead.py", "hvp": "hvp_cost.py", "packed": "packed_data.py"}
+SPACING, MIN_GAP = 5.5, 1.8  # Å between molecule centres on the grid; closest allowed intermolecular contact
+
+
+# --- inputs --------------------------------------------------------------------------------------
+def model_paths(entries: list[str] | None) -> dict[str, str]:
+    pairs = [e.split("=", 1) for e in entries] if entries else list(CROSS.items())
+    paths = {name: str(ROOT / path if (ROOT / path).is_file() else path) for name, path in pairs}
+    missing = [path for path in paths.values() if not Path(path).is_file()]
+    if missing:
+        sys.exit(f"model file(s) not found: {', '.join(missing)} - run the cross-architecture configs first "
+                 "(README: Results) or pass --models NAME=PATH")
+    return paths
+
+
+def load_models(paths: dict[str, str], device: torch.device) -> dict[str, Potential]:
+    return {name: Potential.load(path).to(device).eval() for name, path in paths.items()}
+
+
+def test_force_errors(models: dict[str, Potential], device: torch.device) -> dict[str, float]:
+    """Force RMSE (kcal/mol/Å) of each model on the cross runs' test split (wB97X forces)."""
+    from kdframe.evaluation import evaluate
+    from kdframe.workflows.base import Run, load_config
+
+    path = ROOT / TEST_CONFIG
+    workflow, config = load_config(path)
+    test = Run(config, path, workflow, progress=False).eval_sets["test"]
+    return {name: evaluate(model, test, "energy", "forces", device=device).values["F rmse (kcal/mol/Å)"]
+            for name, model in models.items()}
+
+
+def optimised_molecules() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(atomic numbers, centred positions) of the bundled pool's optimised conformers."""
+    import h5py
+
+    found = []
+    with h5py.File(POOL, "r") as f:
+        for group in f.values():
+            origins = json.loads(group.attrs["origins"])
+            for i, origin in enumerate(origins):
+                if origin.startswith("opt"):
+                    xyz = group["coordinates"][i]
+                    found.append((group["atomic_numbers"][()], xyz - xyz.mean(0)))
+    return found
+
+
+def cluster(n_atoms: int, seed: int = 0):
+    """A cubic cluster of randomly rotated small molecules with at least ``n_atoms`` atoms (open boundaries)."""
+    import ase
+    from scipy.spatial import cKDTree
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    pool = optimised_molecules()
+    n_side = math.ceil((n_atoms / np.mean([len(z) for z, _ in pool])) ** (1 / 3)) + 1
+    numbers, positions = [], []
+    for cell in np.ndindex(n_side, n_side, n_side):
+        if sum(map(len, numbers)) >= n_atoms:
+            break
+        z, xyz = pool[rng.integers(len(pool))]
+        tree = cKDTree(np.concatenate(positions)) if positions else None
+        for _ in range(50):
+            placed = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * SPACING
+            if tree is None or tree.query(placed)[0].min() >= MIN_GAP:
+                numbers.append(z)
+                positions.append(placed)
+                break
+    return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(positions))
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- cost --------------------------------------------------------------------------------------------
+def energy_and_forces(model: Potential, atoms, device: torch.device):
+    batch = Batch.from_atoms([atoms]).to(device, model_dtype(model))
+    return lambda: model(batch, forces=True)
+
+
+def peak_memory(model_path: str, size: int, device: torch.device) -> float:
+    """Bytes one energy + forces call adds at its peak: the CUDA allocator's peak on a GPU; on a CPU, in a
+    fresh process (a warm allocator hides peaks), VmHWM - VmRSS around the first call after a small warm-up."""
+    if device.type != "cuda":
+        out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size)], check=True,
+                             capture_output=True, text=True).stdout
+        return float(out.strip().splitlines()[-1])
+    model = Potential.load(model_path).to(device).eval()
+    run = energy_and_forces(model, cluster(size), device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - base)
+
+
+def cpu_peak_memory(model_path: str, size: int) -> float:
+    torch.set_num_threads(1)
+    model = Potential.load(model_path).eval()
+    energy_and_forces(model, cluster(20, seed=3), torch.device("cpu"))()  # one-time initialisation
+    run = energy_and_forces(model, cluster(size), torch.device("cpu"))
+    Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
+    base = rss_kib("VmRSS")
+    run()
+    return float(rss_kib("VmHWM") - base) * 1024
+
+
+def time_per_call(run, device: torch.device, repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def largest_fitting(model: Potential, device: torch.device, start: int, limit: int) -> int:
+    """Largest cluster (doubling from ``start`` atoms) whose energy + forces fit in GPU memory."""
+    fits, size = 0, start
+    while size <= limit:
+        try:
+            energy_and_forces(model, cluster(size, seed=1), device)()
+            fits, size = size, size * 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return fits
+
+
+def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
+    paths = model_paths(args.models)
+    models = load_models(paths, device)
+    errors = test_force_errors(models, device)
+    boxes = {size: cluster(size) for size in sorted(args.sizes)}
+    rows, points = [], {}
+    for name, model in models.items():
+        for size, atoms in boxes.items():
+            run = energy_and_forces(model, atoms, device)
+            seconds = time_per_call(run, device, args.repeats)
+            memory = peak_memory(paths[name], size, device)
+            rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | {seconds / len(atoms) * 1e6:.2f} | "
+                        f"{memory / len(atoms) / 1024:.1f} | {errors[name]:.1f} |")
+            points[name] = (seconds / len(atoms) * 1e6, memory / len(atoms) / 1024, errors[name])
+        print(rows[-1], flush=True)
+    fits = ""
+    if device.type == "cuda":
+        fits = "\n\nLargest cluster whose energy + forces fit on the GPU (doubling from 1,000 atoms):\n\n" + "\n".join(
+            f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms):,} atoms" for name, model in models.items())
+    largest = max(args.sizes)
+    plots = pareto(points, Path(args.out).with_suffix(""), len(boxes[largest]))
+    return f"""# Cost: weights, time and memory per atom, test force error
+
+- command: `{' '.join(sys.argv)}`
+- {provenance(device.type)}
+- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {SPACING} Å apart, open
+  boundaries ({', '.join(f'{len(a):,}' for a in boxes.values())} atoms); one energy + forces call per cluster,
+  median of {args.repeats} after a warm-up. Memory: the peak the call adds ({'CUDA allocator' if device.type == 'cuda' else 'VmHWM - VmRSS of a fresh process'}).
+  Force RMSE: test split of `{TEST_CONFIG}` (30 conformations, vs wB97X/6-31G* forces).
+
+| model | trainable weights | atoms | µs / atom (E+F) | peak KiB / atom | test F rmse (kcal/mol/Å) |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}{fits}
+
+Pareto plots (at the {len(boxes[largest]):,}-atom cluster): {', '.join(f'`{p.name}`' for p in plots)}
+"""
+
+
+def pareto(points: dict[str, tuple[float, float, float]], stem: Path, size: int) -> list[Path]:
+    paths = []
+    for column, label, suffix in ((0, "µs per atom (energy + forces)", "time"), (1, "peak KiB per atom", "memory")):
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        for name, values in points.items():
+            ax.scatter(values[column], values[2], marker="o" if "student" in name else "s")
+            ax.annotate(name, (values[column], values[2]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{label}, {size:,}-atom cluster")
+        ax.set_ylabel("test force RMSE (kcal/mol/Å)")
+        fig.tight_layout()
+        path = stem.parent / f"{stem.name}_pareto_{suffix}.png"
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# --- md ----------------------------------------------------------------------------------------------
+def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: torch.device) -> tuple[bool, float]:
+    """(failed, |energy drift| per atom in meV) of an NVE run from 300 K Maxwell-Boltzmann velocities."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+    from scipy.spatial.distance import pdist
+
+    from kdframe.calculator import KdframeCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = KdframeCalculator(model, device=device)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    start = atoms.get_total_energy()
+    dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
+    for _ in range(steps):
+        dynamics.run(1)
+        energy = atoms.get_total_energy()
+        if not np.isfinite(energy) or pdist(atoms.positions).min() < 0.5:
+            return True, math.nan
+    return False, abs(energy - start) / len(atoms) * 1000
+
+
+def md_suite(args: argparse.Namespace, device: torch.device) -> str:
+    models = load_models(model_paths(args.models), device)
+    atoms = cluster(args.md_atoms, seed=2)
+    rows, curves = [], {}
+    for name, model in models.items():
+        failed_by_dt = []
+        for dt in args.timesteps:
+            runs = [nve(model, atoms, dt, args.steps, seed, device) for seed in range(args.replicas)]
+            failed = sum(f for f, _ in runs) / len(runs)
+            drifts = [d for f, d in runs if not f]
+            failed_by_dt.append(failed)
+            rows.append(f"| {name} | {dt} | {failed:.2f} | {np.median(drifts):.2f} |" if drifts else
+                        f"| {name} | {dt} | {failed:.2f} | — |")
+            print(rows[-1], flush=True)
+        curves[name] = failed_by_dt
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for name, failed in curves.items():
+        ax.plot(args.timesteps, failed, marker="o", ls="-" if "student" in name else "--", label=name)
+    ax.set_xlabel("time step (fs)")
+    ax.set_ylabel("fraction of NVE runs failed")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    plot = Path(args.out).with_suffix(".png")
+    atomic_write(plot, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return f"""# MD stability: NVE runs failed vs time step
+
+- command: `{' '.join(sys.argv)}`
+- {provenance(device.type)}
+- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {SPACING} Å apart, open
+  boundaries); ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
+  {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
+  energy is not finite. Drift: |E_end - E_start| per atom (meV), median over runs that did not fail.
+
+| model | time step (fs) | fraction failed | energy drift (meV/atom) |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Plot: `{plot.name}`
+"""
+
+
+# --- entry point -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--memory-of"]:  # child process of peak_memory
+        print(cpu_peak_memory(argv[1], int(argv[2])))
+        return
+    if argv and argv[0] in SCRIPTS:
+        script = Path(__file__).resolve().parent / SCRIPTS[argv[0]]
+        rest = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+        sys.exit(subprocess.call([sys.executable, str(script), *rest]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=["cost", "md", *SCRIPTS])
+    parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000], help="cost: cluster sizes (atoms)")
+    parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size")
+    parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
+    parser.add_argument("--md-atoms", type=int, default=150)
+    parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
+    parser.add_argument("--steps", type=int, default=200, help="md: steps per run")
+    parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step")
+    parser.add_argument("--out", help="result file (default: benchmarks/results/<suite>.md)")
+    args = parser.parse_args(argv)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}.md")
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    device = torch.device(args.device)
+    text = {"cost": cost_suite, "md": md_suite}[args.suite](args, device)
+    atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
