@@ -7,6 +7,8 @@ Suites (each writes ``benchmarks/results/<suite>.md`` and its PNGs, stating comm
   memory (methods.md §2). On a GPU it also finds the largest cluster that fits.
 - ``md``: ASE NVE of a molecular cluster per model at several time steps; a run fails when two atoms
   come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
+- ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
+  teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
 - ``overhead``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``, ``hvp_cost.py``,
   ``packed_data.py`` with their own options after ``--``.
 
@@ -310,6 +312,84 @@ Plot: `{plot.name}`
 """
 
 
+# --- labelling throughput ----------------------------------------------------------------------------
+ENSEMBLES = {
+    "HIP-NN": "runs/cross/hipnn_to_ani/teacher_*/model.pt",
+    "TorchANI": "runs/cross/ani_to_ani/teacher_*/model.pt",
+    "MACE": "runs/cross/mace_to_hipnn/teacher_*/model.pt",
+}
+
+
+def teacher_ensembles(device: torch.device) -> dict[str, "Ensemble"]:
+    """The cross runs' trained teacher ensembles, and the pretrained ANI-1ccx ensemble when it is cached."""
+    from kdframe.potential import Ensemble
+
+    found = {}
+    for name, pattern in ENSEMBLES.items():
+        paths = sorted(ROOT.glob(pattern))
+        if paths:
+            found[f"{name} x{len(paths)}"] = Ensemble([Potential.load(p) for p in paths]).to(device)
+    try:
+        from kdframe_torchani import load_pretrained_ensemble
+
+        ani = load_pretrained_ensemble("ani1ccx")
+        found[f"ANI-1ccx x{len(ani.members)} (pretrained)"] = ani.to(device)
+    except Exception as exc:  # noqa: BLE001 - not fetched here: say so in the output, measure the rest
+        print(f"ANI-1ccx ensemble left out ({exc.__class__.__name__}: {exc}); `kdframe models fetch ani1ccx` adds it")
+    if not found:
+        sys.exit("no teacher ensembles found: run the cross-architecture configs first (README: Results)")
+    return found
+
+
+def gpu_utilisation(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "—"
+    try:
+        return f"{torch.cuda.utilization(device)} %"
+    except Exception:  # noqa: BLE001 - needs pynvml / NVML
+        return "n/a (no NVML)"
+
+
+def labelling_suite(args: argparse.Namespace, device: torch.device) -> str:
+    import tempfile
+
+    from kdframe.data import read_dataset
+    from kdframe.knowledge import offline_knowledge
+    from kdframe.knowledge.ensemble import EnsembleForces
+    from kdframe.teacher import Teacher
+
+    data = read_dataset(POOL, {"energy": "xtb.energy"})
+    rows = []
+    for name, ensemble in teacher_ensembles(device).items():
+        source = EnsembleForces("teacher_forces")
+        rates, utilisation = [], "—"
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as cache:  # a fresh cache: every call labels
+                sync(device)
+                start = time.perf_counter()
+                offline_knowledge(source, Teacher(ensemble, name), data, cache, batch_size=args.label_batch,
+                                  device=device, progress=False)
+                sync(device)
+                rates.append(len(data) / (time.perf_counter() - start))
+                utilisation = gpu_utilisation(device)
+        rows.append(f"| {name} | {len(ensemble.members)} | {np.median(rates):,.1f} | "
+                    f"{np.median(rates) * len(ensemble.members):,.1f} | {utilisation} |")
+        print(rows[-1], flush=True)
+    return f"""# Labelling throughput: ensemble-averaged teacher forces
+
+- command: `{' '.join(sys.argv)}`
+- {provenance(device.type)}
+- data: the bundled training pool ({len(data)} conformations, {int(data.n_atoms.sum())} atoms,
+  {data.n_atoms.min()}-{data.n_atoms.max()} atoms each);
+  `offline_knowledge` with the `ensemble_forces` source into a fresh cache, batches of {args.label_batch},
+  median of {args.repeats}. GPU utilisation: NVML's last sample after labelling (GPU only).
+
+| teacher ensemble | members | configurations / s | member evaluations / s | GPU utilisation |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 # --- entry point -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -321,11 +401,12 @@ def main(argv: list[str] | None = None) -> None:
         rest = argv[2:] if argv[1:2] == ["--"] else argv[1:]
         sys.exit(subprocess.call([sys.executable, str(script), *rest]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["cost", "md", *SCRIPTS])
+    parser.add_argument("suite", choices=["cost", "md", "labelling", *SCRIPTS])
     parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000], help="cost: cluster sizes (atoms)")
-    parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size")
+    parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size; labelling: passes")
+    parser.add_argument("--label-batch", type=int, default=64, help="labelling: batch size")
     parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
     parser.add_argument("--md-atoms", type=int, default=150)
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
@@ -336,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}.md")
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     device = torch.device(args.device)
-    text = {"cost": cost_suite, "md": md_suite}[args.suite](args, device)
+    text = {"cost": cost_suite, "md": md_suite, "labelling": labelling_suite}[args.suite](args, device)
     atomic_write_text(args.out, text)
     print(text)
 
