@@ -312,6 +312,53 @@ Plot: `{plot.name}`
 """
 
 
+# --- accuracy ------------------------------------------------------------------------------------
+ACCURACY_CONFIGS = ["configs/cross/ani1ccx_to_hipnn.yaml", "configs/cross/ani1ccx_to_mace.yaml"]
+ACCURACY_COLUMNS = ("E rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
+
+
+def ekd_scores(config_path: Path, seed: int, run_root: Path):
+    """Run one EKD config with another seed (its own run_dir; seed 0 reuses the config's own) and score
+    the teacher ensemble, the student and the control on every evaluation set."""
+    from kdframe.workflows.base import Run, load_config
+
+    workflow, config = load_config(config_path)
+    if seed != config.seed:
+        config = config.model_copy(update={"seed": seed, "run_dir": str(run_root / config_path.stem / f"seed{seed}")})
+    run = Run(config, config_path, workflow, progress=False)
+    workflow.run(run)
+    models = {"teacher ensemble": workflow.teachers(run, config),
+              "student": Potential.load(run.dir / "student" / "model.pt").to(run.device),
+              "control": Potential.load(run.dir / "control" / "model.pt").to(run.device)}
+    return run.scores(models)
+
+
+def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
+    rows = []
+    for config in args.configs:
+        per_seed = [ekd_scores(ROOT / config, seed, ROOT / "runs" / "bench_accuracy") for seed in args.seeds]
+        for set_name in per_seed[0]:
+            for model in ("teacher ensemble", "student", "control"):
+                cells = []
+                for column in ACCURACY_COLUMNS:
+                    values = [scores[set_name][model].values.get(column, math.nan) for scores in per_seed]
+                    cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
+                rows.append(f"| {Path(config).stem} | {set_name} | {model} | " + " | ".join(cells) + " |")
+                print(rows[-1], flush=True)
+    return f"""# Accuracy: cross-architecture EKD over seeds
+
+- command: `{' '.join(sys.argv)}`
+- {provenance(device.type)}
+- each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split, the initial
+  weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
+  Energies against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å).
+
+| config | evaluation set | model | E rmse | dE rmse | F rmse |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 # --- labelling throughput ----------------------------------------------------------------------------
 ENSEMBLES = {
     "HIP-NN": "runs/cross/hipnn_to_ani/teacher_*/model.pt",
@@ -401,7 +448,9 @@ def main(argv: list[str] | None = None) -> None:
         rest = argv[2:] if argv[1:2] == ["--"] else argv[1:]
         sys.exit(subprocess.call([sys.executable, str(script), *rest]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["cost", "md", "labelling", *SCRIPTS])
+    parser.add_argument("suite", choices=["accuracy", "cost", "md", "labelling", *SCRIPTS])
+    parser.add_argument("--configs", nargs="+", default=ACCURACY_CONFIGS, help="accuracy: EKD configs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="accuracy: seeds")
     parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000], help="cost: cluster sizes (atoms)")
@@ -417,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}.md")
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     device = torch.device(args.device)
-    text = {"cost": cost_suite, "md": md_suite, "labelling": labelling_suite}[args.suite](args, device)
+    suites = {"accuracy": accuracy_suite, "cost": cost_suite, "md": md_suite, "labelling": labelling_suite}
+    text = suites[args.suite](args, device)
     atomic_write_text(args.out, text)
     print(text)
 
