@@ -9,7 +9,8 @@ Suites (each writes ``benchmarks/results/<suite>.md`` and its PNGs, stating comm
   come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
-- ``overhead``, ``overhead-torchani``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``,
+- ``overhead``, ``overhead-torchani``, ``overhead-mace``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``,
+  ``mace_overhead.py``,
   ``torchani_overhead.py``, ``hvp_cost.py``,
   ``packed_data.py`` with their own options after ``--``.
 
@@ -50,7 +51,8 @@ CROSS = {
 }
 TEST_CONFIG = "configs/cross/ani1ccx_to_hipnn.yaml"  # every cross run shares data, seed and split
 POOL = ROOT / "kdframe" / "datasets" / "train_pool.h5"
-SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overhead.py", "hvp": "hvp_cost.py",
+SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overhead.py",
+           "overhead-mace": "mace_overhead.py", "hvp": "hvp_cost.py",
            "packed": "packed_data.py"}
 SPACING, MIN_GAP = 5.5, 1.8  # Å between molecule centres on the grid; closest allowed intermolecular contact
 
