@@ -93,3 +93,54 @@ def write_epoch_report(args: argparse.Namespace, script: str, title: str, detail
 """
     atomic_write_text(args.out, text)
     return text
+
+
+def epoch_arguments(description: str, result: str, batch_size: int, repeats: int) -> argparse.Namespace:
+    """The options every epoch-timing script takes (data file and keys, batch size, repeats, device, output)."""
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default="bundled:train_pool.h5")
+    parser.add_argument("--energy", default="xtb.energy")
+    parser.add_argument("--forces", default="xtb.forces")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / result))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    return args
+
+
+def epoch_data(args: argparse.Namespace) -> Dataset:
+    from pathlib import Path
+
+    from kdframe.config import resolve_path
+    from kdframe.data import read_dataset
+
+    return read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
+
+
+def native_overhead(args: argparse.Namespace, script: str, library: str, architecture: str, hyper: dict[str, Any],
+                    native_epoch: Callable[[Dataset, int, str], Callable[[], Any]],
+                    regularisers: dict[str, float] | None = None) -> str:
+    """Interleaved epochs of the same model in kdframe and in ``library``'s own loop; writes and returns the report."""
+    import tempfile
+
+    data = epoch_data(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {"kdframe": kdframe_epoch(architecture, hyper, data, args.batch_size, args.device, tmp,
+                                            regularisers=regularisers),
+                   library: native_epoch(data, args.batch_size, args.device)}
+        times = interleaved_epochs(runners, args.repeats, args.device)
+    ratio = statistics.median(times[library]) / statistics.median(times["kdframe"])
+    return write_epoch_report(
+        args, script, f"{architecture} training epoch: kdframe vs {library}'s own loop",
+        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: {architecture} {hyper}; "
+        "loss RMSE+MAE of E and F", "loop", times,
+        f"**Ratio t_{library} / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).")
+
+
+def rmse_plus_mae(residual: torch.Tensor) -> torch.Tensor:
+    """The loss form every overhead comparison uses on both sides."""
+    return residual.pow(2).mean().sqrt() + residual.abs().mean()

@@ -9,20 +9,13 @@ hits both alike. Reports the ratio t_hippynn / t_kdframe (goal >= 0.95) and writ
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from kdframe.config import resolve_path
-from kdframe.data import read_dataset
 from kdframe.data.reference import fit_reference_energies
 from kdframe.plugins import registry
 
-from common import interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, native_overhead
 
 HYPER = {"l_max": 0, "n_interaction_layers": 1, "n_atom_layers": 2, "width": 32, "n_sensitivities": 16}
 
@@ -73,31 +66,10 @@ def hippynn_epoch(data, batch_size, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="bundled:train_pool.h5")
-    parser.add_argument("--energy", default="xtb.energy")
-    parser.add_argument("--forces", default="xtb.forces")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "hipnn_overhead.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = epoch_arguments(__doc__.split("\n")[0], "hipnn_overhead.md", batch_size=64, repeats=5)
     registry().architectures["hippynn"].prepare()
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {"kdframe": kdframe_epoch("hippynn", HYPER, data, args.batch_size, args.device, tmp,
-                                            regularisers={"hierarchicality": 0.01}),
-                   "hippynn": hippynn_epoch(data, args.batch_size, args.device)}
-        times = interleaved_epochs(runners, args.repeats, args.device)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["hippynn"] / med["kdframe"]
-    text = write_epoch_report(
-        args, "hipnn_overhead.py", "HIP-NN training epoch: kdframe vs hippynn's own loop",
-        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: HIP-NN {HYPER}; float32; "
-        "loss RMSE+MAE of E and F", "loop", times,
-        f"**Ratio t_hippynn / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).")
-    print(text)
+    print(native_overhead(args, "hipnn_overhead.py", "hippynn", "hippynn", HYPER, hippynn_epoch,
+                          regularisers={"hierarchicality": 0.01}))
 
 
 if __name__ == "__main__":

@@ -8,33 +8,19 @@ Epochs are interleaved so machine noise hits both alike. Writes a markdown resul
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
-from pathlib import Path
 
-import torch
 
-from kdframe.config import resolve_path
-from kdframe.data import read_dataset
 
-from common import interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, epoch_data, interleaved_epochs, kdframe_epoch, write_epoch_report
 
 HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2, "dtype": "float32"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="bundled:train_pool.h5")
-    parser.add_argument("--energy", default="xtb.energy")
-    parser.add_argument("--forces", default="xtb.forces")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mace_graph_cache.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
+    args = epoch_arguments(__doc__.split("\n")[0], "mace_graph_cache.md", batch_size=32, repeats=3)
+    data = epoch_data(args)
     with tempfile.TemporaryDirectory() as tmp:
         runners = {f"cache_graphs={cache}": kdframe_epoch("mace", {**HYPER, "cache_graphs": cache}, data,
                                                            args.batch_size, args.device, f"{tmp}/{cache}")

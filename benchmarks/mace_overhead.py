@@ -11,20 +11,12 @@ t_mace / t_kdframe (goal >= 0.95).
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from kdframe.config import resolve_path
-from kdframe.data import read_dataset
 from kdframe.data.reference import fit_reference_energies
 from kdframe.plugins import registry
 
-from common import interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, native_overhead, rmse_plus_mae
 
 HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2, "dtype": "float32"}
 WEIGHT_L2 = 1e-6  # kdframe_epoch's weight_l2
@@ -55,16 +47,13 @@ def mace_epoch(data, batch_size, device):
     matrices = [p for p in params if p.dim() > 1]
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
-    def error(residual):
-        return residual.pow(2).mean().sqrt() + residual.abs().mean()
-
     def epoch():
         model.train()
         for batch in loader:
             batch = batch.to(device)
             inputs = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in batch.to_dict().items()}
             out = model(inputs, training=True, compute_force=True)
-            loss = error(out["energy"] - inputs["energy"]) + error(out["forces"] - inputs["forces"]) \
+            loss = rmse_plus_mae(out["energy"] - inputs["energy"]) + rmse_plus_mae(out["forces"] - inputs["forces"]) \
                 + WEIGHT_L2 * sum(p.pow(2).sum() for p in matrices)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -74,29 +63,8 @@ def mace_epoch(data, batch_size, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="bundled:train_pool.h5")
-    parser.add_argument("--energy", default="xtb.energy")
-    parser.add_argument("--forces", default="xtb.forces")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mace_overhead.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {"kdframe": kdframe_epoch("mace", HYPER, data, args.batch_size, args.device, tmp),
-                   "mace": mace_epoch(data, args.batch_size, args.device)}
-        times = interleaved_epochs(runners, args.repeats, args.device)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["mace"] / med["kdframe"]
-    text = write_epoch_report(
-        args, "mace_overhead.py", "MACE training epoch: kdframe vs mace's own data pipeline",
-        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: MACE {HYPER}; "
-        "loss RMSE+MAE of E and F", "loop", times,
-        f"**Ratio t_mace / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).")
-    print(text)
+    args = epoch_arguments(__doc__.split("\n")[0], "mace_overhead.md", batch_size=32, repeats=5)
+    print(native_overhead(args, "mace_overhead.py", "mace", "mace", HYPER, mace_epoch))
 
 
 if __name__ == "__main__":

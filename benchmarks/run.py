@@ -37,9 +37,8 @@ from common import provenance  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
-from kdframe.potential import Potential, model_dtype  # noqa: E402
+from kdframe.potential import Ensemble, Potential, model_dtype  # noqa: E402
 from kdframe.report import plt  # noqa: E402
-from kdframe.units import EV_TO_KCAL_MOL  # noqa: E402
 
 CROSS = {
     "HIP-NN student (ANI-1ccx)": "runs/cross/ani1ccx_to_hipnn/student/model.pt",
@@ -371,10 +370,8 @@ ENSEMBLES = {
 }
 
 
-def teacher_ensembles(device: torch.device) -> dict[str, "Ensemble"]:
+def teacher_ensembles(device: torch.device) -> dict[str, Ensemble]:
     """The cross runs' trained teacher ensembles, and the pretrained ANI-1ccx ensemble when it is cached."""
-    from kdframe.potential import Ensemble
-
     found = {}
     for name, pattern in ENSEMBLES.items():
         paths = sorted(ROOT.glob(pattern))

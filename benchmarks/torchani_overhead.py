@@ -11,20 +11,13 @@ interleaved so machine noise hits both alike. Reports t_torchani / t_kdframe (go
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from kdframe.config import resolve_path
-from kdframe.data import read_dataset
 from kdframe.data.reference import fit_reference_energies
 from kdframe.units import HARTREE_TO_EV
 
-from common import interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, native_overhead, rmse_plus_mae
 
 HYPER = {"aev": "ani1x", "hidden": [64, 48, 32]}
 WEIGHT_L2 = 1e-6  # kdframe_epoch's weight_l2
@@ -57,9 +50,6 @@ def torchani_epoch(data, batch_size, device):
     optimizer = torch.optim.Adam(params, lr=1e-3)
     order = torch.Generator().manual_seed(0)
 
-    def error(residual):
-        return residual.pow(2).mean().sqrt() + residual.abs().mean()
-
     def epoch():
         for i in torch.randperm(len(batches), generator=order).tolist():
             species, coords, forces, energies = batches[i]
@@ -67,7 +57,7 @@ def torchani_epoch(data, batch_size, device):
             predicted = networks(species, aev(species, coords)).squeeze(-1)
             (gradient,) = torch.autograd.grad(predicted.sum(), coords, create_graph=True)
             real = species >= 0
-            loss = error(predicted - energies) + error((-gradient - forces)[real]) \
+            loss = rmse_plus_mae(predicted - energies) + rmse_plus_mae((-gradient - forces)[real]) \
                 + WEIGHT_L2 * sum(p.pow(2).sum() for p in matrices)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -77,29 +67,8 @@ def torchani_epoch(data, batch_size, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="bundled:train_pool.h5")
-    parser.add_argument("--energy", default="xtb.energy")
-    parser.add_argument("--forces", default="xtb.forces")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "torchani_overhead.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {"kdframe": kdframe_epoch("torchani", HYPER, data, args.batch_size, args.device, tmp),
-                   "torchani": torchani_epoch(data, args.batch_size, args.device)}
-        times = interleaved_epochs(runners, args.repeats, args.device)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["torchani"] / med["kdframe"]
-    text = write_epoch_report(
-        args, "torchani_overhead.py", "TorchANI training epoch: kdframe vs a plain torchani loop",
-        f"data: {len(data)} configurations, {int(data.n_atoms.sum())} atoms; model: TorchANI {HYPER}; float32; "
-        "loss RMSE+MAE of E and F", "loop", times,
-        f"**Ratio t_torchani / t_kdframe = {ratio:.3f}** (goal >= 0.95; above 1 means kdframe is faster).")
-    print(text)
+    args = epoch_arguments(__doc__.split("\n")[0], "torchani_overhead.md", batch_size=64, repeats=5)
+    print(native_overhead(args, "torchani_overhead.py", "torchani", "torchani", HYPER, torchani_epoch))
 
 
 if __name__ == "__main__":

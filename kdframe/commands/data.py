@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
-from ..errors import ConfigError, DataError, KdframeError
+from ..errors import ConfigError, DataError
 from ..data.packed import is_packed
 from ..io import atomic_write
 
