@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from kdframe import distributed
 from kdframe.data import read_dataset
+from kdframe.data.packed import pack_ani
 from kdframe.knowledge import offline_knowledge
 from kdframe.knowledge.cache import cache_key
 from kdframe.knowledge.ensemble import EnsembleForces
@@ -45,6 +46,8 @@ def _worker(rank: int, world: int, port: int, ani_file, out) -> None:
         model = trainer.fit()
         result = {"model": model.state_dict(), "valid": trainer.validate(), "history": trainer.history}
         if world > 1:
+            packed = _trainer(ani_file.with_name("packed.h5"), out / "packed")  # streamed from disk
+            result["packed"] = {"model": packed.fit().state_dict(), "valid": packed.validate()}
             _trainer(ani_file, out / "resumed").fit(stop_after=2)
             result["resumed"] = _trainer(ani_file, out / "resumed").fit().state_dict()
             teacher, data = Teacher(copy.deepcopy(model), "t"), _data(ani_file)
@@ -89,7 +92,10 @@ def runs(tmp_path_factory):
     write_ani_file(ani_file)
     plain = _trainer(ani_file, root / "plain")
     model = plain.fit()
+    packed = _trainer(pack_ani(ani_file, root / "packed.h5"), root / "plain_packed")
+    packed.fit()
     return {"ani_file": ani_file, "root": root, "plain": (model.state_dict(), plain.validate()),
+            "plain_packed": packed.validate(),
             1: _launch(1, ani_file, root / "n1"), 2: _launch(2, ani_file, root / "n2")}
 
 
@@ -110,6 +116,14 @@ def test_two_ranks_train_to_the_same_loss_and_agree(runs):
     for key, value in plain_valid.items():
         assert first["valid"][key] == pytest.approx(value, rel=0.02), key  # sharded batches: close, not equal
     assert (runs["root"] / "n2" / "straight" / "metrics.csv").read_text().count("\n") == 7  # 6 epochs, one writer
+
+
+def test_two_ranks_stream_a_packed_file_to_the_same_loss(runs):
+    first, second = runs[2]
+    for name, value in first["packed"]["model"].items():
+        assert torch.equal(value, second["packed"]["model"][name]), name
+    for key, value in runs["plain_packed"].items():
+        assert first["packed"]["valid"][key] == pytest.approx(value, rel=0.02), key
 
 
 def test_resumed_two_rank_run_ends_with_the_same_weights(runs):
