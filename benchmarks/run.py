@@ -333,20 +333,25 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
     models = {"teacher ensemble": workflow.teachers(run, config),
               "student": Potential.load(run.dir / "student" / "model.pt").to(run.device),
               "control": Potential.load(run.dir / "control" / "model.pt").to(run.device)}
-    return run.scores(models)
+    counts = {name: (int(data.labelled(["energy"]).sum()),
+                     int(data.labelled(["forces"]).sum()) if "forces" in data.labels else 0)
+              for name, data in run.eval_sets.items()}
+    return run.scores(models), counts
 
 
 def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
     rows = []
     for config in args.configs:
-        per_seed = [ekd_scores(ROOT / config, seed, ROOT / "runs" / "bench_accuracy") for seed in args.seeds]
+        per_seed, counts = zip(*(ekd_scores(ROOT / config, seed, ROOT / "runs" / "bench_accuracy")
+                                 for seed in args.seeds))
         for set_name in per_seed[0]:
+            sizes = "/".join(f"{np.mean([c[set_name][k] for c in counts]):.0f}" for k in (0, 1))
             for model in ("teacher ensemble", "student", "control"):
                 cells = []
                 for column in ACCURACY_COLUMNS:
                     values = [scores[set_name][model].values.get(column, math.nan) for scores in per_seed]
                     cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
-                rows.append(f"| {Path(config).stem} | {set_name} | {model} | " + " | ".join(cells) + " |")
+                rows.append(f"| {Path(config).stem} | {set_name} ({sizes}) | {model} | " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
     return f"""# Accuracy: cross-architecture EKD over seeds
 
@@ -354,7 +359,9 @@ def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
 - {provenance(device.type)}
 - each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split, the initial
   weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
-  Energies against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å).
+  Energies against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å),
+  each over the configurations of the set that carry that label in the data file at run time: (E/F)
+  after the set's name, averaged over seeds (test splits differ by seed).
 
 | config | evaluation set | model | E rmse | dE rmse | F rmse |
 |---|---|---|---|---|---|
