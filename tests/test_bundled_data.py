@@ -170,3 +170,22 @@ def test_wb97x_forces_are_finite_differences_of_wb97x_energy():
     minus = dft.compute(z, xyz - h * direction)["energy"]
     # pyscf's analytic DFT gradient omits the grid response: agreement to ~1e-4 Hartree/Å.
     assert -(plus - minus) / (2 * h) == pytest.approx(np.sum(forces * direction), abs=2e-4)
+
+
+def test_wb97x_analytic_hessian_matches_finite_differences_of_its_forces():
+    """pyscf's analytic wB97X Hessian (``data label --hessian`` for wb97x_dz) on H2 vs central differences of forces."""
+    pytest.importorskip("pyscf")
+    from kdframe.labeler import get_labeler
+
+    dft, z = get_labeler("wb97x_dz"), np.array([1, 1])
+    xyz = np.array([[0.0, 0.0, 0.0], [0.05, -0.02, 0.78]])
+    hessian = dft.hessian(z, xyz)  # Hartree/Å²
+    h, fd = 2e-3, np.zeros((6, 6))
+    for k in range(6):
+        step = np.zeros(6)
+        step[k] = h
+        plus = dft.compute(z, xyz + step.reshape(2, 3))["forces"].ravel()
+        minus = dft.compute(z, xyz - step.reshape(2, 3))["forces"].ravel()
+        fd[:, k] = -(plus - minus) / (2 * h)
+    np.testing.assert_allclose(hessian, hessian.T, atol=1e-6)
+    np.testing.assert_allclose(hessian, fd, atol=2e-3 * np.abs(fd).max())
