@@ -24,6 +24,9 @@ from kdframe.schedule import Constant
 from kdframe.training import LossTerm, Trainer, TrainSettings
 
 
+WEIGHT_L2 = 1e-6  # on weight matrices, in kdframe_epoch and in the native loops it is compared with
+
+
 def kdframe_epoch(architecture: str, hyper: dict[str, Any], data: Dataset, batch_size: int, device: str, run_dir: str,
                   regularisers: dict[str, float] | None = None, terms: Sequence[LossTerm] | None = None,
                   probes: Mapping[str, ProbeSettings] | None = None) -> Callable[[], float]:
@@ -32,7 +35,7 @@ def kdframe_epoch(architecture: str, hyper: dict[str, Any], data: Dataset, batch
     torch.manual_seed(0)
     ref = torch.as_tensor(fit_reference_energies(data, "energy"))[:, None]
     model = Potential(registry().architectures[architecture], hyper, data.elements().tolist(), ["energy"], ref)
-    settings = TrainSettings(batch_size=batch_size, max_epochs=10**6, weight_l2=1e-6, regularisers=regularisers or {})
+    settings = TrainSettings(batch_size=batch_size, max_epochs=10**6, weight_l2=WEIGHT_L2, regularisers=regularisers or {})
     terms = terms or [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "forces", Constant(1.0))]
     trainer = Trainer(model, terms, data, data.subset(np.arange(8)), settings, run_dir, device=device,
                       probes=probes, progress=False)
@@ -144,3 +147,21 @@ def native_overhead(args: argparse.Namespace, script: str, library: str, archite
 def rmse_plus_mae(residual: torch.Tensor) -> torch.Tensor:
     """The loss form every overhead comparison uses on both sides."""
     return residual.pow(2).mean().sqrt() + residual.abs().mean()
+
+
+def native_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, matrices: Sequence[torch.Tensor]) -> None:
+    """One optimiser step of a native loop on ``loss`` plus kdframe_epoch's L2 on the weight ``matrices``."""
+    loss = loss + WEIGHT_L2 * sum(p.pow(2).sum() for p in matrices)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def proc_status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in KiB (Linux)."""
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -16,10 +16,9 @@ import torch
 from kdframe.data.reference import fit_reference_energies
 from kdframe.plugins import registry
 
-from common import epoch_arguments, native_overhead, rmse_plus_mae
+from common import epoch_arguments, native_overhead, native_step, rmse_plus_mae
 
 HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2, "dtype": "float32"}
-WEIGHT_L2 = 1e-6  # kdframe_epoch's weight_l2
 
 
 def mace_epoch(data, batch_size, device):
@@ -53,11 +52,8 @@ def mace_epoch(data, batch_size, device):
             batch = batch.to(device)
             inputs = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in batch.to_dict().items()}
             out = model(inputs, training=True, compute_force=True)
-            loss = rmse_plus_mae(out["energy"] - inputs["energy"]) + rmse_plus_mae(out["forces"] - inputs["forces"]) \
-                + WEIGHT_L2 * sum(p.pow(2).sum() for p in matrices)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = rmse_plus_mae(out["energy"] - inputs["energy"]) + rmse_plus_mae(out["forces"] - inputs["forces"])
+            native_step(optimizer, loss, matrices)
 
     return epoch
 

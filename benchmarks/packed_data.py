@@ -1,9 +1,10 @@
 """Streaming a packed dataset larger than memory: process memory and batch throughput vs file size.
 
 Builds packed files by replicating the bundled training pool (xTB energies + forces) to each size,
-then, in a fresh process per size, draws block-shuffled training batches (energies + forces) and
-records the resident memory (VmRSS) after opening and at its peak while streaming, and configurations
-per second. The in-memory ANI dataset of the bundled pool is the throughput reference.
+then records the resident memory (VmRSS) after opening and at its peak while drawing block-shuffled
+training batches (energies + forces), in a fresh process per size, and configurations per second of
+drawing batches and of HIP-NN training steps, all sizes interleaved in one process. The in-memory ANI
+dataset of the bundled pool is the reference.
 
     python benchmarks/packed_data.py --sizes 1260 200000 2000000 --batches 3000 --rounds 5 --steps 20
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import kdframe_epoch, provenance  # noqa: E402
+from common import kdframe_epoch, proc_status_kib, provenance  # noqa: E402
 
 from kdframe.data import read_dataset  # noqa: E402
 from kdframe.data.packed import PackedWriter, pack_ani  # noqa: E402
@@ -52,10 +53,7 @@ def build(path: Path, n_conf: int) -> Path:
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status_kib("VmRSS") / 1024
 
 
 def memory(path: Path, batches: int, batch_size: int) -> dict[str, float]:

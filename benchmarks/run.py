@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import proc_status_kib, provenance  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
@@ -122,13 +122,6 @@ def cluster(n_atoms: int, seed: int = 0):
     return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(positions))
 
 
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -163,9 +156,9 @@ def cpu_peak_memory(model_path: str, size: int) -> float:
     energy_and_forces(model, cluster(20, seed=3), torch.device("cpu"))()  # one-time initialisation
     run = energy_and_forces(model, cluster(size), torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
-    base = rss_kib("VmRSS")
+    base = proc_status_kib("VmRSS")
     run()
-    return float(rss_kib("VmHWM") - base) * 1024
+    return float(proc_status_kib("VmHWM") - base) * 1024
 
 
 def time_per_call(run, device: torch.device, repeats: int) -> float:

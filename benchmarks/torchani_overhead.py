@@ -17,10 +17,9 @@ import torch
 from kdframe.data.reference import fit_reference_energies
 from kdframe.units import HARTREE_TO_EV
 
-from common import epoch_arguments, native_overhead, rmse_plus_mae
+from common import epoch_arguments, native_overhead, native_step, rmse_plus_mae
 
 HYPER = {"aev": "ani1x", "hidden": [64, 48, 32]}
-WEIGHT_L2 = 1e-6  # kdframe_epoch's weight_l2
 
 
 def torchani_epoch(data, batch_size, device):
@@ -57,11 +56,8 @@ def torchani_epoch(data, batch_size, device):
             predicted = networks(species, aev(species, coords)).squeeze(-1)
             (gradient,) = torch.autograd.grad(predicted.sum(), coords, create_graph=True)
             real = species >= 0
-            loss = rmse_plus_mae(predicted - energies) + rmse_plus_mae((-gradient - forces)[real]) \
-                + WEIGHT_L2 * sum(p.pow(2).sum() for p in matrices)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = rmse_plus_mae(predicted - energies) + rmse_plus_mae((-gradient - forces)[real])
+            native_step(optimizer, loss, matrices)
 
     return epoch
 

@@ -20,7 +20,7 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
-from ..data.packed import is_packed
+from ..data.packed import describe as describe_packed, is_packed
 from ..io import atomic_write
 
 KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)
@@ -278,18 +278,6 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
             secs = [r["seconds"] for r in items.values()]
             lines.append(f"  journal {jp.name}: {ok} done, {len(items) - ok} failed"
                          + (f", {np.mean(secs):.3f} s/conformation" if secs else ""))
-    return "\n".join(lines)
-
-
-def describe_packed(path: Path) -> str:
-    """Summary of a packed file: sizes and how many configurations carry each label (eV, eV/Å)."""
-    with h5py.File(path, "r") as f:
-        n_conf = len(f["molecule"])
-        lines = [f"{path}: packed ({f.attrs['source']}), {len(f['molecule_names'])} molecules, {n_conf} conformations, "
-                 f"{len(f['species'])} atoms", f"  {'label':<28} {'conformations':>13}"]
-        for key in sorted(f["labels"]):
-            present = f[f"present/{key}"][()] if key in f.get("present", {}) else ~np.isnan(f[f"labels/{key}"][()])
-            lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}")
     return "\n".join(lines)
 
 

@@ -101,6 +101,11 @@ class PackedWriter:
         self.names.append(name)
         self.elements.append(np.tile(np.bincount(species, minlength=128)[None, :], (k, 1)).astype(np.uint16))
 
+    def abort(self) -> None:
+        """Drop the unfinished temporary file; the target is left as it was."""
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self) -> Path:
         f = self.file
         f["atom_ptr"] = np.cumsum(np.concatenate(self.counts))
@@ -146,8 +151,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                           for key in kinds if key in group}
                 writer.add(name, _species(group), np.asarray(group["coordinates"][()], dtype=np.float64), labels)
         except BaseException:
-            writer.file.close()
-            writer.tmp.unlink(missing_ok=True)
+            writer.abort()
             raise
         return writer.close()
 
@@ -187,6 +191,18 @@ class _Store:
         while len(self.blocks) > 2 * WINDOW:
             self.blocks.popitem(last=False)
         return arrays
+
+
+def describe(path: str | os.PathLike) -> str:
+    """Summary of a packed file: sizes and how many configurations carry each label (eV, eV/Å)."""
+    store = _Store(Path(path))
+    n_conf = len(store.molecule)
+    lines = [f"{path}: packed ({store.source}), {len(store.molecule_names)} molecules, {n_conf} conformations, "
+             f"{int(store.atom_ptr[-1])} atoms", f"  {'label':<28} {'conformations':>13}"]
+    for key in sorted(store.kinds):
+        present = store.present[key] if key in store.present else ~np.isnan(store.conf_labels[key])
+        lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}")
+    return "\n".join(lines)
 
 
 class PackedDataset(Batching):

@@ -110,7 +110,8 @@ class Trainer:
         self.labels = sorted(wanted - {s.label for s, _ in self.online} - set(self.probes))
         self.needs_forces = any(t.quantity in NEEDS_FORCES for t in self.terms)
         self.needs_curvature = any(t.quantity in CURVATURE for t in self.terms)
-        self.optimizer = torch.optim.Adam(self.model.trainable_weights(), lr=settings.lr)
+        self.params = self.model.trainable_weights()
+        self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
         self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
@@ -119,7 +120,7 @@ class Trainer:
 
     # --- one step ----------------------------------------------------------------------------
     def _regularisation(self, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
-        matrices = [p for p in self.model.trainable_weights() if p.dim() > 1]  # weights, not biases
+        matrices = [p for p in self.params if p.dim() > 1]  # weights, not biases
         total = self.settings.weight_l2 * sum(p.pow(2).sum() for p in matrices)
         for name, weight in self.settings.regularisers.items():
             if f"regulariser:{name}" not in prediction:
@@ -177,7 +178,7 @@ class Trainer:
                 squares.add(term, r)
             loss.backward()
             loss_value, count = float(loss.detach()), batch.n_conf
-        distributed.combine_gradients(self.model.trainable_weights(), len(mine) / len(confs))
+        distributed.combine_gradients(self.params, len(mine) / len(confs))
         self.optimizer.step()
         return loss_value, count
 
