@@ -61,9 +61,9 @@ expensive() {
   # 4-5. MP2 on everything, then wB97X on the rest of the training pool.
   label "$TRAIN" --method mp2_dz
   label "$TRAIN" --method wb97x_dz
-  # 6. The rest of the extensibility set at wB97X and MP2.
-  label "$EXT" --method wb97x_dz
+  # 6. The rest of the extensibility set at MP2 (minutes), then wB97X (hours).
   label "$EXT" --method mp2_dz
+  label "$EXT" --method wb97x_dz
   # 7. Whatever budget is left: CCSD(T) on more of the training pool.
   label "$TRAIN" --method "ccsd(t)_dz" --per-molecule 20
   label "$TRAIN" --method "ccsd(t)_dz"

@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt)
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[test]" -e plugins/hippynn -e plugins/torchani -e plugins/mace -e plugins/qc \
+"${PIP[@]}" -e ".[test]" -e plugins/hippynn -e plugins/torchani -e "plugins/mace[cuequivariance]" -e plugins/qc \
     -e examples/kdframe-pairnet
 .venv/bin/python -m pip check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -259,16 +260,24 @@ def test_hyperparameter_typo_names_the_key():
     assert arch.parse({"max_L": 2}).hidden_irreps() == "32x0e + 32x1o + 32x2e"
 
 
-def test_cuequivariance_request_fails_clearly_without_it():
-    try:
-        import cuequivariance_torch  # noqa: F401
-        installed = True
-    except ImportError:
-        installed = False
-    if installed and torch.cuda.is_available():
-        pytest.skip("cuequivariance and CUDA are available here")
-    with pytest.raises(ConfigError, match="cuequivariance.*(not installed|CUDA)"):
-        make_potential(cuequivariance=True)
+@pytest.mark.parametrize("key", ["cuequivariance", "reduced_cg"])
+def test_cuequivariance_options_fail_clearly_without_the_package(key, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuequivariance_torch", None)  # import now raises ImportError
+    with pytest.raises(ConfigError, match=f"model.{key}.*not installed.*kdframe-mace\\[cuequivariance\\]"):
+        make_potential(**{key: True})
+
+
+def test_weights_do_not_depend_on_whether_cuequivariance_is_installed(batch, monkeypatch):
+    """mace switches to its reduced product basis whenever cuequivariance imports; kdframe must not follow."""
+    import mace.modules.wrapper_ops
+
+    built = {}
+    for available in (False, True):
+        monkeypatch.setattr(mace.modules.wrapper_ops, "CUET_AVAILABLE", available)
+        potential = make_potential()
+        built[available] = potential.state_dict(), potential(fresh(batch))["energy"]
+    assert {k: v.shape for k, v in built[False][0].items()} == {k: v.shape for k, v in built[True][0].items()}
+    torch.testing.assert_close(built[False][1], built[True][1], rtol=0, atol=0)
 
 
 def test_save_load_round_trip_through_the_entry_point(potential, batch, tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from kdframe import hookimpl
 
 from .architecture import MaceArchitecture
+from .convert import with_cuequivariance
 from .hyperparameters import MaceHyperparameters
 
-__all__ = ["MaceArchitecture", "MaceHyperparameters", "register_architectures"]
+__all__ = ["MaceArchitecture", "MaceHyperparameters", "register_architectures", "with_cuequivariance"]
 
 
 @hookimpl

@@ -57,24 +57,35 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def cueq_config(requested: bool) -> Any:
-    """mace's cuequivariance settings (as mace_run_train sets them on CUDA), or None for the e3nn path."""
-    if not requested:
-        return None
-    where = "model.cuequivariance"
+def cuequivariance_installed() -> bool:
     try:
         import cuequivariance_torch  # noqa: F401
     except ImportError:
-        raise ConfigError(
-            where, "requested but cuequivariance-torch is not installed (pip install 'kdframe-mace[cuequivariance]')"
-        ) from None
-    if not torch.cuda.is_available():
-        raise ConfigError(where, "requested but CUDA is not available; set cuequivariance: false to use e3nn")
+        return False
+    return True
+
+
+def cueq_config(hp: MaceHyperparameters) -> Any:
+    """mace's cuequivariance settings, or None for the e3nn path.
+
+    As in mace's own converter, convolutions are fused only where CUDA is present at build time:
+    cuequivariance-torch's CPU fallback has no fused kernel.
+    """
+    for key in ("cuequivariance", "reduced_cg"):
+        if getattr(hp, key) and not cuequivariance_installed():
+            raise ConfigError(
+                f"model.{key}", "needs cuequivariance-torch, which is not installed "
+                "(pip install 'kdframe-mace[cuequivariance]'); set it to false to use e3nn"
+            )
+    if not hp.cuequivariance:
+        return None
     from mace.modules.wrapper_ops import CUET_AVAILABLE, CuEquivarianceConfig
 
     if not CUET_AVAILABLE:
-        raise ConfigError(where, "cuequivariance-torch is installed but mace could not import it")
-    return CuEquivarianceConfig(enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True, conv_fusion=True)
+        raise ConfigError("model.cuequivariance", "cuequivariance-torch is installed but mace could not import it")
+    return CuEquivarianceConfig(
+        enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True, conv_fusion=torch.cuda.is_available()
+    )
 
 
 class MaceArchitecture(Architecture):
@@ -126,6 +137,9 @@ class MaceArchitecture(Architecture):
                 # One entry per head: ScaleShiftBlock indexes scale/shift by head.
                 atomic_inter_scale=[hp.atomic_inter_scale] * len(heads),
                 atomic_inter_shift=[hp.atomic_inter_shift] * len(heads),
-                cueq_config=cueq_config(hp.cuequivariance),
+                cueq_config=cueq_config(hp),
+                # mace defaults to the reduced basis whenever cuequivariance-torch is importable, which
+                # would change a model's weights with the environment; kdframe makes the choice explicit.
+                use_reduced_cg=hp.reduced_cg,
             )
         return MaceEnergyModel(mace.to(dtype), hp, zs, heads)

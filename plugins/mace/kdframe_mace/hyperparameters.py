@@ -29,7 +29,12 @@ class MaceHyperparameters(pydantic.BaseModel):
     atomic_inter_scale: float = Field(1.0, gt=0, description="scale of the network energy (all heads)")
     atomic_inter_shift: float = Field(0.0, description="per-atom shift; the core's references usually make it 0")
     dtype: Literal["float32", "float64"] = "float64"
-    cuequivariance: bool = Field(False, description="cuequivariance kernels (CUDA only, needs the extra)")
+    cuequivariance: bool = Field(
+        False, description="cuequivariance-torch kernels (needs the extra); fused on CUDA, torch fallback elsewhere"
+    )
+    reduced_cg: bool = Field(
+        False, description="MACE's reduced Clebsch-Gordan product basis (needs cuequivariance-torch; fewer weights)"
+    )
     cache_graphs: bool = Field(True, description="reuse neighbour lists per dataset index")
     graph_skin: float = Field(0.0, ge=0, description="Verlet skin, Å: cached graphs survive moves < skin/2")
     graph_cache_size: int = Field(100_000, ge=1, description="most neighbour lists kept (least recently used dropped)")

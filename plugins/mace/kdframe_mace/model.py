@@ -35,7 +35,8 @@ class MaceEnergyModel(EnergyModel):
         self.mace = mace
         self.heads = list(heads)
         self.species = list(species)
-        self.cuequivariance = hp.cuequivariance
+        # Fused cuequivariance convolutions (built where CUDA was present) have no CPU kernel.
+        self.fused_convolutions = any(getattr(block, "conv_fusion", False) for block in mace.interactions)
         table = torch.full((max(species) + 1,), -1, dtype=torch.long)
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", table, persistent=False)
@@ -78,8 +79,11 @@ class MaceEnergyModel(EnergyModel):
         return torch.einsum("ei,eij->ej", graph.unit_shifts.to(self.float_dtype), cell)
 
     def _check_device(self, batch: Batch) -> None:
-        if self.cuequivariance and batch.positions.device.type != "cuda":
-            raise ConfigError("model.cuequivariance", "cuequivariance models run on CUDA only; move the batch to a GPU")
+        if self.fused_convolutions and batch.positions.device.type != "cuda":
+            raise ConfigError(
+                "model.cuequivariance", "this model was built on a CUDA machine with fused cuequivariance "
+                "convolutions, which run on CUDA only: evaluate on a GPU or load it on a machine without CUDA"
+            )
 
     # --- evaluation --------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
