@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import proc_status_kib, provenance  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
+from kdframe.errors import ConfigError, KdframeError  # noqa: E402
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
 from kdframe.potential import Ensemble, Potential, model_dtype  # noqa: E402
 from kdframe.report import plt  # noqa: E402
@@ -309,7 +310,8 @@ Plot: `{plot.name}`
 
 
 # --- accuracy ------------------------------------------------------------------------------------
-ACCURACY_CONFIGS = ["configs/cross/ani1ccx_to_hipnn.yaml", "configs/cross/ani1ccx_to_mace.yaml"]
+# Every teacher -> student pair of the three architectures (TorchANI teachers: pretrained ANI-1ccx and trained here).
+ACCURACY_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "cross").glob("*_to_*.yaml"))
 ACCURACY_COLUMNS = ("E rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
 
 
@@ -320,6 +322,10 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
 
     workflow, config = load_config(config_path)
     if seed != config.seed:
+        if config.teachers.files:
+            raise ConfigError(f"{config_path}: teachers.files", "were trained on this config's own data split; "
+                              f"with seed {seed} they would be scored on their own training data",
+                              ["teachers.model (trained per seed)", "teachers.pretrained"])
         config = config.model_copy(update={"seed": seed, "run_dir": str(run_root / config_path.stem / f"seed{seed}")})
     run = Run(config, config_path, workflow, progress=False)
     workflow.run(run)
@@ -468,7 +474,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     device = torch.device(args.device)
     suites = {"accuracy": accuracy_suite, "cost": cost_suite, "md": md_suite, "labelling": labelling_suite}
-    text = suites[args.suite](args, device)
+    try:
+        text = suites[args.suite](args, device)
+    except KdframeError as exc:
+        sys.exit(f"error: {exc}")
     atomic_write_text(args.out, text)
     print(text)
 
