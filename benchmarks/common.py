@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,9 +70,23 @@ def timing_rows(times: dict[str, list[float]]) -> str:
                      for name, t in times.items())
 
 
+def _code_commit() -> str:
+    """HEAD when the benchmark started, marked ``+changes`` if the code (not the data) differs from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+
+    commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+    dirty = git("diff", "--quiet", "HEAD", "--", "kdframe", "plugins", "benchmarks",
+                ":(exclude)kdframe/datasets", ":(exclude)benchmarks/results").returncode
+    return commit + (" +changes" if dirty else "")
+
+
+CODE_COMMIT = _code_commit()  # taken at start: a long benchmark may outlive later commits
+
+
 def provenance(device: str) -> str:
     """'commit: ...; date: ...; device: ...' for a result file."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = CODE_COMMIT
     name = torch.cuda.get_device_name() if device == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
     return f"commit: {commit}; date: {datetime.date.today()}; device: {name}"
