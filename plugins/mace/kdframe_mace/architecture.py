@@ -57,9 +57,9 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def cuequivariance_installed() -> bool:
+def importable(module: str) -> bool:
     try:
-        import cuequivariance_torch  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
@@ -68,11 +68,11 @@ def cuequivariance_installed() -> bool:
 def cueq_config(hp: MaceHyperparameters) -> Any:
     """mace's cuequivariance settings, or None for the e3nn path.
 
-    As in mace's own converter, convolutions are fused only where CUDA is present at build time:
-    cuequivariance-torch's CPU fallback has no fused kernel.
+    Convolutions are fused only where the model is built with CUDA and cuequivariance's CUDA kernels
+    (cuequivariance-ops-torch-cu12/13) present: without them the fused layer cannot be built at all.
     """
     for key in ("cuequivariance", "reduced_cg"):
-        if getattr(hp, key) and not cuequivariance_installed():
+        if getattr(hp, key) and not importable("cuequivariance_torch"):
             raise ConfigError(
                 f"model.{key}", "needs cuequivariance-torch, which is not installed "
                 "(pip install 'kdframe-mace[cuequivariance]'); set it to false to use e3nn"
@@ -83,9 +83,12 @@ def cueq_config(hp: MaceHyperparameters) -> Any:
 
     if not CUET_AVAILABLE:
         raise ConfigError("model.cuequivariance", "cuequivariance-torch is installed but mace could not import it")
-    return CuEquivarianceConfig(
-        enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True, conv_fusion=torch.cuda.is_available()
-    )
+    kernels = importable("cuequivariance_ops_torch")
+    if torch.cuda.is_available() and not kernels:
+        warnings.warn("cuequivariance: CUDA kernels not installed (pip install 'kdframe-mace[cuequivariance-cu12]' "
+                      "or -cu13); running its unoptimised torch fallback, slower than e3nn", stacklevel=2)
+    return CuEquivarianceConfig(enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True,
+                                conv_fusion=torch.cuda.is_available() and kernels)
 
 
 class MaceArchitecture(Architecture):
