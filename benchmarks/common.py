@@ -7,6 +7,7 @@ import datetime
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,16 @@ def interleaved_epochs(runners: dict[str, Callable[[], Any]], repeats: int, devi
     return times
 
 
+def epochs_with_and_without(option: str, architecture: str, hyper: dict[str, Any], data: Dataset,
+                            args: argparse.Namespace) -> dict[str, list[float]]:
+    """Interleaved kdframe epoch times of one seeded model with a boolean hyperparameter False and True."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {f"{option}={value}": kdframe_epoch(architecture, {**hyper, option: value}, data, args.batch_size,
+                                                      args.device, f"{tmp}/{value}")
+                   for value in (False, True)}
+        return interleaved_epochs(runners, args.repeats, args.device)
+
+
 def timing_rows(times: dict[str, list[float]]) -> str:
     """Markdown rows: name | median | every epoch."""
     return "\n".join(f"| {name} | {statistics.median(t):.3f} | {', '.join(f'{x:.3f}' for x in t)} |"
@@ -115,8 +126,6 @@ def write_epoch_report(args: argparse.Namespace, script: str, title: str, detail
 
 def epoch_arguments(description: str, result: str, batch_size: int, repeats: int) -> argparse.Namespace:
     """The options every epoch-timing script takes (data file and keys, batch size, repeats, device, output)."""
-    from pathlib import Path
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default="bundled:train_pool.h5")
     parser.add_argument("--energy", default="xtb.energy")
@@ -131,8 +140,6 @@ def epoch_arguments(description: str, result: str, batch_size: int, repeats: int
 
 
 def epoch_data(args: argparse.Namespace) -> Dataset:
-    from pathlib import Path
-
     from kdframe.config import resolve_path
     from kdframe.data import read_dataset
 
@@ -143,8 +150,6 @@ def native_overhead(args: argparse.Namespace, script: str, library: str, archite
                     native_epoch: Callable[[Dataset, int, str], Callable[[], Any]],
                     regularisers: dict[str, float] | None = None) -> str:
     """Interleaved epochs of the same model in kdframe and in ``library``'s own loop; writes and returns the report."""
-    import tempfile
-
     data = epoch_data(args)
     with tempfile.TemporaryDirectory() as tmp:
         runners = {"kdframe": kdframe_epoch(architecture, hyper, data, args.batch_size, args.device, tmp,

@@ -10,9 +10,8 @@ differs. Epochs are interleaved so machine noise hits both alike. Writes a markd
 from __future__ import annotations
 
 import statistics
-import tempfile
 
-from common import epoch_arguments, epoch_data, interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, epoch_data, epochs_with_and_without, write_epoch_report
 
 HYPER = {"r_max": 5.0, "channels": 64, "max_L": 1, "correlation": 3, "num_interactions": 2, "dtype": "float32"}
 
@@ -21,11 +20,7 @@ def main() -> None:
     args = epoch_arguments(__doc__.split("\n")[0], "mace_cuequivariance_{device}.md", batch_size=32, repeats=3)
     args.out = args.out.format(device=args.device.split(":")[0])
     data = epoch_data(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {f"cuequivariance={cueq}": kdframe_epoch("mace", {**HYPER, "cuequivariance": cueq}, data,
-                                                            args.batch_size, args.device, f"{tmp}/{cueq}")
-                   for cueq in (False, True)}
-        times = interleaved_epochs(runners, args.repeats, args.device)
+    times = epochs_with_and_without("cuequivariance", "mace", HYPER, data, args)
     med = {k: statistics.median(v) for k, v in times.items()}
     speedup = med["cuequivariance=False"] / med["cuequivariance=True"]
     text = write_epoch_report(

@@ -9,11 +9,8 @@ Epochs are interleaved so machine noise hits both alike. Writes a markdown resul
 from __future__ import annotations
 
 import statistics
-import tempfile
 
-
-
-from common import epoch_arguments, epoch_data, interleaved_epochs, kdframe_epoch, write_epoch_report
+from common import epoch_arguments, epoch_data, epochs_with_and_without, write_epoch_report
 
 HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_interactions": 2, "dtype": "float32"}
 
@@ -21,11 +18,7 @@ HYPER = {"r_max": 5.0, "channels": 16, "max_L": 1, "correlation": 2, "num_intera
 def main() -> None:
     args = epoch_arguments(__doc__.split("\n")[0], "mace_graph_cache.md", batch_size=32, repeats=3)
     data = epoch_data(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        runners = {f"cache_graphs={cache}": kdframe_epoch("mace", {**HYPER, "cache_graphs": cache}, data,
-                                                           args.batch_size, args.device, f"{tmp}/{cache}")
-                   for cache in (True, False)}
-        times = interleaved_epochs(runners, args.repeats, args.device)
+    times = epochs_with_and_without("cache_graphs", "mace", HYPER, data, args)
     med = {k: statistics.median(v) for k, v in times.items()}
     saved = 1 - med["cache_graphs=True"] / med["cache_graphs=False"]
     text = write_epoch_report(
