@@ -9,8 +9,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,6 @@ from kdframe.potential import Potential
 from kdframe.probes import ProbeSettings
 from kdframe.schedule import Constant
 from kdframe.training import LossTerm, Trainer, TrainSettings
-
 
 WEIGHT_L2 = 1e-6  # on weight matrices, in kdframe_epoch and in the native loops it is compared with
 
