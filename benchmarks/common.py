@@ -96,10 +96,9 @@ CODE_COMMIT = _code_commit()  # taken at start: a long benchmark may outlive lat
 
 def provenance(device: str) -> str:
     """'commit: ...; date: ...; device: ...' for a result file."""
-    commit = CODE_COMMIT
     name = torch.cuda.get_device_name() if device == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
-    return f"commit: {commit}; date: {datetime.date.today()}; device: {name}"
+    return f"commit: {CODE_COMMIT}; date: {datetime.date.today()}; device: {name}"
 
 
 def write_epoch_report(args: argparse.Namespace, script: str, title: str, details: str, column: str,
@@ -178,8 +177,6 @@ def native_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, matrices: 
 
 def proc_status_kib(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in KiB (Linux)."""
-    from pathlib import Path
-
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])

@@ -82,7 +82,8 @@ class MaceEnergyModel(EnergyModel):
         if self.fused_convolutions and batch.positions.device.type != "cuda":
             raise ConfigError(
                 "model.cuequivariance", "this model was built on a CUDA machine with fused cuequivariance "
-                "convolutions, which run on CUDA only: evaluate on a GPU or load it on a machine without CUDA"
+                "convolutions, which run on CUDA only: evaluate on a GPU, or convert it for the CPU with "
+                "kdframe_mace.with_cuequivariance(potential, False)"
             )
 
     # --- evaluation --------------------------------------------------------------------------
