@@ -312,7 +312,7 @@ Plot: `{plot.name}`
 # --- accuracy ------------------------------------------------------------------------------------
 # Every teacher -> student pair of the three architectures (TorchANI teachers: pretrained ANI-1ccx and trained here).
 ACCURACY_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "cross").glob("*_to_*.yaml"))
-ACCURACY_COLUMNS = ("E rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
+ACCURACY_COLUMNS = ("E rmse (kcal/mol)", "E/atom rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
 
 
 def ekd_scores(config_path: Path, seed: int, run_root: Path):
@@ -358,12 +358,12 @@ def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
 - {provenance(device.type)}
 - each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split, the initial
   weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
-  Energies against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å),
+  Energies (E/atom: energy per atom) against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å),
   each over the configurations of the set that carry that label in the data file at run time: (E/F)
   after the set's name, averaged over seeds (test splits differ by seed).
 
-| config | evaluation set | model | E rmse | dE rmse | F rmse |
-|---|---|---|---|---|---|
+| config | evaluation set | model | E rmse | E/atom rmse | dE rmse | F rmse |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
 
