@@ -1,6 +1,7 @@
 """Cross-architecture comparison benchmarks: ``python benchmarks/run.py SUITE [options]``.
 
-Suites (each writes ``benchmarks/results/<suite>.md`` and its PNGs, stating command, commit, device, date):
+Suites (each writes ``benchmarks/results/<suite>.md`` (``<suite>_gpu.md`` on a GPU) and its PNGs, stating command,
+commit, device, date; default sizes run in minutes on a CPU, and at full size on a GPU):
 
 - ``cost``: trainable weights, energy + forces inference time and peak memory per atom on molecular
   clusters of several sizes, test-split force error; Pareto plots of force error vs time and vs
@@ -54,6 +55,10 @@ POOL = ROOT / "kdframe" / "datasets" / "train_pool.h5"
 SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overhead.py",
            "overhead-mace": "mace_overhead.py", "hvp": "hvp_cost.py",
            "packed": "packed_data.py"}
+# Default problem sizes: what runs in minutes on a 2-core CPU, and the full size on a GPU (boxes of tens of
+# thousands of atoms, methods.md §2); the largest-box search on a GPU goes on up to --max-atoms.
+CPU_SIZES = {"sizes": [100, 300, 1000], "md_atoms": 150}
+GPU_SIZES = {"sizes": [1000, 10_000, 50_000], "md_atoms": 1500}
 SPACING, MIN_GAP = 5.5, 1.8  # Å between molecule centres on the grid; closest allowed intermolecular contact
 
 
@@ -100,27 +105,35 @@ def optimised_molecules() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def cluster(n_atoms: int, seed: int = 0):
-    """A cubic cluster of randomly rotated small molecules with at least ``n_atoms`` atoms (open boundaries)."""
+    """A cubic cluster of randomly rotated small molecules with at least ``n_atoms`` atoms (open boundaries);
+    each atom's tag is its molecule's index."""
     import ase
-    from scipy.spatial import cKDTree
+    from scipy.spatial.distance import cdist
     from scipy.spatial.transform import Rotation
 
     rng = np.random.default_rng(seed)
     pool = optimised_molecules()
+    # Contacts are checked against the 26 neighbouring grid cells only (linear cost up to 10^6 atoms): molecules
+    # two cells apart cannot touch, since no bundled molecule reaches (2 SPACING - MIN_GAP) / 2 from its centre.
+    assert max(np.linalg.norm(xyz, axis=1).max() for _, xyz in pool) < (2 * SPACING - MIN_GAP) / 2
     n_side = math.ceil((n_atoms / np.mean([len(z) for z, _ in pool])) ** (1 / 3)) + 1
-    numbers, positions = [], []
+    placed: dict[tuple[int, ...], np.ndarray] = {}
+    numbers, count = [], 0
     for cell in np.ndindex(n_side, n_side, n_side):
-        if sum(map(len, numbers)) >= n_atoms:
+        if count >= n_atoms:
             break
         z, xyz = pool[rng.integers(len(pool))]
-        tree = cKDTree(np.concatenate(positions)) if positions else None
+        near = [placed[c] for d in np.ndindex(3, 3, 3) if (c := tuple(np.add(cell, d) - 1)) in placed]
+        near = np.concatenate(near) if near else np.zeros((0, 3))
         for _ in range(50):
-            placed = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * SPACING
-            if tree is None or tree.query(placed)[0].min() >= MIN_GAP:
+            candidate = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * SPACING
+            if len(near) == 0 or cdist(candidate, near).min() >= MIN_GAP:
                 numbers.append(z)
-                positions.append(placed)
+                placed[cell] = candidate
+                count += len(z)
                 break
-    return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(positions))
+    return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(list(placed.values())),
+                     tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]))  # tag: molecule index
 
 
 def sync(device: torch.device) -> None:
@@ -194,20 +207,26 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
     errors = test_force_errors(models, device)
     boxes = {size: cluster(size) for size in sorted(args.sizes)}
     rows, points = [], {}
+    largest = max(boxes)
     for name, model in models.items():
         for size, atoms in boxes.items():
-            run = energy_and_forces(model, atoms, device)
-            seconds = time_per_call(run, device, args.repeats)
-            memory = peak_memory(paths[name], size, device)
-            rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | {seconds / len(atoms) * 1e6:.2f} | "
-                        f"{memory / len(atoms) / 1024:.1f} | {errors[name]:.1f} |")
-            points[name] = (seconds / len(atoms) * 1e6, memory / len(atoms) / 1024, errors[name])
+            try:
+                seconds = time_per_call(energy_and_forces(model, atoms, device), device, args.repeats)
+                memory = peak_memory(paths[name], size, device)
+            except torch.OutOfMemoryError:  # a result, not a failure: the model's limit on this GPU
+                torch.cuda.empty_cache()
+                rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | out of memory | — | {errors[name]:.1f} |")
+                continue
+            per_atom = (seconds / len(atoms) * 1e6, memory / len(atoms) / 1024)
+            rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | {per_atom[0]:.2f} | "
+                        f"{per_atom[1]:.1f} | {errors[name]:.1f} |")
+            if size == largest:
+                points[name] = (*per_atom, errors[name])
         print(rows[-1], flush=True)
     fits = ""
     if device.type == "cuda":
         fits = "\n\nLargest cluster whose energy + forces fit on the GPU (doubling from 1,000 atoms):\n\n" + "\n".join(
             f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms):,} atoms" for name, model in models.items())
-    largest = max(args.sizes)
     plots = pareto(points, Path(args.out).with_suffix(""), len(boxes[largest]))
     return f"""# Cost: weights, time and memory per atom, test force error
 
@@ -222,7 +241,7 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
 |---|---|---|---|---|---|
 {chr(10).join(rows)}{fits}
 
-Pareto plots (at the {len(boxes[largest]):,}-atom cluster): {', '.join(f'`{p.name}`' for p in plots)}
+Pareto plots (at the {len(boxes[largest]):,}-atom cluster, models that fit): {', '.join(f'`{p.name}`' for p in plots)}
 """
 
 
@@ -460,17 +479,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="accuracy: seeds")
     parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000], help="cost: cluster sizes (atoms)")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help=f"cost: cluster sizes in atoms (default: CPU {CPU_SIZES['sizes']}, GPU {GPU_SIZES['sizes']})")
     parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size; labelling: passes")
     parser.add_argument("--label-batch", type=int, default=64, help="labelling: batch size")
     parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
-    parser.add_argument("--md-atoms", type=int, default=150)
+    parser.add_argument("--md-atoms", type=int,
+                        help=f"md: cluster size (default: CPU {CPU_SIZES['md_atoms']}, GPU {GPU_SIZES['md_atoms']})")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
     parser.add_argument("--steps", type=int, default=200, help="md: steps per run")
     parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step")
-    parser.add_argument("--out", help="result file (default: benchmarks/results/<suite>.md)")
+    parser.add_argument("--out", help="result file (default: benchmarks/results/<suite>.md, <suite>_gpu.md on a GPU)")
     args = parser.parse_args(argv)
-    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}.md")
+    on_gpu = args.device.startswith("cuda")
+    for key, value in (GPU_SIZES if on_gpu else CPU_SIZES).items():
+        setattr(args, key, getattr(args, key) or value)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}{'_gpu' if on_gpu else ''}.md")
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     device = torch.device(args.device)
     suites = {"accuracy": accuracy_suite, "cost": cost_suite, "md": md_suite, "labelling": labelling_suite}
