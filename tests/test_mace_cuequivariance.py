@@ -68,6 +68,22 @@ def test_cuequivariance_model_trains_and_saves(batch, tmp_path):
     torch.testing.assert_close(loaded(fresh(batch))["energy"], potential(fresh(batch))["energy"], rtol=0, atol=0)
 
 
+def test_saved_model_does_not_depend_on_the_cuequivariance_backend(batch):
+    """The torch fallback and the fused CUDA kernels hold other constant buffers: none is saved, and a
+    model whose polynomial modules hold other constants (here: one more) loads a saved state strictly."""
+    potential = make_potential(cuequivariance=True)
+    names = potential.net.cueq_modules
+    assert len(names) > 5 and any(potential.net.get_submodule(n).state_dict() for n in names)
+    saved = potential.state_dict()
+    assert not [k for k in saved for n in names if k.startswith(f"net.{n}.")]
+    assert len(saved) > 20  # weights are still saved
+    other_backend = make_potential(cuequivariance=True)
+    torch.nn.init.zeros_(other_backend.trainable_weights()[0])
+    other_backend.net.get_submodule(names[0]).register_buffer("backend_constant", torch.ones(3))
+    other_backend.load_state_dict(saved)
+    torch.testing.assert_close(other_backend(fresh(batch))["energy"], potential(fresh(batch))["energy"], rtol=0, atol=0)
+
+
 def test_converter_refuses_other_architectures():
     from kdframe.plugins import registry
 

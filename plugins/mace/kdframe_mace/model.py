@@ -37,6 +37,12 @@ class MaceEnergyModel(EnergyModel):
         self.species = list(species)
         # Fused cuequivariance convolutions (built where CUDA was present) have no CPU kernel.
         self.fused_convolutions = any(getattr(block, "conv_fusion", False) for block in mace.interactions)
+        # cuequivariance keeps fixed coupling coefficients as buffers named by its backend (torch fallback,
+        # fused CUDA kernels): they are rebuilt with the model and not saved, so a model saved on a CPU
+        # loads on a GPU machine with fused convolutions and back.
+        self.cueq_modules = cueq_polynomial_modules(self) if hp.cuequivariance else []
+        self.register_state_dict_post_hook(_drop_cueq_constants)
+        self.register_load_state_dict_pre_hook(_restore_cueq_constants)
         table = torch.full((max(species) + 1,), -1, dtype=torch.long)
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", table, persistent=False)
@@ -169,3 +175,22 @@ class MaceEnergyModel(EnergyModel):
         self._check_device(batch)
         out = self.mace(self.mace_inputs(batch, head), training=self.training, compute_force=False)
         return out["node_energy"]
+
+
+def cueq_polynomial_modules(module: torch.nn.Module) -> list[str]:
+    """Names of cuequivariance's SegmentedPolynomial sub-modules: their state is constants only."""
+    from cuequivariance_torch import SegmentedPolynomial
+
+    return [name for name, sub in module.named_modules() if isinstance(sub, SegmentedPolynomial)]
+
+
+def _drop_cueq_constants(module: MaceEnergyModel, state_dict: dict, prefix: str, local_metadata: object) -> None:
+    for name in module.cueq_modules:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}{name}.")]:
+            del state_dict[key]
+
+
+def _restore_cueq_constants(module: MaceEnergyModel, state_dict: dict, prefix: str, *args: object) -> None:
+    for name in module.cueq_modules:
+        for key, value in module.get_submodule(name).state_dict().items():
+            state_dict[f"{prefix}{name}.{key}"] = value
