@@ -3,6 +3,9 @@
 Suites (each writes ``benchmarks/results/<suite>.md`` (``<suite>_gpu.md`` on a GPU) and its PNGs, stating command,
 commit, device, date; default sizes run in minutes on a CPU, and at full size on a GPU):
 
+- ``accuracy``: every teacher -> student EKD config (``configs/cross/*_to_*.yaml``) over seeds: energy, energy
+  per atom, dE and force errors of teachers, student and control on the test split and the extensibility
+  set, mean ± std; bar plot.
 - ``cost``: trainable weights, energy + forces inference time and peak memory per atom on molecular
   clusters of several sizes, test-split force error; Pareto plots of force error vs time and vs
   memory (methods.md §2). On a GPU it also finds the largest cluster that fits.
@@ -11,9 +14,8 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
 - ``overhead``, ``overhead-torchani``, ``overhead-mace``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``,
-  ``mace_overhead.py``,
-  ``torchani_overhead.py``, ``hvp_cost.py``,
-  ``packed_data.py`` with their own options after ``--``.
+  ``torchani_overhead.py``, ``mace_overhead.py``, ``hvp_cost.py``, ``packed_data.py`` with their own options
+  after ``--``.
 
 Models are saved kdframe models (``--models NAME=PATH ...``); by default the students and controls of
 the cross-architecture EKD runs (``configs/cross/*.yaml``), whose shared test split scores force errors.
@@ -22,6 +24,7 @@ the cross-architecture EKD runs (``configs/cross/*.yaml``), whose shared test sp
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
@@ -357,34 +360,66 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
     return run.scores(models), counts
 
 
+ACCURACY_MODELS = ("teacher ensemble", "student", "control")
+
+
 def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
     rows = []
+    summary: dict[tuple[str, str, str, str], list[float]] = {}  # (set, column, config, model) -> values per seed
     for config in args.configs:
         per_seed, counts = zip(*(ekd_scores(ROOT / config, seed, ROOT / "runs" / "bench_accuracy")
                                  for seed in args.seeds))
         for set_name in per_seed[0]:
             sizes = "/".join(f"{np.mean([c[set_name][k] for c in counts]):.0f}" for k in (0, 1))
-            for model in ("teacher ensemble", "student", "control"):
+            for model in ACCURACY_MODELS:
                 cells = []
                 for column in ACCURACY_COLUMNS:
                     values = [scores[set_name][model].values.get(column, math.nan) for scores in per_seed]
+                    summary[set_name, column, Path(config).stem, model] = values
                     cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
                 rows.append(f"| {Path(config).stem} | {set_name} ({sizes}) | {model} | " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
+    plot = accuracy_plot(summary, Path(args.out).with_suffix(".png"))
     return f"""# Accuracy: cross-architecture EKD over seeds
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
 - each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split, the initial
   weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
-  Energies (E/atom: energy per atom) against the configs' energy labels, forces against their force labels (kcal/mol, kcal/mol/Å),
-  each over the configurations of the set that carry that label in the data file at run time: (E/F)
-  after the set's name, averaged over seeds (test splits differ by seed).
+  Energies (E/atom: energy per atom) against the configs' energy labels, forces against their force labels
+  (kcal/mol, kcal/mol/Å), each over the configurations of the set that carry that label in the data file at
+  run time: (E/F) after the set's name, averaged over seeds (test splits differ by seed).
 
 | config | evaluation set | model | E rmse | E/atom rmse | dE rmse | F rmse |
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Plot (E and F rmse, mean ± std over seeds): `{plot.name}`
 """
+
+
+def accuracy_plot(summary: dict[tuple[str, str, str, str], list[float]], path: Path) -> Path:
+    """Grouped bars: one panel per (evaluation set, E or F rmse), configs along x, one bar per model."""
+    sets = list(dict.fromkeys(key[0] for key in summary))
+    configs = list(dict.fromkeys(key[2] for key in summary))
+    columns = (ACCURACY_COLUMNS[0], ACCURACY_COLUMNS[-1])
+    fig, axes = plt.subplots(len(sets), len(columns), figsize=(11, 3.2 * len(sets)), squeeze=False)
+    x, width = np.arange(len(configs)), 0.8 / len(ACCURACY_MODELS)
+    for (row, set_name), (col, column) in itertools.product(enumerate(sets), enumerate(columns)):
+        ax = axes[row, col]
+        for i, model in enumerate(ACCURACY_MODELS):
+            values = [summary[set_name, column, config, model] for config in configs]
+            ax.bar(x + (i - 1) * width, [np.mean(v) for v in values], width, label=model,
+                   yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values], capsize=2)
+        ax.set_xticks(x, configs, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel(column, fontsize=8)
+        ax.set_title(set_name, fontsize=9)
+        ax.set_ylim(bottom=0)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
 
 
 # --- labelling throughput ----------------------------------------------------------------------------
