@@ -218,7 +218,8 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
                 memory = peak_memory(paths[name], size, device)
             except torch.OutOfMemoryError:  # a result, not a failure: the model's limit on this GPU
                 torch.cuda.empty_cache()
-                rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | out of memory | — | {errors[name]:.1f} |")
+                rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | out of memory | — | "
+                            f"{errors[name]:.1f} |")
                 continue
             per_atom = (seconds / len(atoms) * 1e6, memory / len(atoms) / 1024)
             rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | {per_atom[0]:.2f} | "
@@ -515,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+",
-                        help=f"cost: cluster sizes in atoms (default: CPU {CPU_SIZES['sizes']}, GPU {GPU_SIZES['sizes']})")
+                        help=f"cost: cluster sizes in atoms (default: CPU {CPU_SIZES['sizes']}, "
+                             f"GPU {GPU_SIZES['sizes']})")
     parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size; labelling: passes")
     parser.add_argument("--label-batch", type=int, default=64, help="labelling: batch size")
     parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
