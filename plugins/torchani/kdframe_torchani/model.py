@@ -17,6 +17,7 @@ with warnings.catch_warnings():  # CPU installs warn that torchani's optional CU
     from torchani import neurochem  # noqa: F401  (re-exported for .pretrained)
     from torchani.aev import AEVComputer
     from torchani.aev._terms import ANIAngular, ANIRadial
+    from torchani.neighbors import AdaptiveList
     from torchani.nn import AtomicNetwork, TightCELU  # noqa: F401
 
 from kdframe.architecture import EnergyModel, ModelOutput
@@ -74,6 +75,7 @@ class AniModel(EnergyModel):
         self.n_heads = len(heads)
         self.register_buffer("index_of", layout.index_table(elements), persistent=False)
         self.aev = build_aev(hp.aev, len(elements))
+        self.single_system_neighbors = AdaptiveList()
         activation = (torch.nn.CELU(alpha=hp.celu_alpha) if hp.activation == "celu"
                       else ACTIVATIONS[hp.activation]())
         self.networks = torch.nn.ModuleDict({
@@ -136,4 +138,9 @@ class AniModel(EnergyModel):
             conf = torch.unique(conf, return_inverse=True)[1]
         n_conf = int(conf.max()) + 1 if conf.numel() else 0
         elem_idxs, coords = layout.pad(idx, positions, conf, local, n_conf)
+        if n_conf == 1 and pbc is None:
+            # One open-boundary system (MD, large clusters): torchani's adaptive list switches from all
+            # pairs (quadratic memory) to its linear-scaling cell list above ~1800 atoms; it takes no batches.
+            neighbors = self.single_system_neighbors(self.aev.radial.cutoff, elem_idxs, coords)
+            return self.aev.compute_from_neighbors(elem_idxs, coords, neighbors)[conf, local]
         return self.aev(elem_idxs, coords, cell, pbc)[conf, local]
