@@ -9,7 +9,7 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
 - ``cost``: trainable weights, energy + forces inference time and peak memory per atom on molecular
   clusters of several sizes, test-split force error; Pareto plots of force error vs time and vs
   memory (methods.md §2). On a GPU it also finds the largest cluster that fits.
-- ``md``: ASE NVE of a molecular cluster per model at several time steps; a run fails when two atoms
+- ``md``: ASE NVE of a condensed molecular cluster per model at several time steps; a run fails when two atoms
   come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
@@ -60,9 +60,11 @@ SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overh
            "packed": "packed_data.py"}
 # Default problem sizes: what runs in minutes on a 2-core CPU, and the full size on a GPU (boxes of tens of
 # thousands of atoms, methods.md §2); the largest-box search on a GPU goes on up to --max-atoms.
-CPU_SIZES = {"sizes": [100, 300, 1000], "md_atoms": 150}
+CPU_SIZES = {"sizes": [100, 1000, 4000], "md_atoms": 150}
 GPU_SIZES = {"sizes": [1000, 10_000, 50_000], "md_atoms": 1500}
-SPACING, MIN_GAP = 5.5, 1.8  # Å between molecule centres on the grid; closest allowed intermolecular contact
+# Å between molecule centres on the grid (liquid-like packing, about 0.8 g/cm³ for the bundled molecules);
+# closest allowed intermolecular contact.
+SPACING, MIN_GAP = 4.5, 1.8
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -137,6 +139,13 @@ def cluster(n_atoms: int, seed: int = 0):
                 break
     return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(list(placed.values())),
                      tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]))  # tag: molecule index
+
+
+def density(atoms) -> float:
+    """g/cm³ of a cluster, counting one grid cell (SPACING³) per molecule."""
+    from ase.units import _amu
+
+    return float(atoms.get_masses().sum() * _amu * 1e3 / (len(set(atoms.get_tags())) * (SPACING * 1e-8) ** 3))
 
 
 def sync(device: torch.device) -> None:
@@ -236,8 +245,8 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {SPACING} Å apart, open
-  boundaries ({', '.join(f'{len(a):,}' for a in boxes.values())} atoms); one energy + forces call per cluster,
+- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {SPACING} Å apart
+  (≈ {density(boxes[largest]):.2f} g/cm³), open boundaries ({', '.join(f'{len(a):,}' for a in boxes.values())} atoms); one energy + forces call per cluster,
   median of {args.repeats} after a warm-up. Memory: the peak the call adds ({'CUDA allocator' if device.type == 'cuda' else 'VmHWM - VmRSS of a fresh process'}).
   Force RMSE: test split of `{TEST_CONFIG}` (30 conformations, vs wB97X/6-31G* forces).
 
@@ -319,7 +328,8 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {SPACING} Å apart, open
+- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {SPACING} Å apart,
+  ≈ {density(atoms):.2f} g/cm³, open
   boundaries); ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
   {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
   energy is not finite. Drift: |E_end - E_start| per atom (meV), median over runs that did not fail.
