@@ -109,7 +109,7 @@ def optimised_molecules() -> list[tuple[np.ndarray, np.ndarray]]:
     return found
 
 
-def cluster(n_atoms: int, seed: int = 0):
+def cluster(n_atoms: int, seed: int = 0, spacing: float = SPACING):
     """A cubic cluster of randomly rotated small molecules with at least ``n_atoms`` atoms (open boundaries);
     each atom's tag is its molecule's index."""
     import ase
@@ -119,8 +119,11 @@ def cluster(n_atoms: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     pool = optimised_molecules()
     # Contacts are checked against the 26 neighbouring grid cells only (linear cost up to 10^6 atoms): molecules
-    # two cells apart cannot touch, since no bundled molecule reaches (2 SPACING - MIN_GAP) / 2 from its centre.
-    assert max(np.linalg.norm(xyz, axis=1).max() for _, xyz in pool) < (2 * SPACING - MIN_GAP) / 2
+    # two cells apart cannot touch, since no bundled molecule reaches (2 spacing - MIN_GAP) / 2 from its centre.
+    reach = max(np.linalg.norm(xyz, axis=1).max() for _, xyz in pool)
+    if spacing <= reach + MIN_GAP / 2:
+        raise ConfigError("--spacing", f"{spacing} Å would let molecules two grid cells apart touch",
+                          f"more than {reach + MIN_GAP / 2:.2f} Å")
     n_side = math.ceil((n_atoms / np.mean([len(z) for z, _ in pool])) ** (1 / 3)) + 1
     placed: dict[tuple[int, ...], np.ndarray] = {}
     numbers, count = [], 0
@@ -131,21 +134,24 @@ def cluster(n_atoms: int, seed: int = 0):
         near = [placed[c] for d in np.ndindex(3, 3, 3) if (c := tuple(np.add(cell, d) - 1)) in placed]
         near = np.concatenate(near) if near else np.zeros((0, 3))
         for _ in range(50):
-            candidate = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * SPACING
+            candidate = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * spacing
             if len(near) == 0 or cdist(candidate, near).min() >= MIN_GAP:
                 numbers.append(z)
                 placed[cell] = candidate
                 count += len(z)
                 break
-    return ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(list(placed.values())),
-                     tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]))  # tag: molecule index
+    atoms = ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(list(placed.values())),
+                      tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]))  # tag: molecule index
+    atoms.info["spacing"] = spacing
+    return atoms
 
 
 def density(atoms) -> float:
-    """g/cm³ of a cluster, counting one grid cell (SPACING³) per molecule."""
+    """g/cm³ of a cluster, counting one grid cell (spacing³) per molecule."""
     from ase.units import _amu
 
-    return float(atoms.get_masses().sum() * _amu * 1e3 / (len(set(atoms.get_tags())) * (SPACING * 1e-8) ** 3))
+    cell_cm3 = (atoms.info["spacing"] * 1e-8) ** 3
+    return float(atoms.get_masses().sum() * _amu * 1e3 / (len(set(atoms.get_tags())) * cell_cm3))
 
 
 def sync(device: torch.device) -> None:
@@ -159,15 +165,15 @@ def energy_and_forces(model: Potential, atoms, device: torch.device):
     return lambda: model(batch, forces=True)
 
 
-def peak_memory(model_path: str, size: int, device: torch.device) -> float:
+def peak_memory(model_path: str, size: int, spacing: float, device: torch.device) -> float:
     """Bytes one energy + forces call adds at its peak: the CUDA allocator's peak on a GPU; on a CPU, in a
     fresh process (a warm allocator hides peaks), VmHWM - VmRSS around the first call after a small warm-up."""
     if device.type != "cuda":
-        out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size)], check=True,
+        out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size), str(spacing)], check=True,
                              capture_output=True, text=True).stdout
         return float(out.strip().splitlines()[-1])
     model = Potential.load(model_path).to(device).eval()
-    run = energy_and_forces(model, cluster(size), device)
+    run = energy_and_forces(model, cluster(size, spacing=spacing), device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -176,11 +182,11 @@ def peak_memory(model_path: str, size: int, device: torch.device) -> float:
     return float(torch.cuda.max_memory_allocated() - base)
 
 
-def cpu_peak_memory(model_path: str, size: int) -> float:
+def cpu_peak_memory(model_path: str, size: int, spacing: float) -> float:
     torch.set_num_threads(1)
     model = Potential.load(model_path).eval()
     energy_and_forces(model, cluster(20, seed=3), torch.device("cpu"))()  # one-time initialisation
-    run = energy_and_forces(model, cluster(size), torch.device("cpu"))
+    run = energy_and_forces(model, cluster(size, spacing=spacing), torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
     base = proc_status_kib("VmRSS")
     run()
@@ -199,12 +205,12 @@ def time_per_call(run, device: torch.device, repeats: int) -> float:
     return float(np.median(times))
 
 
-def largest_fitting(model: Potential, device: torch.device, start: int, limit: int) -> int:
+def largest_fitting(model: Potential, device: torch.device, start: int, limit: int, spacing: float) -> int:
     """Largest cluster (doubling from ``start`` atoms) whose energy + forces fit in GPU memory."""
     fits, size = 0, start
     while size <= limit:
         try:
-            energy_and_forces(model, cluster(size, seed=1), device)()
+            energy_and_forces(model, cluster(size, seed=1, spacing=spacing), device)()
             fits, size = size, size * 2
         except torch.OutOfMemoryError:
             break
@@ -217,14 +223,14 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
     paths = model_paths(args.models)
     models = load_models(paths, device)
     errors = test_force_errors(models, device)
-    boxes = {size: cluster(size) for size in sorted(args.sizes)}
+    boxes = {size: cluster(size, spacing=args.spacing) for size in sorted(args.sizes)}
     rows, points = [], {}
     largest = max(boxes)
     for name, model in models.items():
         for size, atoms in boxes.items():
             try:
                 seconds = time_per_call(energy_and_forces(model, atoms, device), device, args.repeats)
-                memory = peak_memory(paths[name], size, device)
+                memory = peak_memory(paths[name], size, args.spacing, device)
             except torch.OutOfMemoryError:  # a result, not a failure: the model's limit on this GPU
                 torch.cuda.empty_cache()
                 rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | out of memory | — | "
@@ -239,15 +245,18 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
     fits = ""
     if device.type == "cuda":
         fits = "\n\nLargest cluster whose energy + forces fit on the GPU (doubling from 1,000 atoms):\n\n" + "\n".join(
-            f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms):,} atoms" for name, model in models.items())
+            f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms, args.spacing):,} atoms"
+            for name, model in models.items())
+    sizes = ", ".join(f"{len(a):,}" for a in boxes.values())
+    memory_source = "CUDA allocator" if device.type == "cuda" else "VmHWM - VmRSS of a fresh process"
     plots = pareto(points, Path(args.out).with_suffix(""), len(boxes[largest]))
     return f"""# Cost: weights, time and memory per atom, test force error
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {SPACING} Å apart
-  (≈ {density(boxes[largest]):.2f} g/cm³), open boundaries ({', '.join(f'{len(a):,}' for a in boxes.values())} atoms); one energy + forces call per cluster,
-  median of {args.repeats} after a warm-up. Memory: the peak the call adds ({'CUDA allocator' if device.type == 'cuda' else 'VmHWM - VmRSS of a fresh process'}).
+- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {args.spacing} Å apart
+  (≈ {density(boxes[largest]):.2f} g/cm³), open boundaries ({sizes} atoms); one energy + forces call per cluster,
+  median of {args.repeats} after a warm-up. Memory: the peak the call adds ({memory_source}).
   Force RMSE: test split of `{TEST_CONFIG}` (30 conformations, vs wB97X/6-31G* forces).
 
 | model | trainable weights | atoms | µs / atom (E+F) | peak KiB / atom | test F rmse (kcal/mol/Å) |
@@ -301,7 +310,7 @@ def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: to
 
 def md_suite(args: argparse.Namespace, device: torch.device) -> str:
     models = load_models(model_paths(args.models), device)
-    atoms = cluster(args.md_atoms, seed=2)
+    atoms = cluster(args.md_atoms, seed=2, spacing=args.spacing)
     rows, curves = [], {}
     for name, model in models.items():
         failed_by_dt = []
@@ -328,7 +337,7 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {SPACING} Å apart,
+- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {args.spacing} Å apart,
   ≈ {density(atoms):.2f} g/cm³, open
   boundaries); ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
   {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
@@ -513,7 +522,7 @@ def labelling_suite(args: argparse.Namespace, device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--memory-of"]:  # child process of peak_memory
-        print(cpu_peak_memory(argv[1], int(argv[2])))
+        print(cpu_peak_memory(argv[1], int(argv[2]), float(argv[3])))
         return
     if argv and argv[0] in SCRIPTS:
         script = Path(__file__).resolve().parent / SCRIPTS[argv[0]]
@@ -533,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
     parser.add_argument("--md-atoms", type=int,
                         help=f"md: cluster size (default: CPU {CPU_SIZES['md_atoms']}, GPU {GPU_SIZES['md_atoms']})")
+    parser.add_argument("--spacing", type=float, default=SPACING,
+                        help="cost, md: Å between molecule centres (4.5: liquid-like; 5.5: a dilute cluster)")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
     parser.add_argument("--steps", type=int, default=200, help="md: steps per run")
     parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step")
