@@ -46,8 +46,9 @@ def hippynn_epoch(data, batch_size, device):
         k = data.n_atoms[c]
         Z[c, :k], R[c, :k], F[c, :k] = data.species[atoms], data.positions[atoms], data.labels["forces"][atoms]
     T = (data.labels["energy"] - data.element_counts() @ fit_reference_energies(data, "energy"))[:, None].astype(np.float32)
-    database = hippynn.databases.Database({"Z": Z, "R": R, "T": T, "F": F}, seed=0, pin_memory=False, quiet=True,
-                                          allow_unfound=True, **db_info)
+    CELL = np.zeros((n, 3, 3), np.float32)  # open systems (kdframe_hippynn.pairs: zero rows = not periodic)
+    database = hippynn.databases.Database({"Z": Z, "R": R, "CELL": CELL, "T": T, "F": F}, seed=0, pin_memory=False,
+                                          quiet=True, allow_unfound=True, **db_info)
     database.split_the_rest("train")
     model, loss_module, _ = training_modules
     model.to(device)

@@ -200,13 +200,108 @@ def test_invalid_hyperparameters_are_rejected(bad):
         HipnnArchitecture().parse(bad)
 
 
-def test_periodic_batches_are_refused_not_silently_wrong():
-    from kdframe.errors import DataError
+def water_box(cell: list[list[float]], n: int = 8, seed: int = 0):
+    """``n`` water molecules at random places in a periodic cell (ase.Atoms)."""
+    import ase
+    import numpy as np
 
-    batch = make_batch(molecules())
-    batch.cell = torch.eye(3, dtype=torch.float64).expand(batch.n_conf, 3, 3) * 6.0
-    batch.pbc = torch.ones(batch.n_conf, 3, dtype=torch.bool)
-    with pytest.raises(DataError, match="periodic systems"):
-        potential()(batch, forces=False)
-    batch.pbc = torch.zeros(batch.n_conf, 3, dtype=torch.bool)  # a cell without periodicity is fine
-    assert potential()(batch, forces=False)["energy"].shape == (batch.n_conf, 1)
+    rng = np.random.default_rng(seed)
+    water = np.array(MOLECULES[0][1])
+    frac = rng.uniform(0, 1, (n, 3))
+    positions = np.concatenate([water + f @ np.array(cell) for f in frac])
+    return ase.Atoms("OH2" * n, positions=positions, cell=cell, pbc=True)
+
+
+def energy_and_forces(model: Potential, atoms) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(Batch.from_atoms([atoms]))
+    return out["energy"].detach(), out["forces"].detach()
+
+
+def test_cell_list_gives_the_all_pairs_result(monkeypatch):
+    """Large or periodic systems take the cell list; on open systems it finds exactly hippynn's all pairs."""
+    import kdframe_hippynn.pairs as pairs
+
+    g = torch.Generator().manual_seed(3)
+    mols = [(s, p + 4.0 * torch.randn(3, generator=g, dtype=torch.float64)) for s, p in molecules() * 10]
+    cluster = make_batch([([z for s, _ in mols for z in s], torch.cat([p for _, p in mols]))])
+    batches = {"cluster": cluster, "molecules": make_batch(molecules())}
+    model = potential(l_max=1)
+    expected = {k: model(b) for k, b in batches.items()}
+    monkeypatch.setattr(pairs, "ALL_PAIRS_SLOTS", 0)
+    for key, batch in batches.items():
+        out = model(batch)
+        torch.testing.assert_close(out["energy"], expected[key]["energy"], rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(out["forces"], expected[key]["forces"], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("side", [6.0, 11.0])  # narrower / wider than twice the 5 Å cutoff
+def test_periodic_energies_match_hippynns_own_periodic_pairs(side):
+    """Same weights on hippynn's DynamicPeriodicPairs (its general periodic pair finder) give the same E and F.
+
+    In the 6 Å cell one atom pair recurs through several images, which hippynn's "sparse" CPU kernels refuse;
+    the model switches to plain-torch kernels for that call and back afterwards.
+    """
+    from hippynn import custom_kernels
+    from hippynn.graphs.nodes.pairs import DynamicPeriodicPairs
+
+    import kdframe_hippynn.graph as graph
+    from kdframe_hippynn.pairs import NeighbourPairIndexer
+
+    atoms = water_box([[side, 0, 0], [0.4, side, 0], [0.3, -0.2, side + 0.5]])
+    model = potential(l_max=2)
+    kernels = custom_kernels.CUSTOM_KERNELS_ACTIVE
+    energy, forces = energy_and_forces(model, atoms)
+    assert custom_kernels.CUSTOM_KERNELS_ACTIVE == kernels
+    try:
+        graph.NeighbourPairIndexer = DynamicPeriodicPairs
+        reference = potential(l_max=2)
+    finally:
+        graph.NeighbourPairIndexer = NeighbourPairIndexer
+    # The reference graph numbers its nodes differently: copy the weights node by node.
+    modules = {node.name: model.net.graph.get_module(node) for node in model.net.graph.names_dict}
+    for node in reference.net.graph.names_dict:
+        if node.name in modules and list(modules[node.name].parameters()):
+            reference.net.graph.get_module(node).load_state_dict(modules[node.name].state_dict())
+    reference.load_state_dict(model.state_dict(), strict=False)  # reference energies
+    ref_energy, ref_forces = energy_and_forces(reference, atoms)
+    torch.testing.assert_close(energy, ref_energy, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(forces, ref_forces, rtol=1e-10, atol=1e-10)
+    open_energy, _ = energy_and_forces(model, _open(atoms))
+    assert abs(float(open_energy - energy)) > 1e-6  # the images matter: periodicity is not ignored
+
+
+def _open(atoms):
+    atoms = atoms.copy()
+    atoms.pbc = False
+    return atoms
+
+
+def test_periodic_forces_are_exact_and_lattice_translations_change_nothing():
+    atoms = water_box([[7.0, 0, 0], [0, 7.5, 0], [0, 0, 8.0]], seed=1)
+    model = potential(l_max=1)
+    energy, forces = energy_and_forces(model, atoms)
+    moved = atoms.copy()
+    moved.positions[4] += moved.cell[1] - 2 * moved.cell[0]
+    moved_energy, moved_forces = energy_and_forces(model, moved)
+    torch.testing.assert_close(moved_energy, energy, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(moved_forces, forces, rtol=1e-10, atol=1e-10)
+    for atom, axis in [(0, 0), (5, 2)]:
+        shifted = [atoms.copy(), atoms.copy()]
+        shifted[0].positions[atom, axis] += 1e-4
+        shifted[1].positions[atom, axis] -= 1e-4
+        e_plus, e_minus = (energy_and_forces(model, a)[0] for a in shifted)
+        assert float(-(e_plus - e_minus) / 2e-4) == pytest.approx(float(forces[atom, axis]), rel=1e-5, abs=1e-7)
+
+
+def test_slab_periodic_in_two_directions():
+    """pbc (True, True, False): the same as full periodicity when the third lattice vector leaves a vacuum
+    wider than the cutoff, and different from the open system."""
+    atoms = water_box([[7.0, 0, 0], [0, 7.0, 0], [0, 0, 6.0]], seed=2)
+    slab = atoms.copy()
+    slab.pbc = [True, True, False]
+    vacuum = atoms.copy()
+    vacuum.cell[2] = [0, 0, 40.0]
+    model = potential()
+    energy = energy_and_forces(model, slab)[0]
+    torch.testing.assert_close(energy, energy_and_forces(model, vacuum)[0], rtol=1e-12, atol=1e-10)
+    assert abs(float(energy - energy_and_forces(model, _open(atoms))[0])) > 1e-6

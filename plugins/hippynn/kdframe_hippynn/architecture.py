@@ -50,4 +50,4 @@ class HipnnArchitecture(Architecture):
         from .model import HipnnEnergyModel
 
         graph = build_graph(hyperparameters, species, len(heads))
-        return HipnnEnergyModel(graph.module(), len(heads))
+        return HipnnEnergyModel(graph.module(), len(heads), hyperparameters.dist_hard_max)

@@ -9,30 +9,31 @@ from hippynn.graphs import GraphModule
 
 from kdframe.architecture import EnergyModel, ModelOutput
 from kdframe.batch import Batch
-from kdframe.errors import DataError
+
+from .pairs import kernels_for_repeated_pairs, periodic_cell, repeats_pairs
 
 
 class HipnnEnergyModel(EnergyModel):
     """Feeds the padded batch to the graph and stacks the per-head outputs as columns."""
 
-    def __init__(self, graph: GraphModule, n_heads: int):
+    def __init__(self, graph: GraphModule, n_heads: int, cutoff: float):
         super().__init__()
         self.graph = graph
         self.n_heads = n_heads
+        self.cutoff = cutoff
         # HIP-NN-TS layers keep ``cusp_reg`` as a non-tensor ``_extra_state`` entry; it is fixed by
         # build(), so leave it out of saved state (tensors only) and take it from the fresh model on load.
         self.register_state_dict_post_hook(_drop_extra_state)
         self.register_load_state_dict_pre_hook(_restore_extra_state)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        if batch.pbc is not None and bool(batch.pbc.any()):
-            # The graph is built with hippynn's open-boundary pair finder; a cell would be silently ignored.
-            raise DataError("hippynn plugin: periodic systems (pbc) are not supported yet; "
-                            "use the mace or torchani architecture for periodic structures")
         padded = batch.to_padded()
         # The cast is differentiable, so forces still flow back to batch.positions.
         dtype = next(p for p in self.parameters() if p.is_floating_point()).dtype
-        outputs = self.graph(padded.species, padded.positions.to(dtype))
+        positions = padded.positions.to(dtype)
+        cell = periodic_cell(batch.cell, batch.pbc, batch.n_conf, positions)
+        with kernels_for_repeated_pairs(batch.pbc is not None and repeats_pairs(cell, self.cutoff)):
+            outputs = self.graph(padded.species, positions, cell)
         mol_energy, atom_energies, hierarchicality = outputs[0::3], outputs[1::3], outputs[2::3]
         return ModelOutput(
             energy=torch.cat(mol_energy, dim=1),
