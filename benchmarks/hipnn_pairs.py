@@ -1,7 +1,8 @@
 """HIP-NN pair finding: energy + forces per atom on condensed clusters, hippynn's all-pairs search vs the cell list.
 
 Same freshly initialised model (the cross-run HIP-NN student's size; timing does not depend on the weights), the
-same clusters as the cost suite (open boundaries), and a periodic box of the same density. Writes a markdown result.
+same clusters as the cost suite (open boundaries), and the same atoms in a periodic box of about the cluster's
+extent. Writes a markdown result.
 
     python benchmarks/hipnn_pairs.py --sizes 100 1000 4000
 """
@@ -93,6 +94,7 @@ def main() -> None:
 |---|---|---|---|---|
 {chr(10).join(rows)}
 """)
+
 
 if __name__ == "__main__":
     main()

@@ -111,8 +111,9 @@ class NeighbourPairs(torch.nn.Module):
             pbc = periodic[c].cpu().numpy()
             i, j, s = neighbour_list("ijS", positions=pos, cutoff=self.cutoff, **_matscipy_cell(pos, cells[c], pbc))
             keep = (i != j) | s.any(axis=1)  # an atom is its own neighbour only through a lattice vector
-            firsts.append(batch_atom[c][real[c]][i[keep]])
-            seconds.append(batch_atom[c][real[c]][j[keep]])
+            numbering = batch_atom[c][real[c]]
+            firsts.append(numbering[i[keep]])
+            seconds.append(numbering[j[keep]])
             shifts.append(s[keep])
         device = coordinates.device
         if not firsts:
