@@ -38,6 +38,9 @@ class Architecture(ABC):
     name: ClassVar[str]
     Hyperparameters: ClassVar[type[pydantic.BaseModel]]
     max_heads: ClassVar[int | None] = None  # None = any number of fidelity heads
+    # True when the network handles periodic batches (Batch.cell / Batch.pbc, atoms interacting with images);
+    # the core refuses periodic data for the others rather than let them silently treat a crystal as a cluster.
+    periodic: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, hyperparameters: pydantic.BaseModel, species: Sequence[int], heads: Sequence[str]) -> EnergyModel:

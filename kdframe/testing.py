@@ -41,6 +41,12 @@ The checks (``Conformance.CHECKS``):
 - ``heads``: with two fidelity heads the columns differ, each head has weights of its own that the
   other head's loss does not touch, and (unless ``heads_share_weights = False``) the heads share
   the rest of the network. Skipped when the architecture's ``max_heads`` is 1.
+- ``periodic_images`` (architectures with ``periodic = True``): in a small triclinic cell, narrower than
+  twice the cutoff, images change the energy; moving atoms by lattice vectors changes nothing; a 2x1x1
+  supercell has twice the energy; rotating atoms and cell together changes nothing; pbc (T, T, F) equals full
+  pbc with vacuum along the third vector; a periodic and an open configuration in one batch give what each
+  gives alone; forces match central differences. With ``periodic = False`` the core must refuse a periodic
+  batch with a DataError.
 """
 
 from __future__ import annotations
@@ -86,6 +92,13 @@ MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
                                        [0.431, 1.08, 0.89], [0.431, 1.08, -0.89], [0.878, -1.056, 0.0]]),
     "hydrogen_cyanide": ([1, 6, 7], [[0.0, 0.0, -1.63], [0.0, 0.0, -0.57], [0.0, 0.0, 0.58]]),
 }
+
+
+# A triclinic cell (Å, rows = lattice vectors) narrower than twice the kit models' cutoffs, so atoms meet their own
+# images and several images of each neighbour; the molecules' centres in fractional coordinates (the first lies
+# on a corner, so some of its atoms are outside the cell). Nearest intermolecular contact (images included) for the default molecules: 1.8 Å.
+PERIODIC_CELL = [[6.2, 0.0, 0.0], [1.3, 5.9, 0.0], [-0.9, 1.1, 6.4]]
+PERIODIC_CENTRES = [[0.02, 0.03, 0.01], [0.52, 0.48, 0.46], [0.35, 0.05, 0.62]]
 
 
 def random_rotation(generator: torch.Generator) -> torch.Tensor:
@@ -205,7 +218,7 @@ class Conformance:
         "hessian_vector_products_match_finite_differences", "hvp_loss_gradients_match_finite_differences",
         "translation_invariance", "rotation_invariance",
         "permutation_invariance", "float32_matches_float64", "save_load_round_trip", "training_lowers_the_loss",
-        "heads",
+        "heads", "periodic_images",
     )
 
     def __init__(
@@ -712,6 +725,77 @@ class Conformance:
             raise ConformanceError(f"{check}: the heads share no weights (set heads_share_weights = False if separate "
                                    "networks per head are intended)")
 
+    def periodic_batch(self, vacuum_along_c: bool = False, pbc: Sequence[bool] = (True, True, True)) -> Batch:
+        """Water, methane and ammonia in :data:`PERIODIC_CELL` (ammonia partly outside it); with
+        ``vacuum_along_c`` the third lattice vector is stretched to 40 Å, far beyond any cutoff."""
+        mols = molecules(self.pick(("water", "methane", "ammonia")), self.seed + 9)
+        cell = torch.tensor(PERIODIC_CELL, dtype=self.exact_dtype)
+        centres = torch.tensor(PERIODIC_CENTRES, dtype=self.exact_dtype) @ cell
+        species = [z for s, _ in mols for z in s]
+        positions = torch.cat([p.to(self.exact_dtype) + c for (_, p), c in zip(mols, centres)])
+        batch = make_batch([(species, positions)], self.exact_dtype)  # one configuration of three molecules
+        if vacuum_along_c:
+            cell[2] *= 40.0 / float(cell[2].norm())
+        return dataclasses.replace(batch, cell=cell[None], pbc=torch.tensor([list(pbc)]))
+
+    def check_periodic_images(self) -> None:
+        check = "periodic_images"
+        model = self._model()
+        batch = self.periodic_batch()
+        if not self.architecture.periodic:
+            from .errors import DataError
+
+            try:
+                self._energy(model, batch)
+            except DataError:
+                return
+            raise ConformanceError(f"{check}: {self.name} has periodic = False, yet a periodic batch gave energies "
+                                   "instead of a DataError (a crystal silently treated as a cluster)")
+        energy = self._energy(model, batch)
+        atoms = self._net(model, _with_positions(batch, batch.positions), check).atom_energies
+        gap = float((self._energy(model, dataclasses.replace(batch, cell=None, pbc=None)) - energy).abs().max())
+        if gap < self.tol.heads_differ:
+            raise ConformanceError(f"{check}: the periodic energy equals the open-boundary one (|difference| = "
+                                   f"{gap:.3g} eV) in a cell narrower than the cutoff: images are ignored")
+        g = torch.Generator().manual_seed(self.seed + 10)
+        shifts = torch.randint(-1, 2, (batch.n_atoms, 3), generator=g).to(batch.cell.dtype) @ batch.cell[0]
+        _compare(check, "energies after moving atoms by random lattice vectors", self._energy(model, batch,
+                 batch.positions + shifts), energy, self.tol.invariance, _conf_where)
+        rotation = random_rotation(g).to(batch.cell.dtype)
+        rotated = dataclasses.replace(batch, positions=batch.positions @ rotation.T, cell=batch.cell @ rotation.T)
+        _compare(check, "energies after rotating atoms and cell together", self._energy(model, rotated), energy,
+                 self.tol.invariance, _conf_where)
+        cell = batch.cell[0]
+        doubled = dataclasses.replace(batch, species=batch.species.repeat(2),
+                                      positions=torch.cat([batch.positions, batch.positions + cell[0]]),
+                                      conf_index=batch.conf_index.repeat(2),
+                                      cell=torch.stack([2 * cell[0], cell[1], cell[2]])[None])
+        _compare(check, "energy of the 2x1x1 supercell vs twice the cell's", self._energy(model, doubled), 2 * energy,
+                 self.tol.invariance, _conf_where)
+        slab = self._energy(model, self.periodic_batch(vacuum_along_c=True, pbc=(True, True, False)))
+        _compare(check, "pbc (T, T, F) vs full pbc with 40 Å along the third lattice vector", slab,
+                 self._energy(model, self.periodic_batch(vacuum_along_c=True)), self.tol.invariance, _conf_where)
+        open_one = self.batch(("methanol",))
+        mixed = dataclasses.replace(batch, species=torch.cat([batch.species, open_one.species]),
+                                    positions=torch.cat([batch.positions, open_one.positions]),
+                                    conf_index=torch.cat([batch.conf_index, open_one.conf_index + 1]), n_conf=2,
+                                    cell=torch.cat([batch.cell, torch.zeros_like(batch.cell)]),
+                                    pbc=torch.tensor([[True] * 3, [False] * 3]))
+        together = self._net(model, _with_positions(mixed, mixed.positions), check)
+        _compare(check, "atom energies of a periodic and an open configuration in one batch vs each alone",
+                 together.atom_energies, torch.cat([atoms, self._net(model, open_one, check).atom_energies]),
+                 self.tol.batch, _atom_where(mixed))
+        forces = self._forces(model, _with_positions(batch, batch.positions), check)["forces"].detach()
+        x0, h = batch.positions.detach(), self.tol.fd_step
+        numeric = torch.zeros_like(forces)
+        for a in range(batch.n_atoms):
+            for k in range(3):
+                step = torch.zeros_like(x0)
+                step[a, k] = h
+                numeric[a, k] = -(self._energy(model, batch, x0 + step) - self._energy(model, batch, x0 - step))[0] / (2 * h)
+        _compare(check, f"forces in the periodic cell vs central differences (step {h:g} Å)", forces, numeric,
+                 self.tol.forces, _atom_where(batch))
+
     # --- running -----------------------------------------------------------------------------------
     def run(self, checks: Iterable[str] | None = None) -> dict[str, str | None]:
         """Run checks; returns name -> None (passed), 'skipped: ...' or the failure message."""
@@ -813,6 +897,9 @@ class ArchitectureConformance:
 
     def test_heads(self):
         self._run("heads")
+
+    def test_periodic_images(self):
+        self._run("periodic_images")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

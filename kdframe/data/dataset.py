@@ -56,6 +56,18 @@ class Dataset(Batching):
     molecule_names: list[str]
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # (C,), (A,), (A, 3) or Hessians (A, 3, max_atoms, 3)
     source: str = ""
+    cell: np.ndarray | None = None  # (C, 3, 3) Å, rows are lattice vectors; None when no configuration is periodic
+    pbc: np.ndarray | None = None  # (C, 3) bool, with cell
+
+    def __post_init__(self) -> None:
+        if (self.cell is None) != (self.pbc is None):
+            raise ValueError("Dataset: cell and pbc come together")
+        if self.pbc is not None and not self.pbc.any():  # all open: the molecular form, one way only
+            self.cell = self.pbc = None
+
+    @property
+    def periodic(self) -> bool:
+        return self.pbc is not None
 
     def __len__(self) -> int:
         return len(self.atom_ptr) - 1
@@ -90,14 +102,18 @@ class Dataset(Batching):
         ptr = np.concatenate([[0], np.cumsum(self.n_atoms[confs])])
         labels = {k: (v[confs] if self.label_kind(k) == PER_CONF else v[atoms]) for k, v in self.labels.items()}
         return Dataset(self.species[atoms], self.positions[atoms], ptr, self.molecule[confs],
-                       self.molecule_names, labels, self.source)
+                       self.molecule_names, labels, self.source, *self._cells(confs))
+
+    def _cells(self, confs: np.ndarray | slice = slice(None)) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(cell, pbc) of ``confs`` (default: all)."""
+        return (None, None) if self.pbc is None else (self.cell[confs], self.pbc[confs])
 
     def with_labels(self, **labels: np.ndarray) -> "Dataset":
         for name, value in labels.items():
             if value.shape[0] not in (len(self), len(self.species)):
                 raise ValueError(f"label {name!r} has {value.shape[0]} rows; expected {len(self)} or {len(self.species)}")
         return Dataset(self.species, self.positions, self.atom_ptr, self.molecule, self.molecule_names,
-                       {**self.labels, **labels}, self.source)
+                       {**self.labels, **labels}, self.source, *self._cells())
 
     def element_counts(self) -> np.ndarray:
         """(C, max Z + 1) number of atoms of each element per configuration."""
@@ -109,7 +125,7 @@ class Dataset(Batching):
     def content_hash(self, labels: Sequence[str] | None = None) -> str:
         """Hash of geometry, species and the given labels (default: all): a changed dataset never reuses a stale cache."""
         h = hashlib.sha256()
-        for array in (self.species, self.positions, self.atom_ptr):
+        for array in (self.species, self.positions, self.atom_ptr, *(() if self.pbc is None else (self.cell, self.pbc))):
             h.update(np.ascontiguousarray(array).tobytes())
         for name in sorted(self.labels if labels is None else labels):
             h.update(name.encode())
@@ -125,11 +141,14 @@ class Dataset(Batching):
         for name in names:
             rows = confs if self.label_kind(name) == PER_CONF else atoms
             batch_labels[name] = torch.from_numpy(self.labels[name][rows])
+        cell, pbc = self._cells(confs)
         return Batch(
             species=torch.from_numpy(self.species[atoms]),
             positions=torch.from_numpy(self.positions[atoms]),
             conf_index=torch.from_numpy(np.repeat(np.arange(len(confs)), counts)),
             n_conf=len(confs),
+            cell=None if cell is None else torch.from_numpy(cell),
+            pbc=None if pbc is None else torch.from_numpy(pbc),
             labels=batch_labels,
             index=torch.from_numpy(confs),
         )
@@ -159,9 +178,12 @@ def concatenate(datasets: Sequence[Dataset]) -> Dataset:
         ptrs.append(d.atom_ptr[1:] + offset)
         offset += int(d.atom_ptr[-1])
     common = set.intersection(*(set(d.labels) for d in datasets))
+    periodic = any(d.periodic for d in datasets)
     return Dataset(
         np.concatenate([d.species for d in datasets]), np.concatenate([d.positions for d in datasets]),
         np.concatenate(ptrs), np.concatenate(molecule), names,
         {k: concat_labels([d.labels[k] for d in datasets]) for k in sorted(common)},
         "+".join(d.source for d in datasets),
+        np.concatenate([d.cell if d.periodic else np.zeros((len(d), 3, 3)) for d in datasets]) if periodic else None,
+        np.concatenate([d.pbc if d.periodic else np.zeros((len(d), 3), bool) for d in datasets]) if periodic else None,
     )

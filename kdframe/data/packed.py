@@ -212,6 +212,8 @@ class PackedDataset(Batching):
     indexed (evaluation sets), while training batches read only the blocks they need.
     """
 
+    periodic = False  # packed from ANI-layout HDF5, which has no cells
+
     def __init__(self, store: _Store, keys: Mapping[str, str], confs: np.ndarray | None = None,
                  extra: Mapping[str, np.ndarray] | None = None):
         self.store, self.keys = store, dict(keys)

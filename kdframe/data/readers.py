@@ -1,4 +1,4 @@
-"""Readers for ANI-layout HDF5 (ANI-1x, ANI-1ccx, COMP6) and extxyz (through ase.io).
+"""Readers for ANI-layout HDF5 (ANI-1x, ANI-1ccx, COMP6) and extxyz (through ase.io, periodic frames included).
 
 ``keys`` maps a kdframe label name to the key in the file, e.g.
 ``{"energy": "ccsd(t)_cbs.energy", "forces": "wb97x_dz.forces"}``. Energies become
@@ -127,8 +127,20 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
         np.concatenate([a.positions for a in frames]).astype(np.float64),
         ptr.astype(np.int64), np.asarray(molecule, dtype=np.int64), names,
         {k: (np.concatenate(v) if v[0].ndim else np.asarray(v, dtype=np.float64)) for k, v in labels.items()},
-        path.stem,
+        path.stem, *_cells(path, frames),
     )
+
+
+def _cells(path: Path, frames) -> tuple[np.ndarray, np.ndarray]:
+    """(cell, pbc) of every frame; a periodic direction needs a lattice vector (``Lattice=`` in the header)."""
+    pbc = np.stack([np.asarray(a.pbc, dtype=bool) for a in frames])
+    cell = np.stack([a.cell.array for a in frames]).astype(np.float64)
+    flat = pbc & (np.linalg.norm(cell, axis=2) == 0)
+    if flat.any():
+        i, k = np.argwhere(flat)[0]
+        raise DataError(f"{path}: frame {i}: periodic along lattice vector {k + 1} (pbc) but that vector is zero; "
+                        "give the frame a Lattice=\"...\" with three non-zero vectors, or pbc=\"F F F\"")
+    return cell, pbc
 
 
 def _frame_value(path: Path, i: int, atoms, key: str) -> np.ndarray:

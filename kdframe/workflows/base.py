@@ -106,6 +106,7 @@ class Run:
         self.reference = fit_reference_energies(self.train_set, "energy")
         self.species = sorted(int(z) for z in self.data.elements())
         self.eval_sets = {"test": self.data.subset(self.splits["test"])}
+        periodic = [f"data.train ({config.data.train.path})"] if self.data.periodic else []
         for i, spec in enumerate(config.data.evaluate):
             name = spec.name or Path(spec.path).stem
             self.eval_sets[name] = self.read(spec, f"data.evaluate[{i}]")
@@ -113,6 +114,19 @@ class Run:
             if extra:
                 raise DataError(f"data.evaluate[{i}] ({spec.path}): elements {extra} do not occur in the training data "
                                 f"(elements there: {self.species})")
+            if self.eval_sets[name].periodic:
+                periodic.append(f"data.evaluate[{i}] ({spec.path})")
+        if periodic:
+            self._check_periodic(periodic)
+
+    def _check_periodic(self, sources: Sequence[str]) -> None:
+        """Periodic data needs architectures that handle cell images: said before any work, not mid-training."""
+        archs = registry().architectures
+        for where, spec in self.workflow.model_specs(self.config).items():
+            if not archs[spec.architecture].periodic:
+                raise ConfigError(f"{where}.architecture", f"{spec.architecture!r} does not handle periodic "
+                                  f"configurations, which {' and '.join(sources)} holds",
+                                  sorted(name for name, arch in archs.items() if arch.periodic))
 
     def read(self, spec: DataFile, where: str, keys: Mapping[str, str] | None = None) -> Dataset:
         path = resolve_path(spec.path, self.config_dir)

@@ -82,8 +82,6 @@ class PairNetModel(EnergyModel):
                                            Dense(hp.readout_width, n_heads))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        if batch.pbc is not None and bool(batch.pbc.any()):
-            raise DataError("pairnet: periodic configurations are not supported (no cell images)")
         z = batch.species
         unknown = sorted(set(z.tolist()) - set(self.species))
         if unknown:  # never index the embedding with -1 (that would silently be another element)

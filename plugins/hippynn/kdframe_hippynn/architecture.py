@@ -21,6 +21,7 @@ class HipnnArchitecture(Architecture):
 
     name: ClassVar[str] = "hippynn"
     Hyperparameters: ClassVar[type[HipnnHyperparameters]] = HipnnHyperparameters
+    periodic: ClassVar[bool] = True
 
     def prepare(self) -> None:
         """Import hippynn once and pick its message-passing kernels.

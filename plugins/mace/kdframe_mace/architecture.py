@@ -96,6 +96,7 @@ class MaceArchitecture(Architecture):
 
     name: ClassVar[str] = "mace"
     Hyperparameters: ClassVar[type[pydantic.BaseModel]] = MaceHyperparameters
+    periodic: ClassVar[bool] = True
 
     def prepare(self) -> None:
         import_mace()

@@ -17,6 +17,7 @@ class AniArchitecture(Architecture):
 
     name: ClassVar[str] = "torchani"
     Hyperparameters: ClassVar[type[pydantic.BaseModel]] = AniHyperparameters
+    periodic: ClassVar[bool] = True
 
     def build(self, hyperparameters: pydantic.BaseModel, species: Sequence[int], heads: Sequence[str]) -> EnergyModel:
         from .model import AniModel  # torchani is imported only when a model is built

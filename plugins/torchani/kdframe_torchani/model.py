@@ -60,6 +60,27 @@ def hidden_widths(hp: AniHyperparameters, symbol: str) -> list[int]:
     return list(hp.hidden[symbol])
 
 
+def fully_periodic(cell: torch.Tensor, pbc: torch.Tensor, positions: torch.Tensor,
+                   cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same system with every direction periodic: each non-periodic lattice vector becomes one orthogonal to
+    the periodic ones, longer than the atoms' extent along it plus ``cutoff`` (vacuum no image reaches across).
+
+    torchani 2.9 gets partly periodic cells wrong when a lattice vector is not along a Cartesian axis: its
+    ``map_to_central`` wraps every fractional coordinate, then restores the Cartesian *components* of the
+    non-periodic lattice indices, which moves atoms of a tilted slab (kdframe's conformance kit caught it).
+    """
+    if bool(pbc.all()):
+        return cell, pbc
+    cell = cell.detach().clone()
+    periodic = [k for k in range(3) if bool(pbc[k])]
+    basis, _ = torch.linalg.qr(cell[periodic].T.double(), mode="complete")  # columns: periodic span first
+    for column, k in enumerate(k for k in range(3) if not bool(pbc[k])):
+        normal = basis[:, len(periodic) + column]
+        along = positions.detach().double() @ normal
+        cell[k] = (normal * (float(along.max() - along.min()) + cutoff + 1.0)).to(cell.dtype)
+    return cell, torch.ones_like(pbc)
+
+
 class AniModel(EnergyModel):
     """ANI energy model on kdframe batches; ``networks[symbol]`` is a torchani ``AtomicNetwork``."""
 
@@ -125,8 +146,10 @@ class AniModel(EnergyModel):
         for atom_mask, c in groups:
             atoms = atom_mask.nonzero().squeeze(1)
             if atoms.numel():
-                cell = None if c is None else batch.cell[c].to(dtype)
-                pbc = None if c is None else batch.pbc[c]
+                cell = pbc = None
+                if c is not None:
+                    cell, pbc = fully_periodic(batch.cell[c].to(dtype), batch.pbc[c], positions[atoms],
+                                               self.aev.radial.cutoff)
                 aevs = aevs.index_put((atoms,), self._group_aevs(batch, idx, positions, atoms, cell, pbc))
         return aevs
 
