@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common import provenance
-from run import SPACING, cluster, density
+from run import SPACING, molecular_box, density
 
 from kdframe.batch import Batch
 from kdframe.io import atomic_write_text
@@ -69,7 +69,7 @@ def main() -> None:
     model = architecture.build(hyperparameters, [1, 6, 7, 8], ["energy"])
     rows = []
     for size in args.sizes:
-        atoms = cluster(size, spacing=SPACING)
+        atoms = molecular_box(size, spacing=SPACING, periodic=False)
         box = atoms.copy()
         box.cell = np.ptp(atoms.positions, axis=0) + SPACING - 1.0  # about the cluster's density, periodic
         box.pbc = True

@@ -6,10 +6,10 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
 - ``accuracy``: every teacher -> student EKD config (``configs/cross/*_to_*.yaml``) over seeds: energy, energy
   per atom, dE and force errors of teachers, student and control on the test split and the extensibility
   set, mean ± std; bar plot.
-- ``cost``: trainable weights, energy + forces inference time and peak memory per atom on molecular
-  clusters of several sizes, test-split force error; Pareto plots of force error vs time and vs
-  memory (methods.md §2). On a GPU it also finds the largest cluster that fits.
-- ``md``: ASE NVE of a condensed molecular cluster per model at several time steps; a run fails when two atoms
+- ``cost``: trainable weights, energy + forces inference time and peak memory per atom on periodic boxes of
+  small molecules (``--boundary open``: clusters in vacuum) of several sizes, test-split force error; Pareto
+  plots of force error vs time and vs memory (methods.md §2). On a GPU it also finds the largest box that fits.
+- ``md``: ASE NVE of a condensed periodic box of small molecules per model at several time steps; a run fails when two atoms
   come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
@@ -60,7 +60,7 @@ SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overh
            "packed": "packed_data.py"}
 # Default problem sizes: what runs in minutes on a 2-core CPU, and the full size on a GPU (boxes of tens of
 # thousands of atoms, methods.md §2); the largest-box search on a GPU goes on up to --max-atoms.
-CPU_SIZES = {"sizes": [100, 1000, 4000], "md_atoms": 150}
+CPU_SIZES = {"sizes": [200, 1000, 4000], "md_atoms": 200}  # boxes of 3³, 5³, 8³, 3³ molecules
 GPU_SIZES = {"sizes": [1000, 10_000, 50_000], "md_atoms": 1500}
 # Å between molecule centres on the grid (liquid-like packing, about 0.8 g/cm³ for the bundled molecules);
 # closest allowed intermolecular contact.
@@ -109,9 +109,11 @@ def optimised_molecules() -> list[tuple[np.ndarray, np.ndarray]]:
     return found
 
 
-def cluster(n_atoms: int, seed: int = 0, spacing: float = SPACING):
-    """A cubic cluster of randomly rotated small molecules with at least ``n_atoms`` atoms (open boundaries);
-    each atom's tag is its molecule's index."""
+def molecular_box(n_atoms: int, seed: int = 0, spacing: float = SPACING, periodic: bool = True):
+    """Randomly rotated small molecules on a cubic grid, ``spacing`` Å apart, about ``n_atoms`` atoms; each
+    atom's tag is its molecule's index. Periodic: every cell of an n x n x n grid is filled and the grid is the
+    periodic cell (a liquid-like box without surface); open: cells are filled until ``n_atoms`` is reached (a
+    cluster in vacuum)."""
     import ase
     from scipy.spatial.distance import cdist
     from scipy.spatial.transform import Rotation
@@ -124,34 +126,57 @@ def cluster(n_atoms: int, seed: int = 0, spacing: float = SPACING):
     if spacing <= reach + MIN_GAP / 2:
         raise ConfigError("--spacing", f"{spacing} Å would let molecules two grid cells apart touch",
                           f"more than {reach + MIN_GAP / 2:.2f} Å")
-    n_side = math.ceil((n_atoms / np.mean([len(z) for z, _ in pool])) ** (1 / 3)) + 1
+    molecules_wanted = n_atoms / np.mean([len(z) for z, _ in pool])
+    n_side = max(2, round(molecules_wanted ** (1 / 3))) if periodic else math.ceil(molecules_wanted ** (1 / 3)) + 1
+    length = n_side * spacing
     placed: dict[tuple[int, ...], np.ndarray] = {}
     numbers, count = [], 0
     for cell in np.ndindex(n_side, n_side, n_side):
-        if count >= n_atoms:
+        if not periodic and count >= n_atoms:
             break
-        z, xyz = pool[rng.integers(len(pool))]
-        near = [placed[c] for d in np.ndindex(3, 3, 3) if (c := tuple(np.add(cell, d) - 1)) in placed]
+        near = []
+        for d in np.ndindex(3, 3, 3):
+            neighbour = np.add(cell, d) - 1
+            key = tuple(neighbour % n_side) if periodic else tuple(neighbour)
+            if key in placed:  # in a periodic box, the image of that cell next to this one
+                near.append(placed[key] + (neighbour // n_side) * length * periodic)
         near = np.concatenate(near) if near else np.zeros((0, 3))
-        for _ in range(50):
-            candidate = xyz @ Rotation.random(random_state=rng).as_matrix().T + np.array(cell) * spacing
+        centre = (np.array(cell) + 0.5 * periodic) * spacing  # a periodic box holds its molecules inside
+        # Random orientations until one keeps MIN_GAP; a cluster's cell stays empty after 50, a periodic box
+        # (no voids in the bulk) draws another molecule every 50, up to 20 molecules.
+        for attempt in range(1000 if periodic else 50):
+            if attempt % 50 == 0:
+                z, xyz = pool[rng.integers(len(pool))]
+            candidate = xyz @ Rotation.random(random_state=rng).as_matrix().T + centre
             if len(near) == 0 or cdist(candidate, near).min() >= MIN_GAP:
                 numbers.append(z)
                 placed[cell] = candidate
                 count += len(z)
                 break
+        else:
+            if periodic:
+                raise ConfigError("--spacing", f"no bundled molecule fits grid cell {cell} {spacing} Å wide",
+                                  "a larger spacing")
     atoms = ase.Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(list(placed.values())),
-                      tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]))  # tag: molecule index
+                      tags=np.repeat(np.arange(len(numbers)), [len(z) for z in numbers]),  # tag: molecule index
+                      cell=np.eye(3) * length if periodic else None, pbc=periodic)
     atoms.info["spacing"] = spacing
     return atoms
 
 
 def density(atoms) -> float:
-    """g/cm³ of a cluster, counting one grid cell (spacing³) per molecule."""
+    """g/cm³: a periodic box's mass over its volume; a cluster's, counting one grid cell (spacing³) per molecule."""
     from ase.units import _amu
 
-    cell_cm3 = (atoms.info["spacing"] * 1e-8) ** 3
-    return float(atoms.get_masses().sum() * _amu * 1e3 / (len(set(atoms.get_tags())) * cell_cm3))
+    volume = atoms.get_volume() if atoms.pbc.all() else len(set(atoms.get_tags())) * atoms.info["spacing"] ** 3
+    return float(atoms.get_masses().sum() * _amu * 1e3 / (volume * 1e-24))
+
+
+def describe(atoms, sizes: str = "") -> str:
+    """What the benchmark systems are, for the result files."""
+    kind = ("periodic cubic boxes of" if atoms.pbc.all() else "open clusters (no cell) of")
+    return (f"{kind} randomly rotated bundled molecules (optimised conformers) on a cubic grid, "
+            f"{atoms.info['spacing']} Å apart (≈ {density(atoms):.2f} g/cm³){sizes}")
 
 
 def sync(device: torch.device) -> None:
@@ -165,15 +190,15 @@ def energy_and_forces(model: Potential, atoms, device: torch.device):
     return lambda: model(batch, forces=True)
 
 
-def peak_memory(model_path: str, size: int, spacing: float, device: torch.device) -> float:
+def peak_memory(model_path: str, size: int, spacing: float, periodic: bool, device: torch.device) -> float:
     """Bytes one energy + forces call adds at its peak: the CUDA allocator's peak on a GPU; on a CPU, in a
     fresh process (a warm allocator hides peaks), VmHWM - VmRSS around the first call after a small warm-up."""
     if device.type != "cuda":
-        out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size), str(spacing)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size), str(spacing),
+                              str(int(periodic))], check=True, capture_output=True, text=True).stdout
         return float(out.strip().splitlines()[-1])
     model = Potential.load(model_path).to(device).eval()
-    run = energy_and_forces(model, cluster(size, spacing=spacing), device)
+    run = energy_and_forces(model, molecular_box(size, spacing=spacing, periodic=periodic), device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -182,11 +207,11 @@ def peak_memory(model_path: str, size: int, spacing: float, device: torch.device
     return float(torch.cuda.max_memory_allocated() - base)
 
 
-def cpu_peak_memory(model_path: str, size: int, spacing: float) -> float:
+def cpu_peak_memory(model_path: str, size: int, spacing: float, periodic: bool) -> float:
     torch.set_num_threads(1)
     model = Potential.load(model_path).eval()
-    energy_and_forces(model, cluster(20, seed=3), torch.device("cpu"))()  # one-time initialisation
-    run = energy_and_forces(model, cluster(size, spacing=spacing), torch.device("cpu"))
+    energy_and_forces(model, molecular_box(20, seed=3, periodic=False), torch.device("cpu"))()  # one-time set-up
+    run = energy_and_forces(model, molecular_box(size, spacing=spacing, periodic=periodic), torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
     base = proc_status_kib("VmRSS")
     run()
@@ -205,12 +230,13 @@ def time_per_call(run, device: torch.device, repeats: int) -> float:
     return float(np.median(times))
 
 
-def largest_fitting(model: Potential, device: torch.device, start: int, limit: int, spacing: float) -> int:
-    """Largest cluster (doubling from ``start`` atoms) whose energy + forces fit in GPU memory."""
+def largest_fitting(model: Potential, device: torch.device, start: int, limit: int, spacing: float,
+                    periodic: bool) -> int:
+    """Largest box or cluster (doubling from ``start`` atoms) whose energy + forces fit in GPU memory."""
     fits, size = 0, start
     while size <= limit:
         try:
-            energy_and_forces(model, cluster(size, seed=1, spacing=spacing), device)()
+            energy_and_forces(model, molecular_box(size, seed=1, spacing=spacing, periodic=periodic), device)()
             fits, size = size, size * 2
         except torch.OutOfMemoryError:
             break
@@ -223,14 +249,15 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
     paths = model_paths(args.models)
     models = load_models(paths, device)
     errors = test_force_errors(models, device)
-    boxes = {size: cluster(size, spacing=args.spacing) for size in sorted(args.sizes)}
+    periodic = args.boundary == "periodic"
+    boxes = {size: molecular_box(size, spacing=args.spacing, periodic=periodic) for size in sorted(args.sizes)}
     rows, points = [], {}
     largest = max(boxes)
     for name, model in models.items():
         for size, atoms in boxes.items():
             try:
                 seconds = time_per_call(energy_and_forces(model, atoms, device), device, args.repeats)
-                memory = peak_memory(paths[name], size, args.spacing, device)
+                memory = peak_memory(paths[name], size, args.spacing, periodic, device)
             except torch.OutOfMemoryError:  # a result, not a failure: the model's limit on this GPU
                 torch.cuda.empty_cache()
                 rows.append(f"| {name} | {model.n_weights():,} | {len(atoms):,} | out of memory | — | "
@@ -244,8 +271,8 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
         print(rows[-1], flush=True)
     fits = ""
     if device.type == "cuda":
-        fits = "\n\nLargest cluster whose energy + forces fit on the GPU (doubling from 1,000 atoms):\n\n" + "\n".join(
-            f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms, args.spacing):,} atoms"
+        fits = "\n\nLargest system whose energy + forces fit on the GPU (doubling from 1,000 atoms):\n\n" + "\n".join(
+            f"- {name}: {largest_fitting(model, device, 1000, args.max_atoms, args.spacing, periodic):,} atoms"
             for name, model in models.items())
     sizes = ", ".join(f"{len(a):,}" for a in boxes.values())
     memory_source = "CUDA allocator" if device.type == "cuda" else "VmHWM - VmRSS of a fresh process"
@@ -254,8 +281,7 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- clusters: randomly rotated bundled molecules (optimised conformers) on a cubic grid, {args.spacing} Å apart
-  (≈ {density(boxes[largest]):.2f} g/cm³), open boundaries ({sizes} atoms); one energy + forces call per cluster,
+- systems: {describe(boxes[largest], f" ({sizes} atoms)")}; one energy + forces call per system,
   median of {args.repeats} after a warm-up. Memory: the peak the call adds ({memory_source}).
   Force RMSE: test split of `{TEST_CONFIG}` (30 conformations, vs wB97X/6-31G* forces).
 
@@ -263,7 +289,7 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
 |---|---|---|---|---|---|
 {chr(10).join(rows)}{fits}
 
-Pareto plots (at the {len(boxes[largest]):,}-atom cluster, models that fit): {', '.join(f'`{p.name}`' for p in plots)}
+Pareto plots (at the {len(boxes[largest]):,}-atom system, models that fit): {', '.join(f'`{p.name}`' for p in plots)}
 """
 
 
@@ -275,7 +301,7 @@ def pareto(points: dict[str, tuple[float, float, float]], stem: Path, size: int)
             ax.scatter(values[column], values[2], marker="o" if "student" in name else "s")
             ax.annotate(name, (values[column], values[2]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel(f"{label}, {size:,}-atom cluster")
+        ax.set_xlabel(f"{label}, {size:,}-atom system")
         ax.set_ylabel("test force RMSE (kcal/mol/Å)")
         fig.tight_layout()
         path = stem.parent / f"{stem.name}_pareto_{suffix}.png"
@@ -291,8 +317,7 @@ def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: to
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
-    from scipy.spatial.distance import pdist
-
+    from ase.neighborlist import neighbor_list
     from kdframe.calculator import KdframeCalculator
 
     atoms = atoms.copy()
@@ -303,14 +328,14 @@ def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: to
     for _ in range(steps):
         dynamics.run(1)
         energy = atoms.get_total_energy()
-        if not np.isfinite(energy) or pdist(atoms.positions).min() < 0.5:
+        if not np.isfinite(energy) or len(neighbor_list("i", atoms, 0.5)):  # minimum image in a periodic box
             return True, math.nan
     return False, abs(energy - start) / len(atoms) * 1000
 
 
 def md_suite(args: argparse.Namespace, device: torch.device) -> str:
     models = load_models(model_paths(args.models), device)
-    atoms = cluster(args.md_atoms, seed=2, spacing=args.spacing)
+    atoms = molecular_box(args.md_atoms, seed=2, spacing=args.spacing, periodic=args.boundary == "periodic")
     rows, curves = [], {}
     for name, model in models.items():
         failed_by_dt = []
@@ -337,9 +362,7 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- system: a cluster of {len(atoms)} atoms (randomly rotated bundled molecules, {args.spacing} Å apart,
-  ≈ {density(atoms):.2f} g/cm³, open
-  boundaries); ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
+- system: {len(atoms)} atoms, {describe(atoms)}; ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
   {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
   energy is not finite. Drift: |E_end - E_start| per atom (meV), median over runs that did not fail.
 
@@ -522,7 +545,7 @@ def labelling_suite(args: argparse.Namespace, device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--memory-of"]:  # child process of peak_memory
-        print(cpu_peak_memory(argv[1], int(argv[2]), float(argv[3])))
+        print(cpu_peak_memory(argv[1], int(argv[2]), float(argv[3]), bool(int(argv[4]))))
         return
     if argv and argv[0] in SCRIPTS:
         script = Path(__file__).resolve().parent / SCRIPTS[argv[0]]
@@ -535,15 +558,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", metavar="NAME=PATH", help="saved kdframe models (default: cross runs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=int, nargs="+",
-                        help=f"cost: cluster sizes in atoms (default: CPU {CPU_SIZES['sizes']}, "
+                        help=f"cost: system sizes in atoms (default: CPU {CPU_SIZES['sizes']}, "
                              f"GPU {GPU_SIZES['sizes']})")
     parser.add_argument("--repeats", type=int, default=5, help="cost: timed calls per size; labelling: passes")
     parser.add_argument("--label-batch", type=int, default=64, help="labelling: batch size")
-    parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest cluster tried")
+    parser.add_argument("--max-atoms", type=int, default=1_000_000, help="cost, GPU: largest system tried")
     parser.add_argument("--md-atoms", type=int,
-                        help=f"md: cluster size (default: CPU {CPU_SIZES['md_atoms']}, GPU {GPU_SIZES['md_atoms']})")
+                        help=f"md: system size in atoms (default: CPU {CPU_SIZES['md_atoms']}, GPU {GPU_SIZES['md_atoms']})")
     parser.add_argument("--spacing", type=float, default=SPACING,
-                        help="cost, md: Å between molecule centres (4.5: liquid-like; 5.5: a dilute cluster)")
+                        help="cost, md: Å between molecule centres (4.5: liquid-like; 5.5: dilute)")
+    parser.add_argument("--boundary", choices=["periodic", "open"], default="periodic",
+                        help="cost, md: periodic boxes (bulk, no surface) or open clusters in vacuum")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
     parser.add_argument("--steps", type=int, default=200, help="md: steps per run")
     parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step")
