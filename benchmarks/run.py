@@ -30,6 +30,7 @@ import math
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +323,9 @@ def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: to
 
     atoms = atoms.copy()
     atoms.calc = KdframeCalculator(model, device=device)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # deprecated in ASE 3.29 (thermalize_momenta, same numbers); older ASE lacks that
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
     start = atoms.get_total_energy()
     dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
     for _ in range(steps):

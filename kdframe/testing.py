@@ -96,7 +96,8 @@ MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
 
 # A triclinic cell (Å, rows = lattice vectors) narrower than twice the kit models' cutoffs, so atoms meet their own
 # images and several images of each neighbour; the molecules' centres in fractional coordinates (the first lies
-# on a corner, so some of its atoms are outside the cell). Nearest intermolecular contact (images included) for the default molecules: 1.8 Å.
+# on a corner, so some of its atoms are outside the cell). Nearest intermolecular contact (images included) for
+# the default molecules: 1.8 Å.
 PERIODIC_CELL = [[6.2, 0.0, 0.0], [1.3, 5.9, 0.0], [-0.9, 1.1, 6.4]]
 PERIODIC_CENTRES = [[0.02, 0.03, 0.01], [0.52, 0.48, 0.46], [0.35, 0.05, 0.62]]
 
@@ -473,6 +474,9 @@ class Conformance:
         check = "forces_match_finite_differences"
         model = self._model()
         batch = self.batch(("water", "ammonia"))
+        self._compare_forces_with_differences(check, "core forces (autograd of the energy)", model, batch)
+
+    def _compare_forces_with_differences(self, check: str, what: str, model: Potential, batch: Batch) -> None:
         forces = self._forces(model, _with_positions(batch, batch.positions), check)["forces"].detach()
         x0, h = batch.positions.detach(), self.tol.fd_step
         numeric = torch.zeros_like(forces)
@@ -482,8 +486,8 @@ class Conformance:
                 step[a, k] = h
                 de = self._energy(model, batch, x0 + step) - self._energy(model, batch, x0 - step)
                 numeric[a, k] = -de[batch.conf_index[a]] / (2 * h)
-        _compare(check, f"core forces (autograd of the energy) vs central differences (step {h:g} Å)",
-                 forces, numeric, self.tol.forces, _atom_where(batch))
+        _compare(check, f"{what} vs central differences (step {h:g} Å)", forces, numeric, self.tol.forces,
+                 _atom_where(batch))
 
     def check_hessian_vector_products_match_finite_differences(self) -> None:
         check = "hessian_vector_products_match_finite_differences"
@@ -726,7 +730,7 @@ class Conformance:
                                    "networks per head are intended)")
 
     def periodic_batch(self, vacuum_along_c: bool = False, pbc: Sequence[bool] = (True, True, True)) -> Batch:
-        """Water, methane and ammonia in :data:`PERIODIC_CELL` (ammonia partly outside it); with
+        """Water, methane and ammonia in :data:`PERIODIC_CELL` (the water partly outside it); with
         ``vacuum_along_c`` the third lattice vector is stretched to 40 Å, far beyond any cutoff."""
         mols = molecules(self.pick(("water", "methane", "ammonia")), self.seed + 9)
         cell = torch.tensor(PERIODIC_CELL, dtype=self.exact_dtype)
@@ -785,16 +789,7 @@ class Conformance:
         _compare(check, "atom energies of a periodic and an open configuration in one batch vs each alone",
                  together.atom_energies, torch.cat([atoms, self._net(model, open_one, check).atom_energies]),
                  self.tol.batch, _atom_where(mixed))
-        forces = self._forces(model, _with_positions(batch, batch.positions), check)["forces"].detach()
-        x0, h = batch.positions.detach(), self.tol.fd_step
-        numeric = torch.zeros_like(forces)
-        for a in range(batch.n_atoms):
-            for k in range(3):
-                step = torch.zeros_like(x0)
-                step[a, k] = h
-                numeric[a, k] = -(self._energy(model, batch, x0 + step) - self._energy(model, batch, x0 - step))[0] / (2 * h)
-        _compare(check, f"forces in the periodic cell vs central differences (step {h:g} Å)", forces, numeric,
-                 self.tol.forces, _atom_where(batch))
+        self._compare_forces_with_differences(check, "forces in the periodic cell", model, batch)
 
     # --- running -----------------------------------------------------------------------------------
     def run(self, checks: Iterable[str] | None = None) -> dict[str, str | None]:

@@ -161,9 +161,10 @@ class AniModel(EnergyModel):
             conf = torch.unique(conf, return_inverse=True)[1]
         n_conf = int(conf.max()) + 1 if conf.numel() else 0
         elem_idxs, coords = layout.pad(idx, positions, conf, local, n_conf)
-        if n_conf == 1 and pbc is None:
-            # One open-boundary system (MD, large clusters): torchani's adaptive list switches from all
-            # pairs (quadratic memory) to its linear-scaling cell list above ~1800 atoms; it takes no batches.
-            neighbors = self.single_system_neighbors(self.aev.radial.cutoff, elem_idxs, coords)
+        if n_conf == 1:
+            # One system (MD, large boxes or clusters): torchani's adaptive list switches from all pairs
+            # (quadratic time and memory) to its linear-scaling cell list above 1770 atoms, or 190 in a periodic
+            # cell; it takes no batches.
+            neighbors = self.single_system_neighbors(self.aev.radial.cutoff, elem_idxs, coords, cell, pbc)
             return self.aev.compute_from_neighbors(elem_idxs, coords, neighbors)[conf, local]
         return self.aev(elem_idxs, coords, cell, pbc)[conf, local]
