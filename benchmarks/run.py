@@ -175,9 +175,9 @@ def density(atoms) -> float:
 
 def describe(atoms, sizes: str = "") -> str:
     """What the benchmark systems are, for the result files."""
-    kind = ("periodic cubic boxes of" if atoms.pbc.all() else "open clusters (no cell) of")
-    return (f"{kind} randomly rotated bundled molecules (optimised conformers) on a cubic grid, "
-            f"{atoms.info['spacing']} Å apart (≈ {density(atoms):.2f} g/cm³){sizes}")
+    kind = "periodic (the grid is the cell)" if atoms.pbc.all() else "open boundaries (a cluster in vacuum)"
+    return (f"randomly rotated bundled molecules (optimised conformers) on a cubic grid {atoms.info['spacing']} Å "
+            f"apart, {kind}, ≈ {density(atoms):.2f} g/cm³{sizes}")
 
 
 def sync(device: torch.device) -> None:
@@ -282,7 +282,7 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- systems: {describe(boxes[largest], f" ({sizes} atoms)")}; one energy + forces call per system,
+- systems: {describe(boxes[largest], f"; {sizes} atoms")}; one energy + forces call per system,
   median of {args.repeats} after a warm-up. Memory: the peak the call adds ({memory_source}).
   Force RMSE: test split of `{TEST_CONFIG}` (30 conformations, vs wB97X/6-31G* forces).
 
@@ -313,8 +313,10 @@ def pareto(points: dict[str, tuple[float, float, float]], stem: Path, size: int)
 
 
 # --- md ----------------------------------------------------------------------------------------------
-def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: torch.device) -> tuple[bool, float]:
-    """(failed, |energy drift| per atom in meV) of an NVE run from 300 K Maxwell-Boltzmann velocities."""
+def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int,
+        device: torch.device) -> tuple[float | None, float]:
+    """(fs simulated when the run failed, None if it did not; |energy drift| per atom in meV, NaN if it failed)
+    of an NVE run from 300 K Maxwell-Boltzmann velocities."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
@@ -328,12 +330,12 @@ def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int, device: to
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
     start = atoms.get_total_energy()
     dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         dynamics.run(1)
         energy = atoms.get_total_energy()
         if not np.isfinite(energy) or len(neighbor_list("i", atoms, 0.5)):  # minimum image in a periodic box
-            return True, math.nan
-    return False, abs(energy - start) / len(atoms) * 1000
+            return step * dt_fs, math.nan
+    return None, abs(energy - start) / len(atoms) * 1000
 
 
 def md_suite(args: argparse.Namespace, device: torch.device) -> str:
@@ -344,11 +346,12 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
         failed_by_dt = []
         for dt in args.timesteps:
             runs = [nve(model, atoms, dt, args.steps, seed, device) for seed in range(args.replicas)]
-            failed = sum(f for f, _ in runs) / len(runs)
-            drifts = [d for f, d in runs if not f]
+            failures = [t for t, _ in runs if t is not None]
+            drifts = [d for t, d in runs if t is None]
+            failed = len(failures) / len(runs)
             failed_by_dt.append(failed)
-            rows.append(f"| {name} | {dt} | {failed:.2f} | {np.median(drifts):.2f} |" if drifts else
-                        f"| {name} | {dt} | {failed:.2f} | — |")
+            rows.append(f"| {name} | {dt} | {failed:.2f} | {f'{np.median(failures):.1f}' if failures else '—'} | "
+                        f"{f'{np.median(drifts):.2f}' if drifts else '—'} |")
             print(rows[-1], flush=True)
         curves[name] = failed_by_dt
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
@@ -367,10 +370,11 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
 - {provenance(device.type)}
 - system: {len(atoms)} atoms, {describe(atoms)}; ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
   {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
-  energy is not finite. Drift: |E_end - E_start| per atom (meV), median over runs that did not fail.
+  energy is not finite; time to failure: simulated fs until then, median over failed runs. Drift:
+  |E_end - E_start| per atom (meV), median over runs that did not fail.
 
-| model | time step (fs) | fraction failed | energy drift (meV/atom) |
-|---|---|---|---|
+| model | time step (fs) | fraction failed | time to failure (fs) | energy drift (meV/atom) |
+|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Plot: `{plot.name}`
