@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import ase
@@ -83,8 +84,6 @@ def test_batches_of_periodic_frames_give_the_calculators_energies(periodic_file)
     out = reference(batch)
     np.testing.assert_allclose(out["energy"][:, 0].detach().numpy(), data.labels["energy"], rtol=0, atol=1e-6)  # extxyz: 8 decimals
     np.testing.assert_allclose(out["forces"][..., 0].detach().numpy(), data.labels["forces"], rtol=0, atol=1e-5)
-    import dataclasses
-
     dropped = reference(dataclasses.replace(batch, cell=None, pbc=None), forces=False)["energy"][:-1, 0]
     assert np.abs(dropped.detach().numpy() - data.labels["energy"][:-1]).min() > 1e-4  # the cells matter
 
@@ -103,7 +102,7 @@ potential:
 """
 
 
-def test_training_on_periodic_frames(periodic_file, tmp_path, capsys):
+def test_training_on_periodic_frames(periodic_file, tmp_path):
     config = tmp_path / "train.yaml"
     model = "{architecture: hippynn, l_max: 0, n_interaction_layers: 1, width: 8, n_sensitivities: 6, " \
             "dist_soft_max: 4.0, dist_hard_max: 5.0}"
