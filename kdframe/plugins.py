@@ -29,6 +29,10 @@ class Registry:
     workflows: dict[str, Any] = field(default_factory=dict)
     pretrained: dict[str, Callable] = field(default_factory=dict)
 
+    def periodic_architectures(self) -> list[str]:
+        """Names of the architectures that handle periodic configurations (``periodic = True``)."""
+        return sorted(name for name, arch in self.architectures.items() if arch.periodic)
+
     def lookup(self, kind: str, name: str, where: str) -> Any:
         table: dict[str, Any] = getattr(self, kind)
         if name not in table:

@@ -80,8 +80,11 @@ class Potential(torch.nn.Module):
     def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
         """Energies (n_conf, n_heads), atom energies (n_atoms, n_heads) and, if asked, forces (n_atoms, 3, n_heads)."""
         if not self.architecture.periodic and batch.pbc is not None and bool(batch.pbc.any()):
+            from .plugins import registry  # here, not at import: the registry loads the plugins
+
             raise DataError(f"architecture {self.architecture.name!r} does not handle periodic configurations "
-                            "(pbc); use one that does (periodic = True: hippynn, torchani, mace) or open boundaries")
+                            f"(pbc); use one that does ({', '.join(registry().periodic_architectures())}) "
+                            "or open boundaries")
         if forces and not batch.positions.requires_grad:
             batch.positions.requires_grad_(True)
         out = self.net(batch)

@@ -67,6 +67,7 @@ import torch
 from . import derivatives
 from .architecture import Architecture, ModelOutput
 from .batch import Batch
+from .errors import DataError
 from .potential import Potential, model_dtype
 
 __all__ = ["ArchitectureConformance", "Conformance", "ConformanceError", "SkipCheck", "Tolerances",
@@ -747,8 +748,6 @@ class Conformance:
         model = self._model()
         batch = self.periodic_batch()
         if not self.architecture.periodic:
-            from .errors import DataError
-
             try:
                 self._energy(model, batch)
             except DataError:

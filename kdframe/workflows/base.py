@@ -126,7 +126,7 @@ class Run:
             if not archs[spec.architecture].periodic:
                 raise ConfigError(f"{where}.architecture", f"{spec.architecture!r} does not handle periodic "
                                   f"configurations, which {' and '.join(sources)} holds",
-                                  sorted(name for name, arch in archs.items() if arch.periodic))
+                                  registry().periodic_architectures())
 
     def read(self, spec: DataFile, where: str, keys: Mapping[str, str] | None = None) -> Dataset:
         path = resolve_path(spec.path, self.config_dir)
