@@ -51,11 +51,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .report import table
 
     model = Potential.load(args.model)
-    keys = {"energy": args.energy_key, **({"forces": args.forces_key} if args.forces_key else {})}
+    optional = {"forces": args.forces_key, "stress": args.stress_key}
+    keys = {"energy": args.energy_key, **{label: key for label, key in optional.items() if key}}
     data = read_dataset(args.data, keys)
     model.check_species(__import__("torch").from_numpy(data.elements()), str(args.data))
     metrics = evaluate(model, data, "energy", "forces" if args.forces_key else None,
-                       head=model.head_index(args.head, "--head") if args.head else 0)
+                       head=model.head_index(args.head, "--head") if args.head else 0,
+                       stress_label="stress" if args.stress_key else None)
     text = table({Path(args.data).name: {Path(args.model).name: metrics}})
     out = Path(args.out or Path(args.model).with_name(f"evaluation-{Path(args.data).stem}.md"))
     atomic_write_text(out, text + "\n\n" + "\n".join(f"- {k}: {v:.6g}" for k, v in metrics.values.items()) + "\n")
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--energy-key", default="energy", help="energy key in the file (default: energy)")
     p.add_argument("--forces-key", default=None, help="forces key in the file (default: no force metrics)")
+    p.add_argument("--stress-key", default=None, help="stress key of an extxyz file, eV/Å³ (default: no stress metrics)")
     p.add_argument("--head", default=None, help="output head (fidelity) to evaluate (default: the first)")
     p.add_argument("--out", default=None, help="markdown file for the metrics (default: beside the model)")
     p.set_defaults(func=_evaluate)

@@ -31,11 +31,12 @@ class DataFile(Strict):
     energy: str
     forces: str | None = None  # reference forces: evaluated; trained on only where a workflow says so
     hessian: str | None = None  # reference Hessians (ANI layout (n_conf, 3N, 3N)): evaluated; trained on likewise
+    stress: str | None = None  # reference stress (extxyz, eV/Å³, ASE's sign): evaluated; trained on likewise
     units: Literal["auto", "hartree", "ev"] = "auto"
     name: str | None = None
 
     def keys(self) -> dict[str, str]:
-        optional = {"forces": self.forces, "hessian": self.hessian}
+        optional = {"forces": self.forces, "hessian": self.hessian, "stress": self.stress}
         return {"energy": self.energy, **{k: v for k, v in optional.items() if v}}
 
 

@@ -1,4 +1,4 @@
-"""Errors of a model on a dataset: energies, per-atom energies, forces, Hessians and conformer energy differences."""
+"""Errors of a model on a dataset: energies, per-atom energies, forces, stress, Hessians and conformer energy differences."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from . import derivatives
 from .data.dataset import Dataset
 from .potential import Ensemble, Potential, model_dtype
-from .units import EV_TO_KCAL_MOL
+from .units import EV_PER_A3_TO_GPA, EV_TO_KCAL_MOL
 
 CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's minimum are left out of dE
 
@@ -20,6 +20,7 @@ class Predictions:
     energy: np.ndarray  # (C,) eV
     forces: np.ndarray | None  # (A, 3) eV/Å
     hessian: np.ndarray | None = None  # (A, 3, width, 3) eV/Å², layout of kdframe.derivatives
+    stress: np.ndarray | None = None  # (C, 3, 3) eV/Å³, NaN where not periodic in 3D
 
 
 @dataclass
@@ -29,24 +30,27 @@ class Metrics:
 
 
 def predict(model: Potential | Ensemble, dataset: Dataset, head: int = 0, forces: bool = True,
-            batch_size: int = 128, device: str | torch.device = "cpu", hessian_width: int | None = None) -> Predictions:
-    """Energies, forces if asked and, given ``hessian_width``, full Hessians (small molecules only)."""
+            batch_size: int = 128, device: str | torch.device = "cpu", hessian_width: int | None = None,
+            stress: bool = False) -> Predictions:
+    """Energies, forces and stress if asked and, given ``hessian_width``, full Hessians (small molecules only)."""
     model.eval()
     dtype = model_dtype(model)
     forces = forces or hessian_width is not None
-    energies, force_chunks, hessians = [], [], []
+    energies, force_chunks, hessians, stresses = [], [], [], []
     for batch in dataset.batches(batch_size, labels=()):
         batch = batch.to(device, dtype)
-        with torch.enable_grad() if forces else torch.no_grad():
-            out = model(batch, forces=forces, create_graph=hessian_width is not None)
+        with torch.enable_grad() if forces or stress else torch.no_grad():
+            out = model(batch, forces=forces, create_graph=hessian_width is not None, stress=stress)
             if hessian_width is not None:
                 full = derivatives.hessian(out["forces"][..., head], batch, False, max_atoms=hessian_width)
                 hessians.append(full.detach().cpu().double().numpy())
         energies.append(out["energy"][:, head].detach().cpu().double().numpy())
         if forces:
             force_chunks.append(out["forces"][..., head].detach().cpu().double().numpy())
+        if stress:
+            stresses.append(out["stress"][..., head].detach().cpu().numpy())
     return Predictions(np.concatenate(energies), np.concatenate(force_chunks) if forces else None,
-                       np.concatenate(hessians) if hessians else None)
+                       np.concatenate(hessians) if hessians else None, np.concatenate(stresses) if stress else None)
 
 
 def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,24 +71,29 @@ def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarr
     return np.concatenate(ref_pairs), np.concatenate(pred_pairs)
 
 
-def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics) -> None:
+def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics,
+            shown: tuple[str, float] | None = None) -> None:
+    """RMSE and MAE in ``unit`` and in ``shown`` = (unit, factor); by default kcal/mol in place of eV."""
     keep = ~np.isnan(reference).reshape(len(reference), -1).any(axis=1)
     ref, pred = reference[keep], predicted[keep]
     out.pairs[prefix] = (ref, pred)
     if ref.size == 0:
         return
     err = pred - ref
+    shown_unit, factor = shown or (f"kcal/mol{unit[2:]}", EV_TO_KCAL_MOL)
     for name, value in (("rmse", np.sqrt(np.mean(err**2))), ("mae", np.mean(np.abs(err)))):
         out.values[f"{prefix} {name} ({unit})"] = float(value)
-        out.values[f"{prefix} {name} (kcal/mol{unit[2:]})"] = float(value * EV_TO_KCAL_MOL)
+        out.values[f"{prefix} {name} ({shown_unit})"] = float(value * factor)
 
 
 def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | None = "energy",
              forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu",
-             hessian_label: str | None = None) -> Metrics:
-    """Energy, per-atom energy, dE and (if their labels are given) force and Hessian-element errors, in eV and kcal/mol."""
+             hessian_label: str | None = None, stress_label: str | None = None) -> Metrics:
+    """Energy, per-atom energy, dE and (if their labels are given) force, Hessian-element and stress errors, in eV
+    and kcal/mol (stress: eV/Å³ and GPa)."""
     width = dataset.labels[hessian_label].shape[2] if hessian_label is not None else None
-    pred = predict(model, dataset, head, forces=forces_label is not None, device=device, hessian_width=width)
+    pred = predict(model, dataset, head, forces=forces_label is not None, device=device, hessian_width=width,
+                   stress=stress_label is not None)
     out = Metrics()
     if energy_label is not None:
         ref = dataset.labels[energy_label]
@@ -97,4 +106,6 @@ def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | 
         ref = dataset.labels[hessian_label]
         inside = ~np.isnan(ref)  # padding past a configuration's atoms, and missing Hessians, are NaN
         _errors("H", ref[inside], pred.hessian[inside], "eV/Å²", out)
+    if stress_label is not None:
+        _errors("S", dataset.labels[stress_label], pred.stress, "eV/Å³", out, ("GPa", EV_PER_A3_TO_GPA))
     return out

@@ -11,7 +11,7 @@ network learns what is left. A configuration's energy is
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,23 @@ def state_copy(module: torch.nn.Module, device: str | torch.device | None = None
     """A detached copy of ``module.state_dict()``; non-tensor entries (a layer's extra state) kept as they are."""
     return {k: (v.detach().clone().to(device or v.device) if torch.is_tensor(v) else v)
             for k, v in module.state_dict().items()}
+
+
+def with_derivatives(energies: Callable[[Batch], dict[str, torch.Tensor]], batch: Batch, forces: bool, stress: bool,
+                     create_graph: bool) -> dict[str, torch.Tensor]:
+    """``energies(batch)`` plus, if asked, forces and stress by one autograd pass (per head) in the core."""
+    if forces and not batch.positions.requires_grad:
+        batch.positions.requires_grad_(True)
+    inner, strain = derivatives.strained(batch) if stress else (batch, None)
+    result = energies(inner)
+    wanted = ([batch.positions] if forces else []) + ([strain] if stress else [])
+    if wanted:
+        gradients = derivatives.energy_gradients(result["energy"], wanted, create_graph)
+        if forces:
+            result["forces"] = -gradients[0]
+        if stress:
+            result["stress"] = derivatives.stress(gradients[-1], batch)
+    return result
 
 
 class Potential(torch.nn.Module):
@@ -77,27 +94,27 @@ class Potential(torch.nn.Module):
         if unknown:
             raise DataError(f"{where}: elements {unknown} are outside this model's set {self.species}")
 
-    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
-        """Energies (n_conf, n_heads), atom energies (n_atoms, n_heads) and, if asked, forces (n_atoms, 3, n_heads)."""
+    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False,
+                stress: bool = False) -> dict[str, torch.Tensor]:
+        """Energies (n_conf, n_heads), atom energies (n_atoms, n_heads) and, if asked, forces (n_atoms, 3, n_heads)
+        and stress (n_conf, 3, 3, n_heads; NaN where not periodic in 3D), all float64 but forces."""
         if not self.architecture.periodic and batch.pbc is not None and bool(batch.pbc.any()):
             from .plugins import registry  # here, not at import: the registry loads the plugins
 
             raise DataError(f"architecture {self.architecture.name!r} does not handle periodic configurations "
                             f"(pbc); use one that does ({', '.join(registry().periodic_architectures())}) "
                             "or open boundaries")
-        if forces and not batch.positions.requires_grad:
-            batch.positions.requires_grad_(True)
+        return with_derivatives(self._energies, batch, forces, stress, create_graph)
+
+    def _energies(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.net(batch)
         # Totals are summed in float64: molecular energies are ~1e4 eV, where float32 resolves only ~1 meV.
         atom_ref = self.reference_energies.double()[batch.species]
-        result = {
+        return {
             "energy": out.energy.double() + batch.sum_per_conf(atom_ref),
             "atom_energies": out.atom_energies.double() + atom_ref,
             **{f"regulariser:{k}": v for k, v in out.regularisers.items()},
         }
-        if forces:
-            result["forces"] = derivatives.forces(result["energy"], batch.positions, create_graph)
-        return result
 
     # --- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -148,14 +165,13 @@ class Ensemble(torch.nn.Module):
         self.heads = members[0].heads
         self.species = sorted(set().union(*(m.species for m in members)))
 
-    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
-        if forces and not batch.positions.requires_grad:
-            batch.positions.requires_grad_(True)
+    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False,
+                stress: bool = False) -> dict[str, torch.Tensor]:
+        return with_derivatives(self._energies, batch, forces, stress, create_graph)
+
+    def _energies(self, batch: Batch) -> dict[str, torch.Tensor]:
         outs = [m(batch, forces=False) for m in self.members]
-        result = {k: torch.stack([o[k] for o in outs]).mean(0) for k in ("energy", "atom_energies")}
-        if forces:
-            result["forces"] = derivatives.forces(result["energy"], batch.positions, create_graph)
-        return result
+        return {k: torch.stack([o[k] for o in outs]).mean(0) for k in ("energy", "atom_energies")}
 
     def head_index(self, head: str, where: str = "head") -> int:
         return self.members[0].head_index(head, where)

@@ -13,24 +13,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import distributed  # noqa: E402
 from .evaluation import Metrics  # noqa: E402
 from .io import atomic_write, atomic_write_text  # noqa: E402
-from .units import EV_TO_KCAL_MOL  # noqa: E402
+from .units import EV_PER_A3_TO_GPA, EV_TO_KCAL_MOL  # noqa: E402
 
 TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
-OPTIONAL_COLUMNS = ("H rmse", "H mae")  # shown only when some row has them (data with Hessian labels)
+OPTIONAL_COLUMNS = ("H rmse", "H mae", "S rmse", "S mae")  # shown only when some row has them (Hessian, stress labels)
 
 
-UNITS = {"F": "/Å", "H": "/Å²"}
+def shown_unit(quantity: str) -> tuple[str, float]:
+    """(unit, factor from eV-based values) in which tables and plots show a quantity: kcal/mol..., stress in GPa."""
+    if quantity == "S":
+        return "GPa", EV_PER_A3_TO_GPA
+    return "kcal/mol" + {"F": "/Å", "H": "/Å²"}.get(quantity, ""), EV_TO_KCAL_MOL
 
 
 def _cell(metrics: Metrics, column: str) -> str:
-    for key, value in metrics.values.items():
-        if key.startswith(column + " (kcal"):
-            return f"{value:.3f}"
-    return "—"
+    key = f"{column} ({shown_unit(column.split()[0])[0]})"
+    return f"{metrics.values[key]:.3f}" if key in metrics.values else "—"
 
 
 def table(results: Mapping[str, Mapping[str, Metrics]]) -> str:
-    """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å, Hessians kcal/mol/Å²."""
+    """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å, Hessians kcal/mol/Å²,
+    stress GPa."""
     present = {k.split(" (")[0] for per_model in results.values() for m in per_model.values() for k in m.values}
     columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)
     head = "| set | model | " + " | ".join(columns) + " |"
@@ -46,13 +49,14 @@ def parity_plot(path: Path, per_model: Mapping[str, Metrics], quantity: str, tit
     if not models:
         return False
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.2), squeeze=False)
+    unit, factor = shown_unit(quantity)
     for ax, (name, (ref, pred)) in zip(axes[0], models):
-        ref, pred = ref.ravel() * EV_TO_KCAL_MOL, pred.ravel() * EV_TO_KCAL_MOL
+        ref, pred = ref.ravel() * factor, pred.ravel() * factor
         lo, hi = min(ref.min(), pred.min()), max(ref.max(), pred.max())
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
         ax.scatter(ref, pred, s=3, alpha=0.5)
         ax.set_title(name, fontsize=8)
-        ax.set_xlabel(f"reference {quantity} (kcal/mol{UNITS.get(quantity, '')})", fontsize=7)
+        ax.set_xlabel(f"reference {quantity} ({unit})", fontsize=7)
     axes[0][0].set_ylabel("predicted", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -66,12 +70,12 @@ def write_report(run_dir: Path, title: str, results: Mapping[str, Mapping[str, M
     if not distributed.is_main():
         return run_dir / "report.md"
     lines = [f"# {title}", "", table(results), "",
-             "Energies in kcal/mol, forces in kcal/mol/Å; dE = within-molecule conformer energy differences "
+             "Energies in kcal/mol, forces in kcal/mol/Å, stress (S) in GPa; dE = within-molecule conformer energy differences "
              "(conformers > 100 kcal/mol above their molecule's minimum left out).", ""]
     if notes:
         lines += [notes, ""]
     for set_name, per_model in results.items():
-        for quantity in ("E", "dE", "F", "H"):
+        for quantity in ("E", "dE", "F", "H", "S"):
             png = run_dir / "plots" / f"parity_{set_name}_{quantity.replace('/', '')}.png"
             if parity_plot(png, per_model, quantity, f"{set_name}: {quantity}"):
                 lines.append(f"![{set_name} {quantity}](plots/{png.name})")

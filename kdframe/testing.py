@@ -47,6 +47,10 @@ The checks (``Conformance.CHECKS``):
   pbc with vacuum along the third vector; a periodic and an open configuration in one batch give what each
   gives alone; forces match central differences. With ``periodic = False`` the core must refuse a periodic
   batch with a DataError.
+- ``stress`` (periodic architectures): the core's stress (autograd of the energy in a homogeneous strain of
+  atoms and cell) equals central differences of the energy under each strain component, divided by the volume,
+  is symmetric, and is the same for the 2x1x1 supercell (it is intensive). For every architecture, open and
+  partly periodic configurations get NaN stress (no volume), never a number.
 """
 
 from __future__ import annotations
@@ -220,7 +224,7 @@ class Conformance:
         "hessian_vector_products_match_finite_differences", "hvp_loss_gradients_match_finite_differences",
         "translation_invariance", "rotation_invariance",
         "permutation_invariance", "float32_matches_float64", "save_load_round_trip", "training_lowers_the_loss",
-        "heads", "periodic_images",
+        "heads", "periodic_images", "stress",
     )
 
     def __init__(
@@ -790,6 +794,45 @@ class Conformance:
                  self.tol.batch, _atom_where(mixed))
         self._compare_forces_with_differences(check, "forces in the periodic cell", model, batch)
 
+    def check_stress(self) -> None:
+        check = "stress"
+        model = self._model()
+        open_stress = model(self.batch(("water",)), forces=False, stress=True)["stress"]
+        if not bool(torch.isnan(open_stress).all()):
+            raise ConformanceError(f"{check}: an open configuration got stress {open_stress[0, ..., 0].tolist()} "
+                                   "instead of NaN (it has no volume)")
+        if not self.architecture.periodic:
+            return
+        slab = model(self.periodic_batch(vacuum_along_c=True, pbc=(True, True, False)), forces=False, stress=True)
+        if not bool(torch.isnan(slab["stress"]).all()):
+            raise ConformanceError(f"{check}: a slab (pbc T, T, F) got a stress instead of NaN (no volume)")
+        batch = self.periodic_batch()
+        stress = model(_with_positions(batch, batch.positions), forces=False, stress=True)["stress"][0].detach()
+        volume = float(torch.linalg.det(batch.cell[0].double()).abs())
+        h = self.tol.fd_step / float(batch.cell[0].norm(dim=1).max())  # a strain that moves atoms about fd_step
+        numeric = torch.zeros_like(stress)
+        for i in range(3):
+            for j in range(3):
+                strain = torch.zeros(3, 3, dtype=batch.positions.dtype)
+                strain[i, j] = strain[j, i] = h if i == j else h / 2
+                energies = []
+                for sign in (1, -1):
+                    deform = torch.eye(3, dtype=strain.dtype) + sign * strain
+                    moved = dataclasses.replace(batch, positions=batch.positions @ deform, cell=batch.cell @ deform)
+                    energies.append(self._energy(model, moved)[0])
+                numeric[i, j] = (energies[0] - energies[1]) / (2 * h * volume)
+        where = lambda index: f"component {'xyz'[index[0]]}{'xyz'[index[1]]}, head {index[2]}"  # noqa: E731
+        _compare(check, "core stress (autograd in a strain of atoms and cell) vs central differences of the energy / V "
+                 f"(strain step {h:g})", stress, numeric, self.tol.forces, where)
+        _compare(check, "stress vs its transpose", stress, stress.transpose(0, 1), self.tol.invariance, where)
+        cell = batch.cell[0]
+        doubled = dataclasses.replace(batch, species=batch.species.repeat(2),
+                                      positions=torch.cat([batch.positions, batch.positions + cell[0]]),
+                                      conf_index=batch.conf_index.repeat(2),
+                                      cell=torch.stack([2 * cell[0], cell[1], cell[2]])[None])
+        _compare(check, "stress of the 2x1x1 supercell vs the cell's", model(doubled, forces=False, stress=True)
+                 ["stress"][0], stress, self.tol.forces, where)
+
     # --- running -----------------------------------------------------------------------------------
     def run(self, checks: Iterable[str] | None = None) -> dict[str, str | None]:
         """Run checks; returns name -> None (passed), 'skipped: ...' or the failure message."""
@@ -894,6 +937,9 @@ class ArchitectureConformance:
 
     def test_periodic_images(self):
         self._run("periodic_images")
+
+    def test_stress(self):
+        self._run("stress")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,9 @@
 eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convention).
 ANI Hessians ``<method>.hessian`` (n_conf, 3N, 3N), Hartree/Å², become per-atom labels in eV/Å²
 (layout of :mod:`kdframe.derivatives`), NaN-padded to the largest molecule of the file.
+A ``stress`` label (extxyz only: ASE's Voigt 6 or a 3x3 / 9-value ``stress=`` key, eV/Å³, ASE's sign) becomes
+(n_conf, 3, 3); frames that are not periodic in 3D have no volume, hence no stress: NaN (missing), whatever the
+file holds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from ase.data import atomic_numbers as SYMBOL_TO_Z
+from ase.stress import voigt_6_to_full_3x3_stress
 
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
@@ -25,6 +29,7 @@ from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
+STRESS = "stress"
 
 
 def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = "auto") -> Dataset | PackedDataset:
@@ -35,6 +40,9 @@ def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    if STRESS in keys and path.suffix.lower() not in XYZ_SUFFIXES:
+        raise DataError(f"{path}: stress labels are read from extxyz files only (ANI and packed files hold "
+                        "molecules, which have no stress); drop the stress key for this file")
     if path.suffix.lower() in HDF5_SUFFIXES and is_packed(path):
         if units == "hartree":
             raise DataError(f"{path}: a packed file is in eV and eV/Å (units: hartree applies to ANI files; use auto or ev)")
@@ -120,13 +128,15 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
             names.append(formula)
         molecule.append(names.index(formula))
         for label, key in keys.items():
-            labels[label].append(_frame_value(path, i, atoms, key) * to_ev)
+            value = _stress(path, i, atoms, key) if label == STRESS else _frame_value(path, i, atoms, key)
+            labels[label].append(value * to_ev)
     ptr = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     return Dataset(
         np.concatenate([a.numbers for a in frames]).astype(np.int64),
         np.concatenate([a.positions for a in frames]).astype(np.float64),
         ptr.astype(np.int64), np.asarray(molecule, dtype=np.int64), names,
-        {k: (np.concatenate(v) if v[0].ndim else np.asarray(v, dtype=np.float64)) for k, v in labels.items()},
+        {k: (np.stack(v) if k == STRESS else np.concatenate(v) if v[0].ndim else np.asarray(v, dtype=np.float64))
+         for k, v in labels.items()},
         path.stem, *_cells(path, frames),
     )
 
@@ -141,6 +151,19 @@ def _cells(path: Path, frames) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: frame {i}: periodic along lattice vector {k + 1} (pbc) but that vector is zero; "
                         "give the frame a Lattice=\"...\" with three non-zero vectors, or pbc=\"F F F\"")
     return cell, pbc
+
+
+def _stress(path: Path, i: int, atoms, key: str) -> np.ndarray:
+    """A frame's stress as 3x3; NaN for a frame not periodic in 3D (no volume, so no stress to learn)."""
+    if not atoms.pbc.all():
+        return np.full((3, 3), np.nan)
+    value = _frame_value(path, i, atoms, key)
+    if value.shape == (6,):
+        return voigt_6_to_full_3x3_stress(value)
+    if value.size == 9:
+        return value.reshape(3, 3)
+    raise DataError(f"{path}: frame {i}: stress key {key!r} has shape {value.shape}; expected 6 (Voigt: xx yy zz yz "
+                    "xz xy), 9 or 3x3 values")
 
 
 def _frame_value(path: Path, i: int, atoms, key: str) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Loss terms: RMSE + MAE (equal weights) of one predicted quantity against one label, NaN-masked.
 
+``stress`` (eV/Å³) is compared on configurations periodic in 3D (others carry NaN labels).
+
 Curvature quantities are taken from the student's forces by double backward, never stored:
 ``hvp`` is H·v along the batch's probe label ``probe`` (n_atoms, 3), compared with an HVP
 label (n_atoms, 3) taken along the same probes or with a Hessian label contracted with them;
@@ -16,7 +18,7 @@ from .. import derivatives
 from ..batch import Batch
 from ..schedule import Schedule
 
-QUANTITIES = ("energy", "forces", "atom_energies", "hvp", "hessian")
+QUANTITIES = ("energy", "forces", "atom_energies", "stress", "hvp", "hessian")
 CURVATURE = ("hvp", "hessian")
 NEEDS_FORCES = ("forces", *CURVATURE)
 

@@ -110,6 +110,7 @@ class Trainer:
         self.labels = sorted(wanted - {s.label for s, _ in self.online} - set(self.probes))
         self.needs_forces = any(t.quantity in NEEDS_FORCES for t in self.terms)
         self.needs_curvature = any(t.quantity in CURVATURE for t in self.terms)
+        self.needs_stress = any(t.quantity == "stress" for t in self.terms)
         self.params = self.model.trainable_weights()
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -167,7 +168,7 @@ class Trainer:
         loss_value, count = 0.0, 0
         if len(mine):  # a short last batch may leave a rank nothing; it still joins the all-reduce
             batch = self._prepare(self.train_set.batch(mine, self.labels), rngs)
-            prediction = self.model(batch, forces=self.needs_forces, create_graph=True)
+            prediction = self.model(batch, forces=self.needs_forces, create_graph=True, stress=self.needs_stress)
             loss = self._regularisation(prediction)
             for weight, term in zip(weights, self.terms):
                 if not weight and term.quantity in CURVATURE:
@@ -192,8 +193,9 @@ class Trainer:
             if not len(mine):
                 continue
             batch = self._prepare(dataset.batch(mine, self.labels))
-            with torch.enable_grad() if self.needs_forces else torch.no_grad():
-                prediction = self.model(batch, forces=self.needs_forces, create_graph=self.needs_curvature)
+            with torch.enable_grad() if self.needs_forces or self.needs_stress else torch.no_grad():
+                prediction = self.model(batch, forces=self.needs_forces, create_graph=self.needs_curvature,
+                                        stress=self.needs_stress)
                 for term in self.terms:
                     squares.add(term, term.residual(prediction, batch))
         return squares.rmse("valid")

@@ -216,9 +216,10 @@ class Run:
                     continue
                 forces = row.forces if row.forces in dataset.labels else None
                 hessian = row.hessian if row.hessian in dataset.labels else None
+                stress = row.stress if row.stress in dataset.labels else None
                 head = row.model.head_index(row.head, f"{name}: head") if row.head else 0
                 results[set_name][name] = evaluate(row.model.to(self.device), dataset, row.energy, forces, head,
-                                                   device=self.device, hessian_label=hessian)
+                                                   device=self.device, hessian_label=hessian, stress_label=stress)
         return results
 
     def evaluate(self, models: Mapping[str, Potential | Ensemble | Scored], title: str, notes: str = "",
@@ -238,6 +239,7 @@ class Scored:
     energy: str = "energy"
     forces: str = "forces"
     hessian: str = "hessian"
+    stress: str = "stress"
 
 
 def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, ...]], where: str) -> list[LossTerm]:

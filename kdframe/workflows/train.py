@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from .base import Run, Workflow, loss_terms, settings
 
-LABELS = {"energy": ("energy", "energy"), "forces": ("forces", "forces")}
+LABELS = {"energy": ("energy", "energy"), "forces": ("forces", "forces"), "stress": ("stress", "stress")}
 
 
 class ModelBlock(Strict):
@@ -39,8 +39,9 @@ class Train(Workflow):
 
     def run(self, run: Run, until: str = "run") -> str:
         block = run.config.potential
-        if "forces" in block.weights and "forces" not in run.data.labels:
-            raise ConfigError("potential.weights.forces", "the data has no forces: set data.train.forces")
+        for label in ("forces", "stress"):
+            if label in block.weights and label not in run.data.labels:
+                raise ConfigError(f"potential.weights.{label}", f"the data has no {label}: set data.train.{label}")
         model = run.train("potential", block.model, loss_terms(block.weights, LABELS, "potential.weights"),
                           settings(run.config, block.training, "potential.training"), run.data,
                           run.splits["train"], run.splits["valid"], run.config.seed, {"weights": block.weights})

@@ -59,6 +59,7 @@ class AniEnsemble(Ensemble):
     def __init__(self, members: Sequence[Potential]):
         super().__init__(members)
 
-    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, forces: bool = True, create_graph: bool = False,
+                stress: bool = False) -> dict[str, torch.Tensor]:
         with share_aev():
-            return super().forward(batch, forces=forces, create_graph=create_graph)
+            return super().forward(batch, forces=forces, create_graph=create_graph, stress=stress)

@@ -1,0 +1,158 @@
+"""Stress: taken by the core in a strain of atoms and cell, read from extxyz, trained on, evaluated, and given to ASE."""
+
+from __future__ import annotations
+
+import textwrap
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_stress
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS
+
+from kdframe.calculator import KdframeCalculator
+from kdframe.cli import main
+from kdframe.data import read_dataset
+from kdframe.errors import DataError
+from kdframe.plugins import registry
+from kdframe.potential import Potential
+
+from test_periodic_data import CELL, HIPNN, WATER, frames
+
+KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
+SMALL = {
+    "hippynn": HIPNN,
+    "torchani": {"hidden": [8], "aev": {"radial_cutoff": 4.0, "radial_num_shifts": 6, "angular_cutoff": 3.0,
+                                        "angular_num_shifts": 2, "angular_num_sections": 2}},
+    "mace": {"channels": 4, "max_L": 1, "num_interactions": 2, "correlation": 2, "max_ell": 1,
+             "num_radial_basis": 4, "radial_MLP": [8], "MLP_irreps": "4x0e", "r_max": 4.0},
+}
+
+
+def water_box() -> ase.Atoms:
+    centres = np.array([[0.1, 0.1, 0.1], [0.6, 0.15, 0.45], [0.2, 0.6, 0.7], [0.65, 0.6, 0.2]]) @ np.array(CELL)
+    return ase.Atoms("OH2" * 4, positions=np.concatenate([WATER + c for c in centres]), cell=CELL, pbc=True)
+
+
+def stressed_frames(n: int, seed: int = 0) -> list[ase.Atoms]:
+    """:func:`frames` (four-water boxes, the last one open) with the reference model's stress on periodic ones."""
+    out = frames(n, seed)
+    torch.manual_seed(seed)
+    reference = Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double()
+    for atoms in out[:-1]:
+        results = dict(atoms.calc.results)
+        atoms.calc = KdframeCalculator(reference)
+        results["stress"] = atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stress_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stress") / "water_boxes.xyz"
+    ase.io.write(path, stressed_frames(16), format="extxyz")
+    return path
+
+
+@pytest.mark.parametrize("architecture", sorted(SMALL))
+def test_calculator_stress_matches_ases_finite_differences(architecture):
+    """ASE's own numerical stress (energy differences under strain) agrees with the core's autograd stress."""
+    torch.manual_seed(1)
+    model = Potential(registry().architectures[architecture], SMALL[architecture], [1, 8]).double()
+    atoms = water_box()
+    atoms.calc = KdframeCalculator(model)
+    stress = atoms.get_stress()
+    numeric = calculate_numerical_stress(atoms, eps=1e-5)
+    assert np.abs(stress).max() > 1e-4  # a real stress, not zeros
+    np.testing.assert_allclose(stress, numeric, rtol=0, atol=1e-6 * max(1.0, np.abs(numeric).max()))
+    slab = water_box()
+    slab.pbc = [True, True, False]
+    slab.calc = KdframeCalculator(model)
+    with pytest.raises(PropertyNotImplementedError, match=r"stress needs a cell periodic in all three directions"):
+        slab.get_stress()
+    assert np.isfinite(slab.get_potential_energy())
+
+
+def test_cell_relaxation_with_ase_lowers_energy_and_stress():
+    """What a user does with stress: relax atoms and cell together (ASE's FrechetCellFilter)."""
+    torch.manual_seed(2)
+    atoms = water_box()
+    atoms.calc = KdframeCalculator(Potential(registry().architectures["mace"], SMALL["mace"], [1, 8]).double())
+    start_energy, start_stress = atoms.get_potential_energy(), np.abs(atoms.get_stress()).max()
+    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=15)
+    assert atoms.get_potential_energy() < start_energy
+    assert np.abs(atoms.get_stress()).max() < start_stress
+    assert not np.allclose(atoms.cell.array, CELL)  # the cell moved
+
+
+def test_extxyz_stress_labels(stress_file, tmp_path, ani_file):
+    data = read_dataset(stress_file, KEYS)
+    written = ase.io.read(stress_file, index=":")
+    assert data.labels["stress"].shape == (16, 3, 3)
+    assert np.isnan(data.labels["stress"][-1]).all()  # the open frame has no volume
+    np.testing.assert_allclose(data.labels["stress"][0], written[0].get_stress(voigt=False))
+    torch.manual_seed(0)  # the model that made the labels
+    reference = Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double()
+    out = reference(data.batch(np.arange(len(data))), forces=False, stress=True)
+    np.testing.assert_allclose(out["stress"][..., 0].detach().numpy(), data.labels["stress"], rtol=0, atol=1e-7)
+    with pytest.raises(DataError, match=r"stress labels are read from extxyz files only"):
+        read_dataset(ani_file, {"energy": "morse.energy", "stress": "stress"})
+    bad = written[:1]
+    bad[0].info["pressure"] = np.array([1.0, 2.0])
+    ase.io.write(tmp_path / "bad.xyz", bad, format="extxyz")
+    with pytest.raises(DataError, match=r"bad.xyz: frame 0: stress key 'pressure' has shape \(2,\); expected 6"):
+        read_dataset(tmp_path / "bad.xyz", {"energy": "energy", "stress": "pressure"})
+
+
+TRAIN = """
+workflow: train
+run_dir: {run_dir}
+device: cpu
+data:
+  train: {{path: {data}, energy: energy, forces: forces{stress}}}
+  split: {{by: configuration, fractions: {{train: 0.5, valid: 0.25, test: 0.25}}}}
+training: {{batch_size: 4, max_epochs: 8, lr: 0.01}}
+potential:
+  model: {{architecture: hippynn, l_max: 0, n_interaction_layers: 1, width: 8, n_sensitivities: 6,
+          dist_soft_max: 4.0, dist_hard_max: 5.0}}
+  weights: {{energy: 1, forces: 10, stress: 100}}
+"""
+
+
+def test_training_on_stress_lowers_its_error_and_reports_it(stress_file, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file, stress=", stress: stress")))
+    assert main(["run", str(config), "--quiet"]) == 0
+    curve = np.genfromtxt(tmp_path / "run" / "potential" / "metrics.csv", delimiter=",", names=True)
+    assert curve["valid_rmsestressstress"][-1] < curve["valid_rmsestressstress"][0]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "S rmse" in report and "stress (S) in GPa" in report
+    row = next(line for line in report.splitlines() if line.startswith("| test | potential"))
+    assert row.split("|")[-3].strip() not in ("—", "nan")  # the test set's stress error is a number
+
+
+def test_a_stress_weight_without_stress_labels_is_refused(stress_file, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file, stress="")))
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "potential.weights.stress: the data has no stress: set data.train.stress" in capsys.readouterr().err
+
+
+def test_evaluate_command_reports_stress_errors(stress_file, tmp_path, capsys):
+    """The model that made the labels scores zero stress error; another model does not."""
+    torch.manual_seed(0)
+    Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double().save(tmp_path / "reference.pt")
+    torch.manual_seed(5)
+    Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double().save(tmp_path / "other.pt")
+    errors = {}
+    for name in ("reference", "other"):
+        out = tmp_path / f"{name}.md"
+        assert main(["evaluate", "--model", str(tmp_path / f"{name}.pt"), "--data", str(stress_file),
+                     "--stress-key", "stress", "--out", str(out)]) == 0
+        line = next(x for x in out.read_text().splitlines() if x.startswith("- S rmse (GPa)"))
+        errors[name] = float(line.split(":")[1])
+    assert errors["reference"] < 1e-4 < errors["other"]
