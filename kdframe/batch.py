@@ -37,7 +37,7 @@ class Batch:
     cell: torch.Tensor | None = None  # (n_conf, 3, 3) Å, rows are lattice vectors
     pbc: torch.Tensor | None = None  # (n_conf, 3) bool
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
-    index: torch.Tensor | None = None  # (n_conf,) dataset index of each configuration
+    index: torch.Tensor | None = None  # (n_conf,) identity of each configuration in its dataset (Dataset.ids)
 
     @property
     def n_atoms(self) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -341,3 +343,20 @@ def test_graph_cache_keeps_at_most_its_size(potential, monkeypatch):
     assert graphs.hits == 1
     potential(fresh(Batch.from_atoms(molecules()[:1], index=[0])), forces=False)  # dropped: rebuilt
     assert graphs.misses == n + 1 and len(graphs) == 2
+
+
+def test_train_and_validation_splits_reuse_their_graphs(potential):
+    """Subsets keep the dataset's configuration ids, so the splits of one dataset never evict each other's graphs."""
+    from kdframe.data import read_dataset
+    from kdframe.config import resolve_path
+
+    data = read_dataset(resolve_path("bundled:extensibility.h5", Path(".")), {"energy": "ccsd(t)_dz.energy"})
+    train, valid = data.subset(np.arange(0, 20)), data.subset(np.arange(20, len(data)))
+    assert not set(train.ids) & set(valid.ids)
+    graphs = potential.net.graphs
+    graphs.clear()
+    for _ in range(2):  # two epochs of training batches, then validation
+        for split in (train, valid):
+            for b in split.batches(8, labels=()):
+                potential(b, forces=False)
+    assert (graphs.misses, graphs.hits) == (len(data), len(data))

@@ -58,10 +58,15 @@ class Dataset(Batching):
     source: str = ""
     cell: np.ndarray | None = None  # (C, 3, 3) Å, rows are lattice vectors; None when no configuration is periodic
     pbc: np.ndarray | None = None  # (C, 3) bool, with cell
+    # (C,) int64 identity of each configuration, kept by subsets (default 0..C-1): ``Batch.index``, so that
+    # the train and validation splits of one dataset never share an index (per-configuration caches, probes).
+    ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if (self.cell is None) != (self.pbc is None):
             raise ValueError("Dataset: cell and pbc come together")
+        if self.ids is None:
+            self.ids = np.arange(len(self), dtype=np.int64)
         if self.pbc is not None and not self.pbc.any():  # all open: the molecular form, one way only
             self.cell = self.pbc = None
 
@@ -102,7 +107,7 @@ class Dataset(Batching):
         ptr = np.concatenate([[0], np.cumsum(self.n_atoms[confs])])
         labels = {k: (v[confs] if self.label_kind(k) == PER_CONF else v[atoms]) for k, v in self.labels.items()}
         return Dataset(self.species[atoms], self.positions[atoms], ptr, self.molecule[confs],
-                       self.molecule_names, labels, self.source, *self._cells(confs))
+                       self.molecule_names, labels, self.source, *self._cells(confs), ids=self.ids[confs])
 
     def _cells(self, confs: np.ndarray | slice = slice(None)) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(cell, pbc) of ``confs`` (default: all)."""
@@ -113,7 +118,7 @@ class Dataset(Batching):
             if value.shape[0] not in (len(self), len(self.species)):
                 raise ValueError(f"label {name!r} has {value.shape[0]} rows; expected {len(self)} or {len(self.species)}")
         return Dataset(self.species, self.positions, self.atom_ptr, self.molecule, self.molecule_names,
-                       {**self.labels, **labels}, self.source, *self._cells())
+                       {**self.labels, **labels}, self.source, *self._cells(), ids=self.ids)
 
     def element_counts(self) -> np.ndarray:
         """(C, max Z + 1) number of atoms of each element per configuration."""
@@ -150,7 +155,7 @@ class Dataset(Batching):
             cell=None if cell is None else torch.from_numpy(cell),
             pbc=None if pbc is None else torch.from_numpy(pbc),
             labels=batch_labels,
-            index=torch.from_numpy(confs),
+            index=torch.from_numpy(self.ids[confs]),
         )
 
     def batch_indices(self, batch_size: int, shuffle: bool = False,

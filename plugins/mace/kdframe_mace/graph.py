@@ -4,7 +4,8 @@ Only the integer structure (edge list and periodic unit shifts) is built here an
 cached; edge vectors are recomputed from ``batch.positions`` on every call so that
 forces and Hessian-vector products stay exact.
 
-A cache entry is keyed by the dataset index and remembers the positions, cell and
+A cache entry is keyed by ``Batch.index`` (the dataset's configuration ids, which subsets keep, so the
+train and validation splits of one dataset never evict each other's graphs) and remembers the positions, cell and
 pbc it was built from. It is reused only while no atom has moved more than
 ``skin / 2`` (Verlet-list rule; the graph is built with ``r_max + skin``, and MACE's
 cutoff envelope is exactly zero beyond ``r_max``, so the extra edges add nothing).
