@@ -10,7 +10,7 @@ import torch
 from . import derivatives
 from .data.dataset import Dataset
 from .potential import Ensemble, Potential, model_dtype
-from .units import EV_PER_A3_TO_GPA, EV_TO_KCAL_MOL
+from .units import EV_TO_KCAL_MOL, shown_unit
 
 CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's minimum are left out of dE
 
@@ -71,19 +71,18 @@ def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarr
     return np.concatenate(ref_pairs), np.concatenate(pred_pairs)
 
 
-def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics,
-            shown: tuple[str, float] | None = None) -> None:
-    """RMSE and MAE in ``unit`` and in ``shown`` = (unit, factor); by default kcal/mol in place of eV."""
+def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics) -> None:
+    """RMSE and MAE in ``unit`` (eV-based) and in the unit tables show (:func:`~kdframe.units.shown_unit`)."""
     keep = ~np.isnan(reference).reshape(len(reference), -1).any(axis=1)
     ref, pred = reference[keep], predicted[keep]
     out.pairs[prefix] = (ref, pred)
     if ref.size == 0:
         return
     err = pred - ref
-    shown_unit, factor = shown or (f"kcal/mol{unit[2:]}", EV_TO_KCAL_MOL)
+    shown, factor = shown_unit(prefix)
     for name, value in (("rmse", np.sqrt(np.mean(err**2))), ("mae", np.mean(np.abs(err)))):
         out.values[f"{prefix} {name} ({unit})"] = float(value)
-        out.values[f"{prefix} {name} ({shown_unit})"] = float(value * factor)
+        out.values[f"{prefix} {name} ({shown})"] = float(value * factor)
 
 
 def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | None = "energy",
@@ -107,5 +106,5 @@ def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | 
         inside = ~np.isnan(ref)  # padding past a configuration's atoms, and missing Hessians, are NaN
         _errors("H", ref[inside], pred.hessian[inside], "eV/Å²", out)
     if stress_label is not None:
-        _errors("S", dataset.labels[stress_label], pred.stress, "eV/Å³", out, ("GPa", EV_PER_A3_TO_GPA))
+        _errors("S", dataset.labels[stress_label], pred.stress, "eV/Å³", out)
     return out

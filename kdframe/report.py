@@ -13,17 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import distributed  # noqa: E402
 from .evaluation import Metrics  # noqa: E402
 from .io import atomic_write, atomic_write_text  # noqa: E402
-from .units import EV_PER_A3_TO_GPA, EV_TO_KCAL_MOL  # noqa: E402
+from .units import shown_unit  # noqa: E402
 
 TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
 OPTIONAL_COLUMNS = ("H rmse", "H mae", "S rmse", "S mae")  # shown only when some row has them (Hessian, stress labels)
-
-
-def shown_unit(quantity: str) -> tuple[str, float]:
-    """(unit, factor from eV-based values) in which tables and plots show a quantity: kcal/mol..., stress in GPa."""
-    if quantity == "S":
-        return "GPa", EV_PER_A3_TO_GPA
-    return "kcal/mol" + {"F": "/Å", "H": "/Å²"}.get(quantity, ""), EV_TO_KCAL_MOL
 
 
 def _cell(metrics: Metrics, column: str) -> str:
