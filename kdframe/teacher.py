@@ -42,10 +42,10 @@ class Teacher:
                 h.update((value.double() if value.is_floating_point() else value).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def predict(self, batch: Batch, forces: bool = True) -> dict[str, torch.Tensor]:
-        """Energies, atom energies and (if asked) forces, all heads, detached."""
+    def predict(self, batch: Batch, forces: bool = True, stress: bool = False) -> dict[str, torch.Tensor]:
+        """Energies, atom energies and (if asked) forces and stress, all heads, detached."""
         with torch.enable_grad():
-            out = self.model(batch, forces=forces)
+            out = self.model(batch, forces=forces, stress=stress)
         return {k: v.detach() for k, v in out.items()}
 
     def hessian_vector_product(self, batch: Batch, vectors: torch.Tensor, head: int = 0) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Ensemble-averaged forces (EKD, methods.md §1): F̄ = (1/k) Σ_T F^(T), by autograd of the mean energy."""
+"""Ensemble-averaged forces (EKD, methods.md §1): F̄ = (1/k) Σ_T F^(T), by autograd of the mean energy; on
+periodic data also the ensemble-averaged stress, by autograd of the mean energy in a strain."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ class EnsembleForces(KnowledgeSource):
         return forces[..., self.settings.head]
 
 
+class EnsembleStress(KnowledgeSource):
+    """(n_conf, 3, 3) eV/Å³; NaN for configurations not periodic in 3D (no volume: no label)."""
+
+    name = "ensemble_stress"
+    Settings = HeadSettings
+
+    def compute(self, teacher: Teacher, batch: Batch) -> torch.Tensor:
+        return teacher.predict(batch, forces=False, stress=True)["stress"][..., self.settings.head]
+
+
 @hookimpl
 def register_knowledge_sources(register) -> None:
     register(EnsembleForces)
+    register(EnsembleStress)

@@ -2,7 +2,8 @@
 
 k teachers trained on energies only (different seeds and splits) -> ensemble-averaged
 forces for every configuration -> a student trained on true energies + those forces
-with a scheduled force weight; a control of the student's architecture on energies
+with a scheduled force weight (on periodic data, with ``weights.stress``, also on the teachers'
+ensemble-averaged stress); a control of the student's architecture on energies
 only; optionally a second generation taught by an ensemble of first-generation students.
 """
 
@@ -18,7 +19,7 @@ from ..config import Base, ModelSpec, Strict, resolve_path
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..plugins import registry
-from ..knowledge.ensemble import EnsembleForces
+from ..knowledge.ensemble import EnsembleForces, EnsembleStress
 from ..potential import Ensemble, Potential
 from ..teacher import Teacher, align_reference_energies
 from .base import Run, Workflow, compare_files, compared, loss_terms, settings
@@ -26,7 +27,7 @@ from .base import Run, Workflow, compare_files, compared, loss_terms, settings
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
 FORCE_SCHEDULE = {1: 10, 20: 9, 40: 8, 60: 7, 80: 6, 100: 5, 120: 4, 140: 3, 160: 2, 180: 1, 200: 0.5}
 ENERGY_ONLY = {"energy": ("energy", "energy")}
-WITH_TEACHER_FORCES = {**ENERGY_ONLY, "forces": ("forces", "teacher_forces")}
+WITH_TEACHER_FORCES = {**ENERGY_ONLY, "forces": ("forces", "teacher_forces"), "stress": ("stress", "teacher_stress")}
 
 
 class TeacherSpec(Strict):
@@ -92,6 +93,9 @@ class Ekd(Workflow):
 
     def run(self, run: Run, until: str = "run") -> str:
         config: EkdConfig = run.config
+        if "stress" in config.student.weights and not (run.data.periodic and run.data.pbc.all(axis=1).any()):
+            raise ConfigError("student.weights.stress", "data.train has no configuration periodic in all three "
+                              "directions, so the teachers have no stress to teach; drop this weight")
         ensemble = self.teachers(run, config)
         models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(ensemble.members)}
         models["teacher ensemble"] = ensemble
@@ -158,8 +162,10 @@ class Ekd(Workflow):
 
     def distil(self, run: Run, ensemble: Ensemble, name: str):
         teacher = Teacher(ensemble, name)
-        forces = run.knowledge(EnsembleForces("teacher_forces"), teacher, run.data)
-        return run.data.with_labels(teacher_forces=forces), teacher.fingerprint()
+        knowledge = {"teacher_forces": run.knowledge(EnsembleForces("teacher_forces"), teacher, run.data)}
+        if "stress" in run.config.student.weights:
+            knowledge["teacher_stress"] = run.knowledge(EnsembleStress("teacher_stress"), teacher, run.data)
+        return run.data.with_labels(**knowledge), teacher.fingerprint()
 
     def student(self, run: Run, config: EkdConfig, distilled, stage: str, index: int) -> Potential:
         data, teacher_fingerprint = distilled
