@@ -32,12 +32,20 @@ class DataFile(Strict):
     forces: str | None = None  # reference forces: evaluated; trained on only where a workflow says so
     hessian: str | None = None  # reference Hessians (ANI layout (n_conf, 3N, 3N)): evaluated; trained on likewise
     stress: str | None = None  # reference stress (extxyz, eV/Å³, ASE's sign): evaluated; trained on likewise
+    virials: str | None = None  # or reference virials (extxyz, eV, MACE's REF_virials): read as stress = -W / V
     units: Literal["auto", "hartree", "ev"] = "auto"
     name: str | None = None
 
     def keys(self) -> dict[str, str]:
-        optional = {"forces": self.forces, "hessian": self.hessian, "stress": self.stress}
+        optional = {"forces": self.forces, "hessian": self.hessian, "stress": self.stress, "virials": self.virials}
         return {"energy": self.energy, **{k: v for k, v in optional.items() if v}}
+
+
+    @pydantic.model_validator(mode="after")
+    def _one_stress(self) -> "DataFile":
+        if self.stress and self.virials:
+            raise ValueError("give stress or virials, not both (both become the stress label)")
+        return self
 
 
 class SplitSpec(Strict):
@@ -141,7 +149,7 @@ def config_error(exc: pydantic.ValidationError, source: str, model: type[pydanti
         if err["type"] == "extra_forbidden" and model is not None:
             lines.append(f"{path}: unknown key (valid: {', '.join(_fields_at(model, err['loc'][:-1]))})")
         else:
-            lines.append(f"{path}: {err['msg']}")
+            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")  # our validators' own words
     return ConfigError(source, lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
 
 

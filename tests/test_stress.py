@@ -100,12 +100,20 @@ def test_extxyz_stress_labels(stress_file, tmp_path, ani_file):
     reference = Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double()
     out = reference(data.batch(np.arange(len(data))), forces=False, stress=True)
     np.testing.assert_allclose(out["stress"][..., 0].detach().numpy(), data.labels["stress"], rtol=0, atol=1e-7)
+    virial_frames = []
+    for atoms in written:  # the same labels as MACE's REF_virials (eV): W = -V sigma
+        if atoms.pbc.all():
+            atoms.info["REF_virials"] = -atoms.get_volume() * atoms.get_stress(voigt=False).ravel()
+        virial_frames.append(atoms)
+    ase.io.write(tmp_path / "virials.xyz", virial_frames, format="extxyz")
+    from_virials = read_dataset(tmp_path / "virials.xyz", {"energy": "energy", "virials": "REF_virials"})
+    np.testing.assert_allclose(from_virials.labels["stress"], data.labels["stress"], rtol=1e-7, atol=1e-12)
     with pytest.raises(DataError, match=r"stress labels are read from extxyz files only"):
         read_dataset(ani_file, {"energy": "morse.energy", "stress": "stress"})
     bad = written[:1]
     bad[0].info["pressure"] = np.array([1.0, 2.0])
     ase.io.write(tmp_path / "bad.xyz", bad, format="extxyz")
-    with pytest.raises(DataError, match=r"bad.xyz: frame 0: stress key 'pressure' has shape \(2,\); expected 6"):
+    with pytest.raises(DataError, match=r"bad.xyz: frame 0: stress \(or virials\) key 'pressure' has shape \(2,\); expected 6"):
         read_dataset(tmp_path / "bad.xyz", {"energy": "energy", "stress": "pressure"})
 
 
@@ -205,3 +213,11 @@ def test_ekd_stress_weight_on_molecular_data_is_refused(ani_file, tmp_path, caps
     assert main(["run", str(config), "--quiet"]) == 2
     assert "student.weights.stress: data.train has no configuration periodic in all three directions" in \
         capsys.readouterr().err
+
+
+def test_stress_and_virials_together_are_refused(stress_file, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file,
+                                                   stress=", stress: stress, virials: REF_virials")))
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "data.train: give stress or virials, not both" in capsys.readouterr().err

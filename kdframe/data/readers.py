@@ -6,7 +6,7 @@ eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convent
 ANI Hessians ``<method>.hessian`` (n_conf, 3N, 3N), Hartree/Å², become per-atom labels in eV/Å²
 (layout of :mod:`kdframe.derivatives`), NaN-padded to the largest molecule of the file.
 A ``stress`` label (extxyz only: ASE's Voigt 6 or a 3x3 / 9-value ``stress=`` key, eV/Å³, ASE's sign) becomes
-(n_conf, 3, 3); frames that are not periodic in 3D have no volume, hence no stress: NaN (missing), whatever the
+(n_conf, 3, 3); a ``virials`` key (eV, as MACE's ``REF_virials``) becomes the stress label -W / V; frames that are not periodic in 3D have no volume, hence no stress: NaN (missing), whatever the
 file holds.
 """
 
@@ -29,7 +29,7 @@ from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
-STRESS = "stress"
+STRESS, VIRIALS = "stress", "virials"
 
 
 def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = "auto") -> Dataset | PackedDataset:
@@ -40,7 +40,7 @@ def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    if STRESS in keys and path.suffix.lower() not in XYZ_SUFFIXES:
+    if (STRESS in keys or VIRIALS in keys) and path.suffix.lower() not in XYZ_SUFFIXES:
         raise DataError(f"{path}: stress labels are read from extxyz files only (ANI and packed files hold "
                         "molecules, which have no stress); drop the stress key for this file")
     if path.suffix.lower() in HDF5_SUFFIXES and is_packed(path):
@@ -119,7 +119,7 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
         frames = ase.io.read(path, index=":", format="extxyz")
     except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed files
         raise DataError(f"{path}: not a readable extxyz file ({exc.__class__.__name__}: {exc})") from None
-    labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
+    labels: dict[str, list[np.ndarray]] = {STRESS if name == VIRIALS else name: [] for name in keys}
     names: list[str] = []
     molecule = []
     for i, atoms in enumerate(frames):
@@ -128,8 +128,10 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
             names.append(formula)
         molecule.append(names.index(formula))
         for label, key in keys.items():
-            value = _stress(path, i, atoms, key) if label == STRESS else _frame_value(path, i, atoms, key)
-            labels[label].append(value * to_ev)
+            value = _stress(path, i, atoms, key) if label in (STRESS, VIRIALS) else _frame_value(path, i, atoms, key)
+            if label == VIRIALS and atoms.pbc.all():  # W = -V sigma
+                value = -value / abs(np.linalg.det(atoms.cell.array))
+            labels[STRESS if label == VIRIALS else label].append(value * to_ev)
     ptr = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     return Dataset(
         np.concatenate([a.numbers for a in frames]).astype(np.int64),
@@ -162,7 +164,7 @@ def _stress(path: Path, i: int, atoms, key: str) -> np.ndarray:
         return voigt_6_to_full_3x3_stress(value)
     if value.size == 9:
         return value.reshape(3, 3)
-    raise DataError(f"{path}: frame {i}: stress key {key!r} has shape {value.shape}; expected 6 (Voigt: xx yy zz yz "
+    raise DataError(f"{path}: frame {i}: stress (or virials) key {key!r} has shape {value.shape}; expected 6 (Voigt: xx yy zz yz "
                     "xz xy), 9 or 3x3 values")
 
 
