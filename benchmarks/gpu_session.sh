@@ -7,7 +7,8 @@
 # first (a machine stays warm 30 s, and the first call's install in .site/ lives only on that machine):
 #   run  command="bash benchmarks/gpu_session.sh ops"  carry=[".whl/cue_ops"]                        timeout_s=240
 #   run  command="bash benchmarks/gpu_session.sh run"  carry=[".whl/base", ".whl/cue_torch", ".gpu"] timeout_s=600
-# (the fused kernels' wheels are 73 MB, over one call's 64 MiB; with the repo the calls carry 48 and 59 MiB). The results come back as results.tgz:
+# (the fused kernels' wheels are 73 MB, over one call's 64 MiB; with the repo the calls carry 48 and 59 MiB).
+# The results come back as results.tgz:
 # unpack it into benchmarks/results/ and commit. A suite that runs past its limit writes nothing; its log
 # lines are in log.txt. If `ops` did not reach the same machine, gpu_checks reports the missing fused kernels.
 set -uo pipefail

@@ -28,7 +28,8 @@ KEYS = {"energy": "energy", "forces": "forces"}
 
 
 def frames(n: int, seed: int = 0) -> list[ase.Atoms]:
-    """Boxes of four waters, labelled by a fixed random HIP-NN through the ASE calculator; the last frame open."""
+    """Boxes of four waters, labelled by a fixed random HIP-NN through the ASE calculator (energy, forces and, on
+    periodic frames, stress); the last frame open."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     reference = Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double()
@@ -39,8 +40,10 @@ def frames(n: int, seed: int = 0) -> list[ase.Atoms]:
         atoms = ase.Atoms("OH2" * 4, positions=np.concatenate([WATER + c for c in centres]), cell=CELL,
                           pbc=k < n - 1)
         atoms.calc = KdframeCalculator(reference)
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if atoms.pbc.all():
+            results["stress"] = atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, **results)
         out.append(atoms)
     return out
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_stress
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
@@ -22,7 +21,7 @@ from kdframe.errors import DataError
 from kdframe.plugins import registry
 from kdframe.potential import Potential
 
-from test_periodic_data import CELL, HIPNN, WATER, frames
+from test_periodic_data import CELL, HIPNN, WATER, periodic_file  # noqa: F401 - a fixture
 
 KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 SMALL = {
@@ -37,26 +36,6 @@ SMALL = {
 def water_box() -> ase.Atoms:
     centres = np.array([[0.1, 0.1, 0.1], [0.6, 0.15, 0.45], [0.2, 0.6, 0.7], [0.65, 0.6, 0.2]]) @ np.array(CELL)
     return ase.Atoms("OH2" * 4, positions=np.concatenate([WATER + c for c in centres]), cell=CELL, pbc=True)
-
-
-def stressed_frames(n: int, seed: int = 0) -> list[ase.Atoms]:
-    """:func:`frames` (four-water boxes, the last one open) with the reference model's stress on periodic ones."""
-    out = frames(n, seed)
-    torch.manual_seed(seed)
-    reference = Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double()
-    for atoms in out[:-1]:
-        results = dict(atoms.calc.results)
-        atoms.calc = KdframeCalculator(reference)
-        results["stress"] = atoms.get_stress()
-        atoms.calc = SinglePointCalculator(atoms, **results)
-    return out
-
-
-@pytest.fixture(scope="module")
-def stress_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stress") / "water_boxes.xyz"
-    ase.io.write(path, stressed_frames(16), format="extxyz")
-    return path
 
 
 @pytest.mark.parametrize("architecture", sorted(SMALL))
@@ -90,9 +69,9 @@ def test_cell_relaxation_with_ase_lowers_energy_and_stress():
     assert not np.allclose(atoms.cell.array, CELL)  # the cell moved
 
 
-def test_extxyz_stress_labels(stress_file, tmp_path, ani_file):
-    data = read_dataset(stress_file, KEYS)
-    written = ase.io.read(stress_file, index=":")
+def test_extxyz_stress_labels(periodic_file, tmp_path, ani_file):
+    data = read_dataset(periodic_file, KEYS)
+    written = ase.io.read(periodic_file, index=":")
     assert data.labels["stress"].shape == (16, 3, 3)
     assert np.isnan(data.labels["stress"][-1]).all()  # the open frame has no volume
     np.testing.assert_allclose(data.labels["stress"][0], written[0].get_stress(voigt=False))
@@ -132,9 +111,9 @@ potential:
 """
 
 
-def test_training_on_stress_lowers_its_error_and_reports_it(stress_file, tmp_path):
+def test_training_on_stress_lowers_its_error_and_reports_it(periodic_file, tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file, stress=", stress: stress")))
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=periodic_file, stress=", stress: stress")))
     assert main(["run", str(config), "--quiet"]) == 0
     curve = np.genfromtxt(tmp_path / "run" / "potential" / "metrics.csv", delimiter=",", names=True)
     assert curve["valid_rmsestressstress"][-1] < curve["valid_rmsestressstress"][0]
@@ -144,14 +123,14 @@ def test_training_on_stress_lowers_its_error_and_reports_it(stress_file, tmp_pat
     assert row.split("|")[-3].strip() not in ("—", "nan")  # the test set's stress error is a number
 
 
-def test_a_stress_weight_without_stress_labels_is_refused(stress_file, tmp_path, capsys):
+def test_a_stress_weight_without_stress_labels_is_refused(periodic_file, tmp_path, capsys):
     config = tmp_path / "train.yaml"
-    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file, stress="")))
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=periodic_file, stress="")))
     assert main(["run", str(config), "--quiet"]) == 2
     assert "potential.weights.stress: the data has no stress: set data.train.stress" in capsys.readouterr().err
 
 
-def test_evaluate_command_reports_stress_errors(stress_file, tmp_path, capsys):
+def test_evaluate_command_reports_stress_errors(periodic_file, tmp_path, capsys):
     """The model that made the labels scores zero stress error; another model does not."""
     torch.manual_seed(0)
     Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double().save(tmp_path / "reference.pt")
@@ -160,7 +139,7 @@ def test_evaluate_command_reports_stress_errors(stress_file, tmp_path, capsys):
     errors = {}
     for name in ("reference", "other"):
         out = tmp_path / f"{name}.md"
-        assert main(["evaluate", "--model", str(tmp_path / f"{name}.pt"), "--data", str(stress_file),
+        assert main(["evaluate", "--model", str(tmp_path / f"{name}.pt"), "--data", str(periodic_file),
                      "--stress-key", "stress", "--out", str(out)]) == 0
         line = next(x for x in out.read_text().splitlines() if x.startswith("- S rmse (GPa)"))
         errors[name] = float(line.split(":")[1])
@@ -186,13 +165,13 @@ TINY_HIPNN = ("{architecture: hippynn, l_max: 0, n_interaction_layers: 1, width:
               "dist_soft_max: 4.0, dist_hard_max: 5.0}")
 
 
-def test_ekd_student_learns_the_teachers_ensemble_stress(stress_file, tmp_path):
+def test_ekd_student_learns_the_teachers_ensemble_stress(periodic_file, tmp_path):
     """Teachers on energies only -> their mean stress (cached knowledge) -> a student trained on it."""
     config = tmp_path / "ekd.yaml"
-    config.write_text(textwrap.dedent(EKD.format(run_dir=tmp_path / "run", data=stress_file, model=TINY_HIPNN)))
+    config.write_text(textwrap.dedent(EKD.format(run_dir=tmp_path / "run", data=periodic_file, model=TINY_HIPNN)))
     assert main(["run", str(config), "--quiet"]) == 0
     run = tmp_path / "run"
-    data = read_dataset(stress_file, KEYS)
+    data = read_dataset(periodic_file, KEYS)
     teachers = [Potential.load(run / f"teacher_{i}" / "model.pt") for i in (1, 2)]
     batch = data.batch(np.arange(len(data)))
     mean = sum(t(batch, forces=False, stress=True)["stress"][..., 0].detach().numpy() for t in teachers) / 2
@@ -215,9 +194,9 @@ def test_ekd_stress_weight_on_molecular_data_is_refused(ani_file, tmp_path, caps
         capsys.readouterr().err
 
 
-def test_stress_and_virials_together_are_refused(stress_file, tmp_path, capsys):
+def test_stress_and_virials_together_are_refused(periodic_file, tmp_path, capsys):
     config = tmp_path / "train.yaml"
-    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=stress_file,
+    config.write_text(textwrap.dedent(TRAIN.format(run_dir=tmp_path / "run", data=periodic_file,
                                                    stress=", stress: stress, virials: REF_virials")))
     assert main(["run", str(config), "--quiet"]) == 2
     assert "data.train: give stress or virials, not both" in capsys.readouterr().err

@@ -6,8 +6,8 @@ eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convent
 ANI Hessians ``<method>.hessian`` (n_conf, 3N, 3N), Hartree/Å², become per-atom labels in eV/Å²
 (layout of :mod:`kdframe.derivatives`), NaN-padded to the largest molecule of the file.
 A ``stress`` label (extxyz only: ASE's Voigt 6 or a 3x3 / 9-value ``stress=`` key, eV/Å³, ASE's sign) becomes
-(n_conf, 3, 3); a ``virials`` key (eV, as MACE's ``REF_virials``) becomes the stress label -W / V; frames that are not periodic in 3D have no volume, hence no stress: NaN (missing), whatever the
-file holds.
+(n_conf, 3, 3); a ``virials`` key (eV, as MACE's ``REF_virials``) becomes the stress label -W / V. Frames that
+are not periodic in 3D have no volume, hence no stress: NaN (missing), whatever the file holds.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def _stress(path: Path, i: int, atoms, key: str) -> np.ndarray:
         return voigt_6_to_full_3x3_stress(value)
     if value.size == 9:
         return value.reshape(3, 3)
-    raise DataError(f"{path}: frame {i}: stress (or virials) key {key!r} has shape {value.shape}; expected 6 (Voigt: xx yy zz yz "
-                    "xz xy), 9 or 3x3 values")
+    raise DataError(f"{path}: frame {i}: stress (or virials) key {key!r} has shape {value.shape}; expected 6 "
+                    "(Voigt: xx yy zz yz xz xy), 9 or 3x3 values")
 
 
 def _frame_value(path: Path, i: int, atoms, key: str) -> np.ndarray:
