@@ -234,12 +234,69 @@ def test_cell_list_gives_the_all_pairs_result(monkeypatch):
         torch.testing.assert_close(out["forces"], expected[key]["forces"], rtol=1e-10, atol=1e-10)
 
 
+@pytest.fixture
+def kernels(request):
+    """hippynn's message-passing kernels set to ``request.param`` for the test, restored afterwards."""
+    from hippynn import custom_kernels
+
+    potential()  # the plugin has picked its kernels
+    active = custom_kernels.CUSTOM_KERNELS_ACTIVE
+    custom_kernels.set_custom_kernels(request.param)
+    yield request.param
+    custom_kernels.set_custom_kernels(active)
+
+
+def test_cpu_kernels_are_numba_and_cached_on_disk():
+    from hippynn import custom_kernels
+    from hippynn.custom_kernels import env_numba
+    from numba.core.caching import NullCache
+
+    potential()
+    assert custom_kernels.CUSTOM_KERNELS_ACTIVE == "numba"
+    for kernel in (env_numba.WrappedEnvsum, env_numba.WrappedSensesum, env_numba.WrappedFeatsum):
+        assert not isinstance(kernel.cpu_kernel.__wrapped__._cache, NullCache)
+
+
+def _derivatives(model: Potential, batch: Batch) -> list[torch.Tensor]:
+    """E, F and one H·v."""
+    v = torch.randn(batch.positions.shape, generator=torch.Generator().manual_seed(1), dtype=batch.positions.dtype)
+    out = model(batch, create_graph=True)
+    hv = hessian_vector_product(out["forces"][..., 0], batch.positions, v, create_graph=False)
+    return [out["energy"].detach(), out["forces"].detach(), hv]
+
+
+@pytest.mark.parametrize("kernels", ["numba"], indirect=True)
+def test_numba_kernels_match_plain_torch(kernels):
+    """hippynn's numba kernels (the plugin's CPU choice) give plain torch's E, F and H·v, also where one atom pair
+    recurs through several images (a 6 Å cell, 5 Å cutoff) and in float32. Not to float64 precision: the numba
+    envsum skips sensitivities below 1e-10 (here differences up to ~2e-10 of the largest value)."""
+    from hippynn import custom_kernels
+
+    from kdframe_hippynn.pairs import kernels_for_repeated_pairs
+
+    atoms = water_box([[6.0, 0, 0], [0.4, 6.0, 0], [0.3, -0.2, 6.5]])
+    batches = [make_batch(molecules()), Batch.from_atoms([atoms]).to("cpu", torch.float64)]
+    for double, tolerance in [(True, 1e-8), (False, 1e-4)]:
+        model = potential(l_max=2, double=double)
+        for batch in batches:
+            batch = batch.to("cpu", torch.float64 if double else torch.float32)
+            fast = _derivatives(model, batch)
+            custom_kernels.set_custom_kernels("_pytorch_raw")
+            plain = _derivatives(model, batch)
+            custom_kernels.set_custom_kernels(kernels)
+            for a, b in zip(fast, plain):
+                torch.testing.assert_close(a, b, rtol=0, atol=tolerance * float(b.abs().max()))
+    with kernels_for_repeated_pairs(True):  # the "sparse" fallback leaves other kernels alone
+        assert custom_kernels.CUSTOM_KERNELS_ACTIVE == "numba"
+
+
+@pytest.mark.parametrize("kernels", ["numba", "sparse"], indirect=True)
 @pytest.mark.parametrize("side", [6.0, 11.0])  # narrower / wider than twice the 5 Å cutoff
-def test_periodic_energies_match_hippynns_own_periodic_pairs(side):
+def test_periodic_energies_match_hippynns_own_periodic_pairs(side, kernels):
     """Same weights on hippynn's DynamicPeriodicPairs (its general periodic pair finder) give the same E and F.
 
     In the 6 Å cell one atom pair recurs through several images, which hippynn's "sparse" CPU kernels refuse;
-    the model switches to plain-torch kernels for that call and back afterwards.
+    with those the model switches to plain-torch kernels for that call and back afterwards.
     """
     from hippynn import custom_kernels
     from hippynn.graphs.nodes.pairs import DynamicPeriodicPairs

@@ -26,9 +26,11 @@ class HipnnArchitecture(Architecture):
     def prepare(self) -> None:
         """Import hippynn once and pick its message-passing kernels.
 
-        Without CUDA (and unless ``HIPPYNN_USE_CUSTOM_KERNELS`` is set) use the "sparse" kernels: hippynn's
-        CPU default is torch.compile'd, which costs about a minute of compiling and recompiles as batch shapes
-        change. With CUDA keep hippynn's own choice (triton where available).
+        Without CUDA (and unless ``HIPPYNN_USE_CUSTOM_KERNELS`` is set) use hippynn's numba kernels, on as many
+        threads as torch: 1.7-7x faster than its "sparse" kernels here (`benchmarks/results/hipnn_kernels.md`), after
+        about 10 s of compiling per machine and dtype (numba's cache). Without numba use "sparse": hippynn's CPU default is then
+        torch.compile'd, which costs about a minute of compiling and recompiles as batch shapes change. With CUDA
+        keep hippynn's own choice (triton where available).
         """
         global _PREPARED
         if _PREPARED:
@@ -41,7 +43,7 @@ class HipnnArchitecture(Architecture):
             warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
             import hippynn
         if not torch.cuda.is_available() and "HIPPYNN_USE_CUSTOM_KERNELS" not in os.environ:
-            hippynn.set_custom_kernels("sparse")
+            hippynn.set_custom_kernels(cpu_kernels())
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         _PREPARED = True
 
@@ -52,3 +54,22 @@ class HipnnArchitecture(Architecture):
 
         graph = build_graph(hyperparameters, species, len(heads))
         return HipnnEnergyModel(graph.module(), len(heads), hyperparameters.dist_hard_max)
+
+
+def cpu_kernels() -> str:
+    """hippynn's fastest CPU message-passing kernels that are installed: "numba" (on torch's thread count), else
+    "sparse"."""
+    try:
+        import numba
+        from hippynn.custom_kernels import env_numba
+    except ImportError:
+        return "sparse"
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    # hippynn compiles its numba kernels in every process (~10 s per dtype); numba's on-disk cache (next to the
+    # module, else the user's cache folder) makes that once per machine. Its Dispatcher lies under hippynn's
+    # via_numpy wrapper; where that layout differs, compiling per process is the price.
+    for kernel in (env_numba.WrappedEnvsum, env_numba.WrappedSensesum, env_numba.WrappedFeatsum):
+        dispatcher = getattr(kernel.cpu_kernel, "__wrapped__", None)
+        if hasattr(dispatcher, "enable_caching"):
+            dispatcher.enable_caching()
+    return "numba"
