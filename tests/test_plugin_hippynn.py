@@ -251,8 +251,11 @@ def test_cpu_kernels_are_numba_and_cached_on_disk():
     from hippynn.custom_kernels import env_numba
     from numba.core.caching import NullCache
 
+    import numba
+
     potential()
     assert custom_kernels.CUSTOM_KERNELS_ACTIVE == "numba"
+    assert torch.get_num_threads() == numba.get_num_threads() == 1  # torch's count (this module's), kept
     for kernel in (env_numba.WrappedEnvsum, env_numba.WrappedSensesum, env_numba.WrappedFeatsum):
         assert not isinstance(kernel.cpu_kernel.__wrapped__._cache, NullCache)
 

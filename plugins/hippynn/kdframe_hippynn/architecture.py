@@ -27,10 +27,10 @@ class HipnnArchitecture(Architecture):
         """Import hippynn once and pick its message-passing kernels.
 
         Without CUDA (and unless ``HIPPYNN_USE_CUSTOM_KERNELS`` is set) use hippynn's numba kernels, on as many
-        threads as torch: 1.7-7x faster than its "sparse" kernels here (`benchmarks/results/hipnn_kernels.md`), after
-        about 10 s of compiling per machine and dtype (numba's cache). Without numba use "sparse": hippynn's CPU default is then
-        torch.compile'd, which costs about a minute of compiling and recompiles as batch shapes change. With CUDA
-        keep hippynn's own choice (triton where available).
+        threads as torch: faster than its "sparse" kernels (`benchmarks/results/hipnn_kernels.md`), after about
+        10 s of compiling per machine and dtype (numba's cache). Without numba use "sparse": hippynn's CPU default
+        is then torch.compile'd, which costs about a minute of compiling and recompiles as batch shapes change.
+        With CUDA keep hippynn's own choice (triton where available).
         """
         global _PREPARED
         if _PREPARED:
@@ -64,7 +64,9 @@ def cpu_kernels() -> str:
         from hippynn.custom_kernels import env_numba
     except ImportError:
         return "sparse"
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)  # numba's OpenMP layer, started by the line above, resets torch's count
     # hippynn compiles its numba kernels in every process (~10 s per dtype); numba's on-disk cache (next to the
     # module, else the user's cache folder) makes that once per machine. Its Dispatcher lies under hippynn's
     # via_numpy wrapper; where that layout differs, compiling per process is the price.
