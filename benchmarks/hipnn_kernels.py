@@ -3,7 +3,7 @@ periodic boxes.
 
 Training: interleaved kdframe epochs (E + F loss, double backward) of seeded models of three sizes on the bundled
 pool, switching hippynn's kernels between epochs. Boxes: one energy + forces call on the cost suite's periodic
-boxes. Each kernel implementation has compiled before it is timed (numba: ~10 s once per process and dtype).
+boxes. Each kernel implementation has compiled before it is timed (numba: ~10 s per dtype, once per machine).
 Writes a markdown result.
 
     python benchmarks/hipnn_kernels.py
@@ -62,12 +62,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    data = read_dataset(resolve_path("bundled:train_pool.h5", Path.cwd()), {"energy": "xtb.energy", "forces": "xtb.forces"})
+    data = read_dataset(resolve_path("bundled:train_pool.h5", Path.cwd()),
+                        {"energy": "xtb.energy", "forces": "xtb.forces"})
     data = data.subset(np.arange(args.configurations))
     epoch_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, hyper in MODELS.items():
-            runners = {k: with_kernels(k, kdframe_epoch("hippynn", hyper, data, args.batch_size, "cpu", f"{tmp}/{label}{k}"))
+            runners = {k: with_kernels(k, kdframe_epoch("hippynn", hyper, data, args.batch_size, "cpu",
+                                                        f"{tmp}/{label}{k}"))
                        for k in args.kernels}
             times = {k: statistics.median(t) for k, t in interleaved_epochs(runners, args.repeats, "cpu").items()}
             epoch_rows.append(f"| {label} | " + " | ".join(f"{times[k]:.2f}" for k in args.kernels)

@@ -86,8 +86,8 @@ def main() -> None:
 
 - command: `{' '.join(['python', *sys.argv])}`
 - {provenance("cpu")}
-- model: HIP-NN {STUDENT}, float32, freshly initialised; hippynn "{custom_kernels.CUSTOM_KERNELS_ACTIVE}" kernels; one energy + forces call,
-  median of {args.repeats} after a warm-up. Clusters: the cost suite's ({SPACING} Å grid, ≈ {density(atoms):.2f} g/cm³,
+- model: HIP-NN {STUDENT}, float32, freshly initialised; hippynn "{custom_kernels.CUSTOM_KERNELS_ACTIVE}" kernels; one
+  energy + forces call, median of {args.repeats} after a warm-up. Clusters: the cost suite's ({SPACING} Å grid, ≈ {density(atoms):.2f} g/cm³,
   open boundaries); periodic: the same atoms in a box of the cluster's extent. Pairs within the
   {hyperparameters.dist_hard_max} Å hard cutoff.
 

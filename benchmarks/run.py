@@ -13,9 +13,9 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
   come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
-- ``overhead``, ``overhead-torchani``, ``overhead-mace``, ``hvp``, ``packed``: the scripts ``hipnn_overhead.py``,
-  ``torchani_overhead.py``, ``mace_overhead.py``, ``hvp_cost.py``, ``packed_data.py`` with their own options
-  after ``--``.
+- ``overhead``, ``overhead-torchani``, ``overhead-mace``, ``hvp``, ``packed``, ``hipnn-kernels``, ``hipnn-pairs``: the
+  scripts ``hipnn_overhead.py``, ``torchani_overhead.py``, ``mace_overhead.py``, ``hvp_cost.py``, ``packed_data.py``,
+  ``hipnn_kernels.py``, ``hipnn_pairs.py`` with their own options after ``--``.
 
 Models are saved kdframe models (``--models NAME=PATH ...``); by default the students and controls of
 the cross-architecture EKD runs (``configs/cross/*.yaml``), whose shared test split scores force errors.
@@ -58,7 +58,7 @@ TEST_CONFIG = "configs/cross/ani1ccx_to_hipnn.yaml"  # every cross run shares da
 POOL = ROOT / "kdframe" / "datasets" / "train_pool.h5"
 SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overhead.py",
            "overhead-mace": "mace_overhead.py", "hvp": "hvp_cost.py",
-           "packed": "packed_data.py"}
+           "packed": "packed_data.py", "hipnn-kernels": "hipnn_kernels.py", "hipnn-pairs": "hipnn_pairs.py"}
 # Default problem sizes: what runs in minutes on a 2-core CPU, and the full size on a GPU (boxes of tens of
 # thousands of atoms, methods.md §2); the largest-box search on a GPU goes on up to --max-atoms.
 CPU_SIZES = {"sizes": [200, 1000, 4000], "md_atoms": 200}  # boxes of 3³, 5³, 8³, 3³ molecules
