@@ -10,10 +10,11 @@ from collections.abc import Callable
 from kdframe import hookimpl
 
 from .architecture import MaceArchitecture
-from .convert import with_cuequivariance
+from .convert import save_mace_model, with_cuequivariance
 from .hyperparameters import MaceHyperparameters
 
-__all__ = ["MaceArchitecture", "MaceHyperparameters", "register_architectures", "with_cuequivariance"]
+__all__ = ["MaceArchitecture", "MaceHyperparameters", "register_architectures", "save_mace_model",
+           "with_cuequivariance"]
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Switch a trained MACE potential between the e3nn and cuequivariance implementations.
+"""Switch a trained MACE potential between the e3nn and cuequivariance implementations, and export it to mace.
 
 Typical use: train on CPU with e3nn, run MD on a GPU with cuequivariance kernels (or back again).
 The weights are remapped by mace's own converters (``mace.cli.convert_e3nn_cueq`` and
@@ -9,11 +9,14 @@ is checked against the original on a probe configuration before it is returned.
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import torch
 
 from kdframe.batch import Batch
 from kdframe.errors import ConfigError
+from kdframe.io import atomic_write
 from kdframe.potential import Potential
 
 from .architecture import MaceArchitecture
@@ -66,3 +69,17 @@ def check_same_predictions(source: Potential, target: Potential, batch: Batch) -
                 f"mace cuequivariance conversion changed the {key} by {error:.3g} (tolerance {tolerance:g}); "
                 "the two implementations disagree for this model"
             )
+
+
+def save_mace_model(potential: Potential, path: str | os.PathLike) -> Path:
+    """Write ``potential`` as a plain mace model file (the whole pickled ``ScaleShiftMACE``, as ``mace_run_train``
+    writes it) for mace's own tools: ``mace.calculators.MACECalculator(model_paths=path)``, ``mace_create_lammps_model``
+    and fine-tuning. kdframe's per-species reference energies become the model's E0s (head by head), so mace gives
+    kdframe's energies; a cuequivariance model is converted back to e3nn first. Returns the path."""
+    if not isinstance(potential.architecture, MaceArchitecture):
+        raise ConfigError("model.architecture", f"is {potential.architecture.name!r}; only mace models export", ["mace"])
+    mace = with_cuequivariance(potential, False).net.mace.cpu()  # a new potential: changing it is safe
+    e0 = potential.reference_energies[potential.species].T  # (n_heads, n_elements), mace's layout
+    mace.atomic_energies_fn.atomic_energies = e0.to(mace.atomic_energies_fn.atomic_energies)
+    atomic_write(path, lambda f: torch.save(mace, f))
+    return Path(path)
