@@ -80,3 +80,28 @@ def test_labelled_finds_configurations_with_any_of_the_labels(tmp_path):
     expected[c] = True
     np.testing.assert_array_equal(data.labelled(["energy", "f"]), expected)
     assert data.labelled(["f"]).sum() == 1
+
+
+def test_atomic_writes_follow_the_umask_and_leave_nothing_behind(tmp_path):
+    """Files kdframe writes (models, reports, knowledge) get the permissions a plain open() would give, not
+    mkstemp's 0600, so a group sharing a run directory can read them; a failed write leaves the old file alone."""
+    import os
+    import stat
+
+    from kdframe.io import atomic_write, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "report.md", "first")
+        assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o640
+
+        def fail(f):
+            f.write(b"half")
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            atomic_write(tmp_path / "report.md", fail)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
