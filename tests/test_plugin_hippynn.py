@@ -247,11 +247,10 @@ def kernels(request):
 
 
 def test_cpu_kernels_are_numba_and_cached_on_disk():
+    import numba
     from hippynn import custom_kernels
     from hippynn.custom_kernels import env_numba
     from numba.core.caching import NullCache
-
-    import numba
 
     potential()
     assert custom_kernels.CUSTOM_KERNELS_ACTIVE == "numba"
