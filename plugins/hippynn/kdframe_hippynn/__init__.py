@@ -7,9 +7,10 @@ from collections.abc import Callable
 from kdframe import hookimpl
 
 from .architecture import HipnnArchitecture
+from .export import save_hippynn_model
 from .hyperparameters import HipnnHyperparameters
 
-__all__ = ["HipnnArchitecture", "HipnnHyperparameters", "register_architectures"]
+__all__ = ["HipnnArchitecture", "HipnnHyperparameters", "register_architectures", "save_hippynn_model"]
 
 
 @hookimpl
