@@ -370,13 +370,12 @@ def test_saved_hippynn_model_gives_kdframes_predictions_in_hippynns_calculator(t
     """``save_hippynn_model`` writes a GraphModule whose energy nodes drive hippynn's own ASE calculator to
     kdframe's energies (reference energies included), forces and stress, head by head, molecule and periodic box."""
     import ase.build
-    import numpy as np
+    from calculators import assert_same_predictions
     from hippynn.interfaces.ase_interface import HippynnCalculator
 
-    from kdframe.calculator import KdframeCalculator
     from kdframe.errors import ConfigError
-    from kdframe_hippynn import save_hippynn_model
     from kdframe.plugins import registry
+    from kdframe_hippynn import save_hippynn_model
 
     model = potential(heads=("lo", "hi"), l_max=1)
     model.reference_energies[[1, 6, 7, 8]] = torch.tensor(
@@ -386,14 +385,7 @@ def test_saved_hippynn_model_gives_kdframes_predictions_in_hippynns_calculator(t
     for h, head in enumerate(model.heads):
         theirs = HippynnCalculator(graph.node_from_name(f"HEnergy{h:03d}"), en_unit=1.0, dist_unit=1.0)
         theirs.to(torch.float64)
-        for atoms in (box, ase.build.molecule("CH3CH2OH")):
-            ours = atoms.copy()
-            ours.calc = KdframeCalculator(model, head=head)
-            atoms.calc = theirs
-            assert atoms.get_potential_energy() == pytest.approx(ours.get_potential_energy(), abs=1e-8)
-            np.testing.assert_allclose(atoms.get_forces(), ours.get_forces(), rtol=0, atol=1e-8)
-            if atoms.pbc.all():
-                np.testing.assert_allclose(atoms.get_stress(), ours.get_stress(), rtol=0, atol=1e-8)
+        assert_same_predictions(theirs, model, head, [box, ase.build.molecule("CH3CH2OH")])
     assert abs(box.get_potential_energy()) > 1000  # the reference energies are in
     with pytest.raises(ConfigError, match="only hippynn models export"):
         save_hippynn_model(Potential(registry().architectures["toy"], {}, [1, 8]), tmp_path / "toy.pt")

@@ -254,9 +254,9 @@ def test_ase_calculator_drives_the_mace_potential(potential):
 def test_saved_mace_model_gives_kdframes_predictions_in_mace_calculator(tmp_path):
     """``save_mace_model`` writes a file mace's own calculator loads: every head gives kdframe's energy (reference
     energies included, as mace's E0s), forces and stress, on a periodic box and on a molecule."""
+    from calculators import assert_same_predictions
     from mace.calculators import MACECalculator
 
-    from kdframe.calculator import KdframeCalculator
     from kdframe_mace import save_mace_model
 
     model = make_potential()
@@ -267,14 +267,7 @@ def test_saved_mace_model_gives_kdframes_predictions_in_mace_calculator(tmp_path
     box.rattle(0.05, seed=2)
     for head in HEADS:
         theirs = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64", head=head)
-        for atoms in (box, molecules(names=["CH3OH"])[0]):
-            ours = atoms.copy()
-            ours.calc = KdframeCalculator(model, head=head)
-            atoms.calc = theirs
-            assert atoms.get_potential_energy() == pytest.approx(ours.get_potential_energy(), abs=1e-8)
-            np.testing.assert_allclose(atoms.get_forces(), ours.get_forces(), rtol=0, atol=1e-8)
-            if atoms.pbc.all():
-                np.testing.assert_allclose(atoms.get_stress(), ours.get_stress(), rtol=0, atol=1e-8)
+        assert_same_predictions(theirs, model, head, [box, molecules(names=["CH3OH"])[0]])
     assert abs(box.get_potential_energy()) > 1000  # the reference energies are in
     with pytest.raises(ConfigError, match="only mace models export"):
         save_mace_model(Potential(registry().architectures["toy"], {}, SPECIES), tmp_path / "toy.model")
