@@ -92,3 +92,31 @@ def test_ekd_with_hippynn_teachers_and_student(tmp_path, ani_file, capsys):
     assert main(["run", str(tmp_path / "hip.yaml"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "| test | student |" in out and "| again | control |" in out
+
+
+@pytest.mark.parametrize("configurations", ["labelled", "all"])
+def test_student_configurations(tmp_path, monkeypatch, configurations):
+    """By default the student learns on the configurations with a true energy (those of the teachers and the
+    control, methods.md §1); ``all`` adds those without one, taught by the teachers' forces alone."""
+    from kdframe.workflows.base import Run
+    from toy import write_ani_file
+
+    data = tmp_path / "gaps.h5"
+    write_ani_file(data, n_conf=20, missing_every=3)  # 7 of every molecule's 20 energies missing
+    text = CONFIG.format(run_dir=tmp_path / "run", data=data, generations=1).replace("max_epochs: 3", "max_epochs: 1")
+    text = text.replace("\ngenerations:", f"\n  configurations: {configurations}\ngenerations:")
+    (tmp_path / "ekd.yaml").write_text(textwrap.dedent(text))
+    sizes, train = {}, Run.train
+
+    def recording(self, stage, spec, terms, settings, dataset, train_idx, valid_idx, *args, **kwargs):
+        model = train(self, stage, spec, terms, settings, dataset, train_idx, valid_idx, *args, **kwargs)
+        with_energy = dataset.labelled(["energy"])
+        sizes[stage] = (len(train_idx), int(with_energy[train_idx].sum()), len(valid_idx), int(with_energy[valid_idx].sum()))
+        return model
+
+    monkeypatch.setattr(Run, "train", recording)
+    assert main(["run", str(tmp_path / "ekd.yaml"), "--quiet"]) == 0
+    control = sizes["control"]  # the whole splits (run.train drops configurations without energies)
+    assert 0 < control[1] < control[0] and 0 < control[3] < control[2]
+    labelled_only = (control[1], control[1], control[3], control[3])
+    assert sizes["student"] == (labelled_only if configurations == "labelled" else control)

@@ -1,7 +1,8 @@
 """Ensemble knowledge distillation (methods.md §1).
 
 k teachers trained on energies only (different seeds and splits) -> ensemble-averaged
-forces for every configuration -> a student trained on true energies + those forces
+forces for every configuration -> a student trained on true energies + those forces (on the
+configurations with a true energy, as in methods.md; ``student.configurations: all`` adds those without)
 with a scheduled force weight (on periodic data, with ``weights.stress``, also on the teachers'
 ensemble-averaged stress); a control of the student's architecture on energies
 only; optionally a second generation taught by an ensemble of first-generation students.
@@ -52,6 +53,11 @@ class StudentSpec(Strict):
     model: ModelSpec
     training: dict[str, Any] = {}
     weights: dict[str, Any] = {"energy": 1.0, "forces": FORCE_SCHEDULE}
+    # Which training configurations the student learns on. "labelled": those with a ground-truth energy,
+    # the teachers' and the control's configurations (methods.md §1: "the augmented dataset keeps the same
+    # configurations"). "all": also those without one, taught by the teachers' forces alone; the control
+    # cannot use them, so a student-vs-control comparison then also measures the extra configurations.
+    configurations: Literal["labelled", "all"] = "labelled"
 
 
 class EkdConfig(Base):
@@ -170,9 +176,13 @@ class Ekd(Workflow):
     def student(self, run: Run, config: EkdConfig, distilled, stage: str, index: int) -> Potential:
         data, teacher_fingerprint = distilled
         spec = config.student
+        train, valid = run.splits["train"], run.splits["valid"]
+        if spec.configurations == "labelled":
+            has_energy = data.labelled(["energy"])
+            train, valid = train[has_energy[train]], valid[has_energy[valid]]
         return run.train(stage, spec.model, loss_terms(spec.weights, WITH_TEACHER_FORCES, "student.weights"),
-                         settings(config, spec.training, "student.training"), data, run.splits["train"],
-                         run.splits["valid"], config.seed + 100 + index,
+                         settings(config, spec.training, "student.training"), data, train, valid,
+                         config.seed + 100 + index,
                          {"weights": spec.weights, "teacher": teacher_fingerprint})
 
 
