@@ -133,6 +133,17 @@ def make_batch(mols: Sequence[tuple[Sequence[int], torch.Tensor]], dtype: torch.
     return Batch(species=species, positions=positions, conf_index=conf_index, n_conf=len(mols))
 
 
+def _supercell(batch: Batch, repeats: tuple[int, int, int]) -> Batch:
+    """The one periodic configuration of ``batch`` repeated ``repeats`` times along its lattice vectors."""
+    cell = batch.cell[0]
+    grid = torch.cartesian_prod(*(torch.arange(n) for n in repeats)).to(cell.dtype)
+    offsets = (grid @ cell).repeat_interleave(batch.n_atoms, dim=0)
+    return dataclasses.replace(batch, species=batch.species.repeat(len(grid)),
+                               positions=batch.positions.repeat(len(grid), 1) + offsets,
+                               conf_index=batch.conf_index.repeat(len(grid)),
+                               cell=(torch.tensor(repeats, dtype=cell.dtype)[:, None] * cell)[None])
+
+
 def _with_positions(batch: Batch, positions: torch.Tensor) -> Batch:
     """The same batch with new, grad-free positions (Potential.forward marks positions in place)."""
     return dataclasses.replace(batch, positions=positions.detach().clone(), labels=dict(batch.labels))
@@ -772,16 +783,17 @@ class Conformance:
         rotated = dataclasses.replace(batch, positions=batch.positions @ rotation.T, cell=batch.cell @ rotation.T)
         _compare(check, "energies after rotating atoms and cell together", self._energy(model, rotated), energy,
                  self.tol.invariance, _conf_where)
-        cell = batch.cell[0]
-        doubled = dataclasses.replace(batch, species=batch.species.repeat(2),
-                                      positions=torch.cat([batch.positions, batch.positions + cell[0]]),
-                                      conf_index=batch.conf_index.repeat(2),
-                                      cell=torch.stack([2 * cell[0], cell[1], cell[2]])[None])
-        _compare(check, "energy of the 2x1x1 supercell vs twice the cell's", self._energy(model, doubled), 2 * energy,
-                 self.tol.invariance, _conf_where)
-        slab = self._energy(model, self.periodic_batch(vacuum_along_c=True, pbc=(True, True, False)))
+        _compare(check, "energy of the 2x1x1 supercell vs twice the cell's", self._energy(model, _supercell(
+                 batch, (2, 1, 1))), 2 * energy, self.tol.invariance, _conf_where)
+        slab_batch = self.periodic_batch(vacuum_along_c=True, pbc=(True, True, False))
+        slab = self._energy(model, slab_batch)
         _compare(check, "pbc (T, T, F) vs full pbc with 40 Å along the third lattice vector", slab,
                  self._energy(model, self.periodic_batch(vacuum_along_c=True)), self.tol.invariance, _conf_where)
+        quarter_turn = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], dtype=batch.cell.dtype)
+        turned = dataclasses.replace(slab_batch, positions=slab_batch.positions @ quarter_turn.T,
+                                     cell=slab_batch.cell @ quarter_turn.T)
+        _compare(check, "slab energy after a quarter turn that lays the z axis in its periodic plane", self._energy(
+                 model, turned), slab, self.tol.invariance, _conf_where)
         open_one = self.batch(("methanol",))
         mixed = dataclasses.replace(batch, species=torch.cat([batch.species, open_one.species]),
                                     positions=torch.cat([batch.positions, open_one.positions]),
@@ -825,13 +837,14 @@ class Conformance:
         _compare(check, "core stress (autograd in a strain of atoms and cell) vs central differences of the energy / V "
                  f"(strain step {h:g})", stress, numeric, self.tol.forces, where)
         _compare(check, "stress vs its transpose", stress, stress.transpose(0, 1), self.tol.invariance, where)
-        cell = batch.cell[0]
-        doubled = dataclasses.replace(batch, species=batch.species.repeat(2),
-                                      positions=torch.cat([batch.positions, batch.positions + cell[0]]),
-                                      conf_index=batch.conf_index.repeat(2),
-                                      cell=torch.stack([2 * cell[0], cell[1], cell[2]])[None])
-        _compare(check, "stress of the 2x1x1 supercell vs the cell's", model(doubled, forces=False, stress=True)
-                 ["stress"][0], stress, self.tol.forces, where)
+        for repeats in ((2, 1, 1), (3, 3, 3), (24, 1, 1)):  # 324 and 288 atoms: neighbour searches may change
+            large = _supercell(batch, repeats)
+            g = torch.Generator().manual_seed(self.seed + 11)
+            moves = torch.randint(-1, 2, (large.n_atoms, 3), generator=g).to(large.cell.dtype) @ large.cell[0]
+            large = dataclasses.replace(large, positions=large.positions + moves)  # atoms outside, as MD leaves them
+            _compare(check, f"stress of the {'x'.join(map(str, repeats))} supercell ({large.n_atoms} atoms, some moved "
+                     "by its lattice vectors) vs the cell's", model(large, forces=False, stress=True)["stress"][0],
+                     stress, self.tol.forces, where)
 
     # --- running -----------------------------------------------------------------------------------
     def run(self, checks: Iterable[str] | None = None) -> dict[str, str | None]:

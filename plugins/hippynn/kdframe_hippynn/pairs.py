@@ -26,6 +26,8 @@ from hippynn.graphs.nodes.tags import Encoder, PairIndexer
 from hippynn.layers.pairs import OpenPairIndexer
 from matscipy.neighbours import neighbour_list
 
+from kdframe.cells import regular_cell
+
 # n_conf * max_atoms² up to which all pairs are compared (4 M slots: ~50 MB of float32 pair vectors). On one CPU
 # thread all pairs beat 64 separate cell-list calls for batches of small molecules; a single 4,000-atom cluster
 # (16 M slots) takes the cell list, whose search alone was 8x faster there (matscipy 1.3.1, one CPU thread).
@@ -109,7 +111,8 @@ class NeighbourPairs(torch.nn.Module):
             if len(pos) == 0:
                 continue
             pbc = periodic[c].cpu().numpy()
-            i, j, s = neighbour_list("ijS", positions=pos, cutoff=self.cutoff, **_matscipy_cell(pos, cells[c], pbc))
+            i, j, s = neighbour_list("ijS", positions=pos, cutoff=self.cutoff,
+                                     **_matscipy_cell(pos, cells[c], pbc, self.cutoff))
             keep = (i != j) | s.any(axis=1)  # an atom is its own neighbour only through a lattice vector
             numbering = batch_atom[c][real[c]]
             firsts.append(numbering[i[keep]])
@@ -123,16 +126,12 @@ class NeighbourPairs(torch.nn.Module):
         return as_tensor(firsts), as_tensor(seconds), as_tensor(shifts)
 
 
-def _matscipy_cell(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> dict:
+def _matscipy_cell(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> dict:
     """matscipy's cell arguments: none for an open system (it wraps the atoms in a box of its own); otherwise the
-    cell with each non-periodic row replaced by a long axis vector (as mace's ``get_neighborhood`` does)."""
+    cell with each non-periodic row made regular (:func:`kdframe.cells.regular_cell`)."""
     if not pbc.any():
         return {}
-    cell = cell.copy()
-    extent = (np.abs(pos).max() + 1.0) * 5.0
-    for k in np.flatnonzero(~pbc):
-        cell[k] = np.eye(3)[k] * extent
-    return {"cell": cell, "pbc": pbc}
+    return {"cell": regular_cell(cell, pbc, pos, cutoff), "pbc": pbc}
 
 
 class NeighbourPairIndexer(ExpandParents, PairIndexer, MultiNode):

@@ -17,11 +17,12 @@ with warnings.catch_warnings():  # CPU installs warn that torchani's optional CU
     from torchani import neurochem  # noqa: F401  (re-exported for .pretrained)
     from torchani.aev import AEVComputer
     from torchani.aev._terms import ANIAngular, ANIRadial
-    from torchani.neighbors import AdaptiveList
+    from torchani.neighbors import AdaptiveList, Neighbors, all_pairs
     from torchani.nn import AtomicNetwork, TightCELU  # noqa: F401
 
 from kdframe.architecture import EnergyModel, ModelOutput
 from kdframe.batch import Batch
+from kdframe.cells import regular_cell
 from kdframe.errors import ConfigError, DataError
 from kdframe.units import HARTREE_TO_EV
 
@@ -62,8 +63,8 @@ def hidden_widths(hp: AniHyperparameters, symbol: str) -> list[int]:
 
 def fully_periodic(cell: torch.Tensor, pbc: torch.Tensor, positions: torch.Tensor,
                    cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same system with every direction periodic: each non-periodic lattice vector becomes one orthogonal to
-    the periodic ones, longer than the atoms' extent along it plus ``cutoff`` (vacuum no image reaches across).
+    """The same system with every direction periodic, through :func:`kdframe.cells.regular_cell` (vacuum no image
+    reaches across).
 
     torchani 2.9 gets partly periodic cells wrong when a lattice vector is not along a Cartesian axis: its
     ``map_to_central`` wraps every fractional coordinate, then restores the Cartesian *components* of the
@@ -71,14 +72,8 @@ def fully_periodic(cell: torch.Tensor, pbc: torch.Tensor, positions: torch.Tenso
     """
     if bool(pbc.all()):
         return cell, pbc
-    cell = cell.detach().clone()
-    periodic = [k for k in range(3) if bool(pbc[k])]
-    basis, _ = torch.linalg.qr(cell[periodic].T.double(), mode="complete")  # columns: periodic span first
-    for column, k in enumerate(k for k in range(3) if not bool(pbc[k])):
-        normal = basis[:, len(periodic) + column]
-        along = positions.detach().double() @ normal
-        cell[k] = (normal * (float(along.max() - along.min()) + cutoff + 1.0)).to(cell.dtype)
-    return cell, torch.ones_like(pbc)
+    filled = regular_cell(cell.detach().cpu().numpy(), pbc.cpu().numpy(), positions.detach().cpu().numpy(), cutoff)
+    return torch.as_tensor(filled, dtype=cell.dtype, device=cell.device), torch.ones_like(pbc)
 
 
 class AniModel(EnergyModel):
@@ -164,7 +159,31 @@ class AniModel(EnergyModel):
         if n_conf == 1:
             # One system (MD, large boxes or clusters): torchani's adaptive list switches from all pairs
             # (quadratic time and memory) to its linear-scaling cell list above 1770 atoms, or 190 in a periodic
-            # cell; it takes no batches.
-            neighbors = self.single_system_neighbors(self.aev.radial.cutoff, elem_idxs, coords, cell, pbc)
+            # cell; it takes no batches. Its cell list refuses cells narrower than the cutoff: all pairs there.
+            cutoff = self.aev.radial.cutoff
+            search = self.single_system_neighbors if cell is None or _width(cell) >= cutoff else all_pairs
+            neighbors = _tracked(search(cutoff, elem_idxs, coords.detach(), None if cell is None else cell.detach(),
+                                        pbc), coords, cell)
             return self.aev.compute_from_neighbors(elem_idxs, coords, neighbors)[conf, local]
         return self.aev(elem_idxs, coords, cell, pbc)[conf, local]
+
+
+def _width(cell: torch.Tensor) -> float:
+    """The smallest distance between opposite faces of ``cell``."""
+    volume = torch.linalg.det(cell.detach()).abs()
+    return float(min(volume / torch.linalg.cross(cell[i], cell[(i + 1) % 3]).norm() for i in range(3)))
+
+
+def _tracked(neighbors: Neighbors, coords: torch.Tensor, cell: torch.Tensor | None) -> Neighbors:
+    """torchani's pairs with their vectors recomputed from ``coords`` and ``cell`` as autograd sees them.
+
+    Its cell list maps atoms into the cell with a detached cell, which drops the strain derivative (the stress) of
+    every atom outside it; here each pair's lattice shift is recovered as integers and applied to the live cell.
+    """
+    first, second = neighbors.indices
+    flat = coords.view(-1, 3)
+    vectors = flat.index_select(0, first) - flat.index_select(0, second)
+    if cell is not None:
+        shifts = torch.round((neighbors.diff_vectors.detach() - vectors.detach()) @ torch.linalg.inv(cell.detach()))
+        vectors = vectors + shifts @ cell
+    return Neighbors(neighbors.indices, vectors.norm(dim=-1), vectors)
