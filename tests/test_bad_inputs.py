@@ -114,3 +114,93 @@ def test_not_an_hdf5_file(tmp_path, capsys):
 
     with pytest.raises(DataError, match="x.h5: not a readable HDF5 file"):
         read_dataset(bad, {"energy": "e"})
+
+
+def _ani_copy(tmp_path, ani_file, edit):
+    """A copy of the test data with ``edit(file)`` applied."""
+    import shutil
+
+    copy = tmp_path / "edited.h5"
+    shutil.copy(ani_file, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f)
+    return copy
+
+
+def _replace(group, key, value):
+    del group[key]
+    group[key] = value
+
+
+FILE_CASES = {
+    "inf energy": (lambda f: f["water"]["morse.energy"].__setitem__(3, float("inf")),
+                   ["edited.h5:/water/morse.energy: infinite value at conformation 3", "NaN marks a missing value"]),
+    "forces of too many atoms": (lambda f: _replace(f["water"], "morse.forces", f["water"]["morse.forces"][()][:, [0, 1, 2, 0]]),
+                                 ["edited.h5:/water/morse.forces: shape (12, 4, 3) for 'forces'", "expected (12, 3, 3)"]),
+    "energy as a column": (lambda f: _replace(f["water"], "morse.energy", f["water"]["morse.energy"][()][:, None]),
+                           ["edited.h5:/water/morse.energy: shape (12, 1) for 'energy'; expected (12,)"]),
+    "species per conformation": (lambda f: _replace(f["water"], "atomic_numbers", [[8, 1, 1]] * 12),
+                                 ["edited.h5:/water/atomic_numbers: shape (12, 3)", "ANI-2x layout"]),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_data_file(tmp_path, ani_file, capsys, case):
+    edit, expected = FILE_CASES[case]
+    config = _config(tmp_path, ani_file, **{"data.train": {"path": str(_ani_copy(tmp_path, ani_file, edit)),
+                                                           "energy": "morse.energy", "forces": "morse.forces"}})
+    err = _error(capsys, "run", config)
+    for text in expected:
+        assert text in err
+
+
+def test_packing_checks_label_shapes(tmp_path, ani_file, capsys):
+    bad = _ani_copy(tmp_path, ani_file, FILE_CASES["forces of too many atoms"][0])
+    assert "edited.h5:/water/morse.forces: shape (12, 4, 3)" in _error(capsys, "data", "pack", bad, tmp_path / "p.h5")
+    assert not (tmp_path / "p.h5").exists()
+    assert "x.xyz: not a readable HDF5 file" in _error(capsys, "data", "pack", _xyz(tmp_path), tmp_path / "p.h5")
+    assert "x.xyz: not a readable HDF5 file" in _error(capsys, "data", "info", _xyz(tmp_path))
+
+
+def _xyz(tmp_path, energy="-1.0"):
+    path = tmp_path / "x.xyz"
+    path.write_text(f'2\nProperties=species:S:1:pos:R:3 energy={energy} pbc="F F F"\nH 0 0 0\nH 0 0 0.74\n')
+    return path
+
+
+def test_bad_extxyz(tmp_path, ani_file, capsys):
+    from kdframe.data import read_dataset
+    from kdframe.errors import DataError
+
+    with pytest.raises(DataError, match="x.xyz: frame 0: key 'energy' holds an infinite value"):
+        read_dataset(_xyz(tmp_path, "inf"), {"energy": "energy"})
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(DataError, match="empty.xyz: no frames"):
+        read_dataset(tmp_path / "empty.xyz", {"energy": "energy"})
+
+
+def test_duplicate_yaml_key(tmp_path, ani_file, capsys):
+    config = _config(tmp_path, ani_file)
+    config.write_text(config.read_text() + "training: {lr: 0.1}\n")
+    assert "c.yaml: not valid YAML: key 'training' given twice" in _error(capsys, "run", config)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"run_dir": "c.yaml"}, "c.yaml is a file; give a directory"),
+    ({"data.split": {"by": "molecule", "fractions": {"train": 0.9, "valid": 0.05, "test": 0.05}}},
+     "data.split.fractions.test: the test split gets none of the 4 molecules"),
+    ({"data.train.energy": "all_nan"}, "data.train.energy: 'all_nan' has no value (all NaN) in the train split"),
+], ids=["run_dir is a file", "empty split", "no energies"])
+def test_run_setup_errors(tmp_path, ani_file, capsys, changes, expected):
+    import numpy as np
+
+    def all_nan(f):
+        for group in f.values():
+            group["all_nan"] = np.full(len(group["coordinates"]), np.nan)
+
+    data = _ani_copy(tmp_path, ani_file, all_nan)
+    changes = {"data.train.path": str(data), **changes}
+    if "run_dir" in changes:
+        changes["run_dir"] = str(tmp_path / "c.yaml")
+    err = _error(capsys, "run", _config(tmp_path, ani_file, **changes))
+    assert expected in err

@@ -20,7 +20,7 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
-from ..data.packed import describe as describe_packed, is_packed
+from ..data.packed import describe as describe_packed, is_packed, open_hdf5
 from ..io import atomic_write
 
 KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)
@@ -236,7 +236,7 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
     stats: dict[str, dict] = {}
     n_mol = n_conf = 0
     rows = []
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, "ANI-layout or packed") as f:
         groups = [(k, g) for k, g in f.items() if isinstance(g, h5py.Group) and "coordinates" in g]
         for name, g in groups:
             nc, na = g["coordinates"].shape[:2]

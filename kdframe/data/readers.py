@@ -25,7 +25,7 @@ from ..errors import DataError
 from ..units import HARTREE_TO_EV
 from ..derivatives import pack_hessians
 from .dataset import Dataset, concat_labels
-from .packed import PackedDataset, is_packed
+from .packed import PackedDataset, is_packed, open_hdf5
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -67,20 +67,36 @@ def _molecule_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
 
 
 def _species(group: h5py.Group) -> np.ndarray:
-    if "atomic_numbers" in group:
-        return np.asarray(group["atomic_numbers"][()], dtype=np.int64)
-    symbols = [s.decode() if isinstance(s, bytes) else str(s) for s in group["species"][()]]
+    key = "atomic_numbers" if "atomic_numbers" in group else "species"
+    raw = group[key][()]
+    if np.ndim(raw) != 1:
+        raise DataError(f"{group.file.filename}:/{group.name.lstrip('/')}/{key}: shape {np.shape(raw)}, expected one "
+                        "row of elements for the group's molecule (ANI-1x / ANI-1ccx / COMP6 layout); a file with a "
+                        "row per conformation (ANI-2x layout) is not read: write it as extxyz through ase")
+    if key == "atomic_numbers":
+        return np.asarray(raw, dtype=np.int64)
+    symbols = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
     return np.array([SYMBOL_TO_Z[s] for s in symbols], dtype=np.int64)
+
+
+def checked_label(where: str, label: str, value: np.ndarray, n_conf: int, n_atoms: int) -> np.ndarray:
+    """An ANI-layout label array, refused unless its shape fits ``label`` and it holds only numbers or NaN."""
+    shapes = {"energy": [(n_conf,)], "forces": [(n_conf, n_atoms, 3)]}.get(
+        label, [(n_conf,), (n_conf, n_atoms), (n_conf, n_atoms, 3), (n_conf, 3 * n_atoms, 3 * n_atoms)])
+    if value.shape not in shapes:
+        raise DataError(f"{where}: shape {value.shape} for {label!r}; expected {' or '.join(map(str, shapes))} "
+                        f"({n_conf} conformations of {n_atoms} atoms)")
+    bad = np.argwhere(np.isinf(value))
+    if len(bad):
+        raise DataError(f"{where}: infinite value at conformation {bad[0][0]} (NaN marks a missing value; a failed "
+                        "QC job?)")
+    return value
 
 
 def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
     species, positions, ptr, molecule, names = [], [], [0], [], []
     labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
+    with open_hdf5(path, "ANI-layout or packed") as f:
         groups = _molecule_groups(f)
         if not groups:
             raise DataError(f"{path}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
@@ -94,9 +110,8 @@ def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset
                 if key not in group:
                     available = sorted(k for k in group.keys() if k not in ("coordinates", "atomic_numbers", "species"))
                     raise DataError(f"{path}:/{name}: key {key!r} (for {label!r}) not found (available: {', '.join(available)})")
-                value = np.asarray(group[key][()], dtype=np.float64) * to_ev
-                if value.shape[0] != n_conf:
-                    raise DataError(f"{path}:/{name}/{key}: {value.shape[0]} rows for {n_conf} conformations")
+                value = checked_label(f"{path}:/{name}/{key}", label, np.asarray(group[key][()], dtype=np.float64),
+                                      n_conf, len(z)) * to_ev
                 if value.shape[1:] == (3 * len(z), 3 * len(z)):  # a Hessian per conformation
                     labels[label].append(pack_hessians(list(value)))
                 else:
@@ -119,6 +134,8 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
         frames = ase.io.read(path, index=":", format="extxyz")
     except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed files
         raise DataError(f"{path}: not a readable extxyz file ({exc.__class__.__name__}: {exc})") from None
+    if not frames:
+        raise DataError(f"{path}: no frames")
     labels: dict[str, list[np.ndarray]] = {STRESS if name == VIRIALS else name: [] for name in keys}
     names: list[str] = []
     molecule = []
@@ -131,6 +148,11 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
             value = _stress(path, i, atoms, key) if label in (STRESS, VIRIALS) else _frame_value(path, i, atoms, key)
             if label == VIRIALS and atoms.pbc.all():  # W = -V sigma
                 value = -value / abs(np.linalg.det(atoms.cell.array))
+            if np.isinf(value).any():
+                raise DataError(f"{path}: frame {i}: key {key!r} holds an infinite value (NaN marks a missing value; "
+                                "a failed QC job?)")
+            if label == "forces" and value.shape != (len(atoms), 3):
+                raise DataError(f"{path}: frame {i}: key {key!r} has shape {value.shape}; forces are ({len(atoms)}, 3)")
             labels[STRESS if label == VIRIALS else label].append(value * to_ev)
     ptr = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     return Dataset(

@@ -92,6 +92,8 @@ class Run:
         self.config, self.workflow, self.progress = config, workflow, progress
         self.config_dir = config_path.parent
         self.dir = resolve_path(config.run_dir, Path.cwd())
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ConfigError("run_dir", f"{self.dir} is a file; give a directory (made if missing)")
         self.device = device_for(config.device)
         workflow.check(config, str(config_path))
         self.data = self.read(config.data.train, "data.train", workflow.data_keys(config))
@@ -102,7 +104,17 @@ class Run:
                               f"(workflows that stream packed files: {', '.join(streaming)})")
         fractions = config.data.split.fractions
         self.splits = split(self.data, fractions, config.seed, config.data.split.by)
+        for name, members in self.splits.items():
+            if not len(members):
+                units = (f"{len(self.data.molecule_names)} molecules" if config.data.split.by == "molecule"
+                         else f"{len(self.data)} configurations")
+                raise ConfigError(f"data.split.fractions.{name}", f"the {name} split gets none of the {units} of "
+                                  f"{config.data.train.path}; give it a larger fraction"
+                                  + (" or split by: configuration" if config.data.split.by == "molecule" else ""))
         self.train_set = self.data.subset(self.splits["train"])
+        if not self.train_set.labelled(["energy"]).any():
+            raise ConfigError("data.train.energy", f"{config.data.train.energy!r} has no value (all NaN) in the train "
+                              f"split of {config.data.train.path}")
         self.reference = fit_reference_energies(self.train_set, "energy")
         self.species = sorted(int(z) for z in self.data.elements())
         self.eval_sets = {"test": self.data.subset(self.splits["test"])}
