@@ -1,4 +1,4 @@
-"""Cells of partly periodic configurations (slabs, wires) made regular for neighbour searches."""
+"""Neighbour searches for periodic configurations, slabs and wires included (shared by the plugins)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,19 @@ def regular_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cutof
         along = np.asarray(positions, dtype=np.float64) @ normal
         filled[k] = normal * (float(along.max() - along.min()) + cutoff + 1.0)
     return filled
+
+
+def neighbour_pairs(positions: np.ndarray, cutoff: float, cell: np.ndarray | None = None,
+                    pbc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(i, j, S)``: every ordered pair within ``cutoff`` by matscipy's linear-scaling neighbour list, with the
+    integer lattice shift ``S`` (vector = positions[j] - positions[i] + S @ cell). An atom is its own neighbour only
+    through a lattice vector. Open when ``pbc`` is None or all False; partly periodic cells go through
+    :func:`regular_cell`. matscipy comes with the hippynn and mace plugins; the core itself does not need it.
+    """
+    from matscipy.neighbours import neighbour_list
+
+    periodic = pbc is not None and bool(np.any(pbc))
+    where = {"cell": regular_cell(cell, pbc, positions, cutoff), "pbc": np.asarray(pbc, dtype=bool)} if periodic else {}
+    i, j, shifts = neighbour_list("ijS", positions=positions, cutoff=cutoff, **where)
+    keep = (i != j) | shifts.any(axis=1)
+    return i[keep], j[keep], shifts[keep]

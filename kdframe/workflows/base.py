@@ -104,13 +104,13 @@ class Run:
                               f"(workflows that stream packed files: {', '.join(streaming)})")
         fractions = config.data.split.fractions
         self.splits = split(self.data, fractions, config.seed, config.data.split.by)
+        by_molecule = config.data.split.by == "molecule"
         for name, members in self.splits.items():
             if not len(members):
-                units = (f"{len(self.data.molecule_names)} molecules" if config.data.split.by == "molecule"
-                         else f"{len(self.data)} configurations")
+                units = f"{len(self.data.molecule_names)} molecules" if by_molecule else f"{len(self.data)} configurations"
                 raise ConfigError(f"data.split.fractions.{name}", f"the {name} split gets none of the {units} of "
                                   f"{config.data.train.path}; give it a larger fraction"
-                                  + (" or split by: configuration" if config.data.split.by == "molecule" else ""))
+                                  + (" or split by: configuration" if by_molecule else ""))
         self.train_set = self.data.subset(self.splits["train"])
         if not self.train_set.labelled(["energy"]).any():
             raise ConfigError("data.train.energy", f"{config.data.train.energy!r} has no value (all NaN) in the train "

@@ -24,9 +24,8 @@ from hippynn.graphs.nodes.indexers import PaddingIndexer
 from hippynn.graphs.nodes.inputs import CellNode, PositionsNode
 from hippynn.graphs.nodes.tags import Encoder, PairIndexer
 from hippynn.layers.pairs import OpenPairIndexer
-from matscipy.neighbours import neighbour_list
 
-from kdframe.cells import regular_cell
+from kdframe.cells import neighbour_pairs
 
 # n_conf * max_atoms² up to which all pairs are compared (4 M slots: ~50 MB of float32 pair vectors). On one CPU
 # thread all pairs beat 64 separate cell-list calls for batches of small molecules; a single 4,000-atom cluster
@@ -111,27 +110,17 @@ class NeighbourPairs(torch.nn.Module):
             if len(pos) == 0:
                 continue
             pbc = periodic[c].cpu().numpy()
-            i, j, s = neighbour_list("ijS", positions=pos, cutoff=self.cutoff,
-                                     **_matscipy_cell(pos, cells[c], pbc, self.cutoff))
-            keep = (i != j) | s.any(axis=1)  # an atom is its own neighbour only through a lattice vector
+            i, j, s = neighbour_pairs(pos, self.cutoff, cells[c], pbc)
             numbering = batch_atom[c][real[c]]
-            firsts.append(numbering[i[keep]])
-            seconds.append(numbering[j[keep]])
-            shifts.append(s[keep])
+            firsts.append(numbering[i])
+            seconds.append(numbering[j])
+            shifts.append(s)
         device = coordinates.device
         if not firsts:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, empty, torch.zeros((0, 3), dtype=torch.long, device=device)
         as_tensor = lambda parts: torch.from_numpy(np.concatenate(parts).astype(np.int64)).to(device)  # noqa: E731
         return as_tensor(firsts), as_tensor(seconds), as_tensor(shifts)
-
-
-def _matscipy_cell(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> dict:
-    """matscipy's cell arguments: none for an open system (it wraps the atoms in a box of its own); otherwise the
-    cell with each non-periodic row made regular (:func:`kdframe.cells.regular_cell`)."""
-    if not pbc.any():
-        return {}
-    return {"cell": regular_cell(cell, pbc, pos, cutoff), "pbc": pbc}
 
 
 class NeighbourPairIndexer(ExpandParents, PairIndexer, MultiNode):

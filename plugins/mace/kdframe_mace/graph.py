@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mace.data.neighborhood import get_neighborhood
-from matscipy.neighbours import neighbour_list
 
 from kdframe.batch import Batch
-from kdframe.cells import regular_cell
+from kdframe.cells import neighbour_pairs
 from kdframe.errors import DataError
 
 
@@ -128,14 +127,11 @@ class NeighbourGraphs:
             edge_index, _, unit_shifts, _ = get_neighborhood(pos, cutoff=self.r_max + self.skin)
             unit_shifts = None
         else:
-            # As mace's get_neighborhood, but with kdframe's regular cell: get_neighborhood puts a Cartesian axis in
-            # each non-periodic row, which makes the cell of a rotated slab singular.
-            cutoff = self.r_max + self.skin
-            sender, receiver, unit_shifts = neighbour_list("ijS", pbc=pbc, cell=regular_cell(cell, pbc, pos, cutoff),
-                                                           positions=pos, cutoff=cutoff)
-            keep = (sender != receiver) | unit_shifts.any(axis=1)  # an atom meets itself only through a lattice vector
-            edge_index = np.stack((sender[keep], receiver[keep]))
-            unit_shifts = unit_shifts[keep].astype(np.int32)
+            # Not mace's get_neighborhood: it puts a Cartesian axis in each non-periodic row of the cell, which makes
+            # the cell of a rotated slab singular.
+            sender, receiver, unit_shifts = neighbour_pairs(pos, self.r_max + self.skin, cell, pbc)
+            edge_index = np.stack((sender, receiver))
+            unit_shifts = unit_shifts.astype(np.int32)
         return _Entry(
             edges=edge_index.astype(np.int32),
             unit_shifts=unit_shifts,
