@@ -16,6 +16,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Hartree
 
+from . import plugins
 from .errors import ConfigError, KdframeError
 
 
@@ -108,8 +109,6 @@ class HessianLabeler(Labeler):
 
 def labelers() -> dict[str, Labeler]:
     """Every registered labeler by method (a plugin that fails to import is skipped with a warning)."""
-    from . import plugins
-
     return plugins.registry().labelers
 
 

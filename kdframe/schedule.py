@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .errors import ConfigError
 from .hookspecs import hookimpl
+from .plugins import registry
 
 
 class Schedule(Protocol):
@@ -60,8 +61,6 @@ class PiecewiseLinear(_Table):
 
 def make_schedule(spec: Any, where: str) -> Schedule:
     """Build a schedule from its YAML form (see module docstring)."""
-    from .plugins import registry
-
     if isinstance(spec, bool):
         raise ConfigError(where, f"{spec!r} is not a weight", "a number, {epoch: weight} or {type: NAME, table: ...}")
     if isinstance(spec, (int, float)):

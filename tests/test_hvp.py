@@ -170,6 +170,11 @@ def test_teacher_hvp_cache_is_reused_and_recomputed_when_probes_change(ani_file,
 
 
 # --- the HVP loss term -----------------------------------------------------------------------------------
+def _hvp_term(source: TeacherHVP) -> LossTerm:
+    """The student's loss term for ``source``'s HVPs: the probes the teacher's H·v was taken along."""
+    return LossTerm("hvp", source.label, ONE, 0, probe=source.probe_label)
+
+
 def _hvp_setup(ani_file, tmp_path):
     data = _data(ani_file).subset(np.arange(24))
     teacher_model = _toy(1)
@@ -180,7 +185,7 @@ def _hvp_setup(ani_file, tmp_path):
 
 def test_hvp_loss_is_zero_for_the_teacher_and_one_step_lowers_it(ani_file, tmp_path):
     source, data, teacher_model = _hvp_setup(ani_file, tmp_path)
-    term = source.loss_term(ONE)
+    term = _hvp_term(source)
     batch = data.batch(np.arange(8, 20), labels=[term.label, term.probe])
 
     def loss(model):
@@ -204,7 +209,7 @@ def test_hvp_loss_is_zero_for_the_teacher_and_one_step_lowers_it(ani_file, tmp_p
 def test_trainer_on_teacher_hvps_lowers_the_hvp_error(ani_file, tmp_path):
     source, data, _ = _hvp_setup(ani_file, tmp_path)
     settings = TrainSettings(batch_size=8, max_epochs=3, lr=3e-3, weight_l2=0.0, dtype="float64")
-    trainer = Trainer(_toy(7), [source.loss_term(ONE)], data.subset(np.arange(16)), data.subset(np.arange(16, 24)),
+    trainer = Trainer(_toy(7), [_hvp_term(source)], data.subset(np.arange(16)), data.subset(np.arange(16, 24)),
                       settings, tmp_path / "run", progress=False)
     assert trainer.labels == ["teacher_hvp", "teacher_hvp:probe"] and trainer.needs_forces
     before = trainer.validate()["valid_rmse[hvp:teacher_hvp]"]
@@ -217,7 +222,7 @@ def test_online_teacher_hvps_along_fresh_probes(ani_file, tmp_path):
     data = _data(ani_file).subset(np.arange(24))
     source = TeacherHVP("teacher_hvp", {"probes": {"kind": "gaussian", "regime": "fresh", "seed": 4}})
     settings = TrainSettings(batch_size=8, max_epochs=2, lr=3e-3, weight_l2=0.0)
-    trainer = Trainer(_toy(7), [source.loss_term(ONE)], data.subset(np.arange(16)), data.subset(np.arange(16, 24)),
+    trainer = Trainer(_toy(7), [_hvp_term(source)], data.subset(np.arange(16)), data.subset(np.arange(16, 24)),
                       settings, tmp_path / "run", online=[(source, Teacher(_toy(1), "t"))],
                       probes={source.probe_label: source.settings.probes}, progress=False)
     assert trainer.labels == []

@@ -20,7 +20,8 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
-from ..data.packed import describe as describe_packed, is_packed, open_hdf5
+from ..data.ani_layout import open_hdf5
+from ..data.packed import describe as describe_packed, is_packed
 from ..io import atomic_write
 
 KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)

@@ -30,6 +30,7 @@ import torch
 from ..batch import Batch
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
+from .ani_layout import checked_label, molecule_groups, molecule_species, open_hdf5
 from .dataset import PER_ATOM, PER_CONF, Batching, atom_ranges
 
 FORMAT = "kdframe-packed-1"
@@ -37,14 +38,6 @@ BLOCK_CONFS, WINDOW = 1024, 8
 CHUNK_ATOMS = 1 << 15
 SKIPPED = ("coordinates", "atomic_numbers", "species")
 CONVERTED = ("energy", "energies", "forces")  # key endings converted to eV; others (e.g. t1_diagnostic) kept as they are
-
-
-def open_hdf5(path: str | os.PathLike, layouts: str) -> h5py.File:
-    """``path`` opened for reading, or a DataError that says which HDF5 layouts the caller reads."""
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({exc}); expected {layouts} HDF5") from None
 
 
 def is_packed(path: str | os.PathLike) -> bool:
@@ -135,11 +128,9 @@ class PackedWriter:
 
 def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = "hartree") -> Path:
     """An ANI-layout file as a packed file: every per-configuration and per-atom key, energies and forces in eV(/Å)."""
-    from .readers import _molecule_groups, _species, checked_label
-
     to_ev = HARTREE_TO_EV if units == "hartree" else 1.0
     with open_hdf5(source, "ANI-layout") as f:
-        groups = _molecule_groups(f)
+        groups = molecule_groups(f)
         if not groups:
             raise DataError(f"{source}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
         kinds: dict[str, str] = {}
@@ -159,7 +150,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                 labels = {key: checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else "forces",
                                              np.asarray(group[key][()], dtype=np.float64), k, n)
                           * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
-                writer.add(name, _species(group), np.asarray(group["coordinates"][()], dtype=np.float64), labels)
+                writer.add(name, molecule_species(group), np.asarray(group["coordinates"][()], dtype=np.float64), labels)
         except BaseException:
             writer.abort()
             raise

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from ase.data import atomic_numbers as SYMBOL_TO_Z
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
 from ..derivatives import pack_hessians
 from .dataset import Dataset, concat_labels
-from .packed import PackedDataset, is_packed, open_hdf5
+from .ani_layout import checked_label, molecule_groups, molecule_species, open_hdf5
+from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -54,54 +54,15 @@ def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = 
     raise DataError(f"{path}: unknown data format (valid suffixes: {', '.join(HDF5_SUFFIXES + XYZ_SUFFIXES)})")
 
 
-def _molecule_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
-    """Every group holding ``coordinates`` and atomic numbers, at any depth (COMP6 nests them)."""
-    found: list[tuple[str, h5py.Group]] = []
-
-    def visit(name: str, obj) -> None:
-        if isinstance(obj, h5py.Group) and "coordinates" in obj and ("atomic_numbers" in obj or "species" in obj):
-            found.append((name, obj))
-
-    f.visititems(visit)
-    return found
-
-
-def _species(group: h5py.Group) -> np.ndarray:
-    key = "atomic_numbers" if "atomic_numbers" in group else "species"
-    raw = group[key][()]
-    if np.ndim(raw) != 1:
-        raise DataError(f"{group.file.filename}:/{group.name.lstrip('/')}/{key}: shape {np.shape(raw)}, expected one "
-                        "row of elements for the group's molecule (ANI-1x / ANI-1ccx / COMP6 layout); a file with a "
-                        "row per conformation (ANI-2x layout) is not read: write it as extxyz through ase")
-    if key == "atomic_numbers":
-        return np.asarray(raw, dtype=np.int64)
-    symbols = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
-    return np.array([SYMBOL_TO_Z[s] for s in symbols], dtype=np.int64)
-
-
-def checked_label(where: str, label: str, value: np.ndarray, n_conf: int, n_atoms: int) -> np.ndarray:
-    """An ANI-layout label array, refused unless its shape fits ``label`` and it holds only numbers or NaN."""
-    shapes = {"energy": [(n_conf,)], "forces": [(n_conf, n_atoms, 3)]}.get(
-        label, [(n_conf,), (n_conf, n_atoms), (n_conf, n_atoms, 3), (n_conf, 3 * n_atoms, 3 * n_atoms)])
-    if value.shape not in shapes:
-        raise DataError(f"{where}: shape {value.shape} for {label!r}; expected {' or '.join(map(str, shapes))} "
-                        f"({n_conf} conformations of {n_atoms} atoms)")
-    bad = np.argwhere(np.isinf(value))
-    if len(bad):
-        raise DataError(f"{where}: infinite value at conformation {bad[0][0]} (NaN marks a missing value; a failed "
-                        "QC job?)")
-    return value
-
-
 def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
     species, positions, ptr, molecule, names = [], [], [0], [], []
     labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
     with open_hdf5(path, "ANI-layout or packed") as f:
-        groups = _molecule_groups(f)
+        groups = molecule_groups(f)
         if not groups:
             raise DataError(f"{path}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
         for name, group in groups:
-            z = _species(group)
+            z = molecule_species(group)
             xyz = np.asarray(group["coordinates"][()], dtype=np.float64)
             if xyz.ndim != 3 or xyz.shape[1:] != (len(z), 3):
                 raise DataError(f"{path}:/{name}/coordinates: shape {xyz.shape}, expected (n_conf, {len(z)}, 3)")

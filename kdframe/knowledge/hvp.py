@@ -17,9 +17,7 @@ from ..data.dataset import Dataset
 from ..hookspecs import hookimpl
 from ..potential import model_dtype
 from ..probes import ProbeSettings, batch_probes, fixed_probes
-from ..schedule import Schedule
 from ..teacher import Teacher
-from ..training.loss import LossTerm
 from .base import KnowledgeSource
 
 
@@ -50,10 +48,6 @@ class TeacherHVP(KnowledgeSource):
     def with_labels(self, dataset: Dataset, value: np.ndarray) -> Dataset:
         """``dataset`` with the offline HVPs ``value`` and the fixed probes they were taken along."""
         return dataset.with_labels(**{self.label: value, self.probe_label: fixed_probes(dataset, self.settings.probes)})
-
-    def loss_term(self, weight: Schedule, head: int = 0) -> LossTerm:
-        """The student's loss term for these HVPs (student head ``head``)."""
-        return LossTerm("hvp", self.label, weight, head, probe=self.probe_label)
 
 
 @hookimpl
