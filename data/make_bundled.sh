@@ -7,7 +7,10 @@
 #   data/make_bundled.sh all         # the three above (default)
 #
 # Every step resumes: rerun the same command after an interruption (kill -9 included); finished
-# conformations are never recomputed. `$KD` is `kdframe data`, run through $PYTHON.
+# conformations are never recomputed. The labelling journals live outside the package, in
+# data/labelling/<file>.labelling/ (`--journals data/labelling`; by hand: `kdframe data merge FILE
+# --journals data/labelling`, `kdframe data info FILE --journals data/labelling`).
+# `$KD` is `kdframe data`, run through $PYTHON.
 # Environment: PYTHON (default: python), WORKERS (processes, one core each; default 1),
 # SNAPSHOT=1 runs from a copy of the code taken at start (for long unattended runs in a tree being edited).
 # Background run used for the bundled files (log and PID in /tmp):
@@ -18,6 +21,7 @@ PY=${PYTHON:-python}
 W=${WORKERS:-1}
 TRAIN=kdframe/datasets/train_pool.h5
 EXT=kdframe/datasets/extensibility.h5
+JOURNALS=data/labelling
 
 if [ "${SNAPSHOT:-0}" = 1 ]; then
   SNAP=$(mktemp -d /tmp/kdframe-snapshot.XXXXXX)
@@ -40,7 +44,7 @@ sample() {
 label() {  # a failed step (crash, broken code tree) is retried; finished items are kept
   for attempt in 1 2 3; do
     echo "$(date -Is) label $*"
-    if $KD label "$@" --workers "$W" --no-progress; then return 0; fi
+    if $KD label "$@" --journals "$JOURNALS" --workers "$W" --no-progress; then return 0; fi
     sleep 60
   done
   echo "$(date -Is) giving up on: label $*"

@@ -4,7 +4,8 @@
 #
 #   PYTHON=.venv/bin/python data/make_hessian_set.sh     # ~1-3 min on one core
 #
-# Works in runs/data/ (journals stay there), then copies the merged file into kdframe/datasets/.
+# Works in runs/data/ (its journals stay there, beside the file, never in the package), then copies the
+# merged file into kdframe/datasets/.
 # Every step resumes, like data/make_bundled.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 """Resumable, parallel labelling of ANI-layout HDF5 files.
 
 Every finished conformation is appended as one JSON line to ``<file>.labelling/<method>.jsonl``
-(flushed and fsynced), so a ``kill -9`` loses only the items being computed. ``merge`` folds
+(flushed and fsynced; the ``<file>.labelling/`` directory is beside the file unless ``journals`` names
+another directory to hold it, as the bundled datasets' scripts do with ``data/labelling/``), so a ``kill -9`` loses only the items being computed. ``merge`` folds
 all journals of a file into the HDF5 atomically (copy, write, fsync, rename), every
 ``merge_every`` items, every ``MERGE_SECONDS`` and at the end; a new run merges first and skips whatever is already
 labelled in the file or finished (or failed) in the journal. Floats go through JSON with
@@ -85,12 +86,14 @@ def conformation_digest(numbers: np.ndarray, positions: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def journal_dir(path: str | os.PathLike) -> Path:
-    return Path(f"{path}.labelling")
+def journal_dir(path: str | os.PathLike, journals: str | os.PathLike | None = None) -> Path:
+    """``<file>.labelling/``: beside the file, or in the directory ``journals`` when given."""
+    path = Path(path)
+    return Path(journals if journals is not None else path.parent) / f"{path.name}.labelling"
 
 
-def journal_path(path: str | os.PathLike, method: str) -> Path:
-    return journal_dir(path) / f"{method}.jsonl"
+def journal_path(path: str | os.PathLike, method: str, journals: str | os.PathLike | None = None) -> Path:
+    return journal_dir(path, journals) / f"{method}.jsonl"
 
 
 # ----------------------------------------------------------------------------- journal
@@ -268,11 +271,13 @@ def _worker_compute(item: Item) -> dict[str, Any]:
 def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecules: Sequence[str] | None = None,
                per_molecule: int | None = None, limit: int | None = None, order: str = "size",
                merge_every: int = 25, retry_failed: bool = False, progress: bool = True,
-               origin: str | None = None, labeler: Labeler | None = None, hessian: bool = False) -> Summary:
+               origin: str | None = None, labeler: Labeler | None = None, hessian: bool = False,
+               journals: str | os.PathLike | None = None) -> Summary:
     """Label the selected conformations of ``path`` with ``method``; resumable (see module docstring).
 
     ``workers=0`` computes in this process (tests, debugging); otherwise ``workers`` spawned
     single-threaded processes. ``hessian``: ``<method>.hessian`` instead (:class:`~kdframe.labeler.HessianLabeler`).
+    ``journals``: the directory holding ``<file>.labelling/`` (default: the file's own).
     """
     path = Path(path)
     if not path.is_file():
@@ -283,11 +288,11 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
             raise ConfigError("--hessian", f"method {method!r} provides no forces to differentiate")
         labeler = HessianLabeler(labeler)
     summary = Summary(method)
-    jpath = journal_path(path, labeler.job)
+    jpath = journal_path(path, labeler.job, journals)
     with _locked(jpath.with_suffix(".lock"), blocking=False):
-        merge(path)
+        merge(path, journals)
         runs, journal = read_journal(jpath)
-        _check_settings(path, method, runs, labeler)
+        _check_settings(jpath, runs, labeler)
         targets = select_items(read_items(path), molecules, per_molecule, limit, order, origin)
         finished = _labelled_in_file(path, method, labeler.provides[0])
         pending = []
@@ -305,15 +310,15 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
                        "workers": workers, "host": socket.gethostname(), "items": len(pending),
                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         try:
-            _run(pending, labeler, workers, writer, summary, path, merge_every, progress)
+            _run(pending, labeler, workers, writer, summary, path, merge_every, progress, journals)
         finally:
             writer.close()
-            merge(path)
+            merge(path, journals)
     return summary
 
 
 def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWriter, summary: Summary,
-         path: Path, merge_every: int, progress: bool) -> None:
+         path: Path, merge_every: int, progress: bool, journals: str | os.PathLike | None = None) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=len(pending), desc=f"{labeler.method} {path.name}", unit="conf", disable=not progress,
@@ -338,7 +343,7 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
         bar.set_postfix(failed=summary.failed, s_per_conf=f"{summary.mean_seconds:.2f}")
         since_merge += 1
         if (merge_every and since_merge >= merge_every) or time.monotonic() - last_merge > MERGE_SECONDS:
-            merge(path)
+            merge(path, journals)
             since_merge, last_merge = 0, time.monotonic()
             if not progress:  # a line per merge for log files
                 print(f"{datetime.now().isoformat(timespec='seconds')} {labeler.method} {path.name}: "
@@ -386,22 +391,23 @@ def _versions(labeler: Labeler) -> dict[str, str]:
             **labeler.versions()}
 
 
-def _check_settings(path: Path, method: str, runs: list[dict], labeler: Labeler) -> None:
+def _check_settings(jpath: Path, runs: list[dict], labeler: Labeler) -> None:
     """Refuse to mix two different levels of theory under one method key."""
     settings = json.loads(json.dumps(labeler.settings()))
     for run in runs:
         if run.get("settings") != settings:
-            raise DataError(f"{journal_path(path, method)}: earlier runs used settings {run.get('settings')}, "
+            raise DataError(f"{jpath}: earlier runs used settings {run.get('settings')}, "
                             f"now {settings}; use another method name or a fresh journal")
 
 
 # ----------------------------------------------------------------------------- merging
 
 
-def merge(path: str | os.PathLike) -> int:
-    """Fold every journal of ``path`` into the HDF5 file atomically; returns the number of labels written."""
+def merge(path: str | os.PathLike, journals: str | os.PathLike | None = None) -> int:
+    """Fold every journal of ``path`` (in ``journals``, see :func:`journal_dir`) into the HDF5 file atomically;
+    returns the number of labels written."""
     path = Path(path)
-    jdir = journal_dir(path)
+    jdir = journal_dir(path, journals)
     journals = sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else []
     if not journals:
         return 0

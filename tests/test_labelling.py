@@ -122,6 +122,23 @@ def test_selection_subset_then_rest(tmp_path):
     assert rest.calls == 14 and np.isfinite(labels(path)["ammonia/xtb.energy"]).all()
 
 
+def test_journals_kept_in_another_directory(tmp_path):
+    """``journals=DIR`` (``--journals``, as data/make_bundled.sh passes data/labelling): <file>.labelling/ there,
+    nothing beside the file, and a copy of the file elsewhere resumes from the same journals."""
+    path = make_file(tmp_path / "d.h5")
+    elsewhere = tmp_path / "journals"
+    label_file(path, "xtb", workers=0, progress=False, limit=5, journals=elsewhere)
+    assert journal_path(path, "xtb", elsewhere) == elsewhere / "d.h5.labelling" / "xtb.jsonl"
+    assert journal_path(path, "xtb", elsewhere).is_file() and not (tmp_path / "d.h5.labelling").exists()
+    (tmp_path / "copy").mkdir()
+    fresh = make_file(tmp_path / "copy" / "d.h5")  # the same geometries: the journal attaches to them
+    assert merge(fresh) == 0 and merge(fresh, elsewhere) > 0
+    assert sum(int(np.isfinite(v).sum()) for k, v in labels(fresh).items() if k.endswith(".energy")) == 5
+    again = Counting()
+    summary = label_file(fresh, "xtb", workers=0, progress=False, labeler=again, journals=elsewhere)
+    assert (summary.skipped, summary.done, again.calls) == (5, 7, 7)
+
+
 def test_unknown_method_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="wb97x_dz"):
         label_file(make_file(tmp_path / "d.h5"), "b3lyp_nope", workers=0)

@@ -68,10 +68,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--hessian", action="store_true",
                    help="<method>.hessian (3N x 3N, Hartree/Å²) by central differences of the method's forces")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("merge", help="fold finished labelling journals into the file (atomic)")
     p.add_argument("file")
+    p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("pack", help="an ANI-layout file as one flat, chunked file that training streams from disk")
@@ -83,6 +85,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges")
     p.add_argument("file")
     p.add_argument("--per-molecule", action="store_true", help="one line per molecule")
+    p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_info)
 
 
@@ -193,7 +196,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     summary = label_file(args.file, args.method, workers=args.workers, molecules=molecules,
                          per_molecule=args.per_molecule, limit=args.limit, order=args.order,
                          merge_every=args.merge_every, retry_failed=args.retry_failed,
-                         progress=not args.no_progress, origin=args.origin, hessian=args.hessian)
+                         progress=not args.no_progress, origin=args.origin, hessian=args.hessian,
+                         journals=args.journals)
     print(f"{args.file} {args.method}{' hessian' if args.hessian else ''}: {summary.selected} selected, {summary.skipped} already done, "
           f"{summary.done} labelled, {summary.failed} failed, {summary.errors} errors"
           + (f", {summary.mean_seconds:.3f} s/conformation" if summary.seconds else ""))
@@ -205,7 +209,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     if not Path(args.file).is_file():
         raise DataError(f"{args.file}: data file not found")
-    print(f"{args.file}: {merge(args.file)} labels merged")
+    print(f"{args.file}: {merge(args.file, args.journals)} labels merged")
     return 0
 
 
@@ -224,8 +228,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- info
 
 
-def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
-    """Human-readable summary: molecules, conformations, labels present and energy ranges."""
+def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str | os.PathLike | None = None) -> str:
+    """Human-readable summary: molecules, conformations, labels present and energy ranges; the labelling
+    journals in ``journals`` (see :func:`kdframe.labelling.journal_dir`)."""
     from ..labelling import journal_dir, read_journal
 
     path = Path(path)
@@ -271,7 +276,7 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
             if key.endswith(".energy"):
                 rng += f"; largest spread in a molecule {s['spread'] * KCAL_MOL_PER_HARTREE:.1f} kcal/mol"
         lines.append(f"  {key:<28} {s['n']:>8}/{n_conf:<4} {s['mols']:>9} {s['failed']:>6}  {rng}")
-    jdir = journal_dir(path)
+    jdir = journal_dir(path, journals)
     if jdir.is_dir():
         for jp in sorted(jdir.glob("*.jsonl")):
             runs, items = read_journal(jp)
@@ -283,5 +288,5 @@ def describe(path: str | os.PathLike, per_molecule: bool = False) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(describe(args.file, args.per_molecule))
+    print(describe(args.file, args.per_molecule, args.journals))
     return 0
