@@ -27,17 +27,39 @@ def regular_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cutof
     return filled
 
 
+def open_box(positions: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(cell, origin)`` of an open configuration's box for a cell-list search: the atoms' bounding box padded by
+    ``cutoff`` on every side, so it is never singular (one atom, a molecule along a Cartesian axis or in a
+    Cartesian plane has a bounding box of zero volume; matscipy's default shrink-wrapped cell then is singular)."""
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    low = positions.min(axis=0) if len(positions) else np.zeros(3)
+    high = positions.max(axis=0) if len(positions) else np.zeros(3)
+    pad = max(float(cutoff), 1.0)
+    return np.diag(high - low + 2 * pad), low - pad
+
+
 def neighbour_pairs(positions: np.ndarray, cutoff: float, cell: np.ndarray | None = None,
                     pbc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(i, j, S)``: every ordered pair within ``cutoff`` by matscipy's linear-scaling neighbour list, with the
-    integer lattice shift ``S`` (vector = positions[j] - positions[i] + S @ cell). An atom is its own neighbour only
-    through a lattice vector. Open when ``pbc`` is None or all False; partly periodic cells go through
-    :func:`regular_cell`. matscipy comes with the hippynn and mace plugins; the core itself does not need it.
+    """Pairs of ONE configuration (numpy in, numpy out): ``(i, j, S)``, every ordered pair within ``cutoff`` by
+    matscipy's linear-scaling neighbour list, with the integer lattice shift ``S`` (n_pairs, 3)
+    (vector = positions[j] - positions[i] + S @ cell). ``positions`` (n_atoms, 3) Å, ``cell`` (3, 3) rows =
+    lattice vectors, ``pbc`` (3,) bool. An atom is its own neighbour only through a lattice vector. Open when
+    ``pbc`` is None or all False (any number of atoms, any shape: a single atom, a molecule on an axis or in a
+    plane); partly periodic cells go through :func:`regular_cell`. Needs matscipy (it comes with the hippynn and
+    mace plugins; the core itself does not need it).
     """
     from matscipy.neighbours import neighbour_list
 
+    positions = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((0, 3), dtype=np.int64)
     periodic = pbc is not None and bool(np.any(pbc))
-    where = {"cell": regular_cell(cell, pbc, positions, cutoff), "pbc": np.asarray(pbc, dtype=bool)} if periodic else {}
-    i, j, shifts = neighbour_list("ijS", positions=positions, cutoff=cutoff, **where)
+    if periodic:
+        where = {"cell": regular_cell(cell, pbc, positions, cutoff), "pbc": np.asarray(pbc, dtype=bool)}
+    else:
+        box, origin = open_box(positions, cutoff)
+        where = {"cell": box, "cell_origin": origin, "pbc": np.zeros(3, dtype=bool)}
+    i, j, shifts = neighbour_list("ijS", positions=positions, cutoff=float(cutoff), **where)
     keep = (i != j) | shifts.any(axis=1)
     return i[keep], j[keep], shifts[keep]
