@@ -18,12 +18,17 @@ from typing import Any
 import torch
 
 from . import derivatives
-from .architecture import Architecture, EnergyModel
+from .architecture import Architecture, EnergyModel, ModelOutput
 from .batch import Batch
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, KdframeError
 from .io import atomic_write
 
 MODEL_FORMAT = "kdframe-model/1"
+
+
+class ArchitectureError(KdframeError):
+    """An architecture plugin broke its contract at run time (e.g. an output of the wrong type or shape): a bug in
+    the plugin, not in the data or the configuration. ``python -m kdframe.testing NAME`` runs the conformance kit."""
 
 
 def model_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -75,6 +80,7 @@ class Potential(torch.nn.Module):
         if reference_energies is not None:
             ref[: reference_energies.shape[0]] = reference_energies.to(ref)
         self.register_buffer("reference_energies", ref)
+        self._output_checked = False  # finiteness of the network's output is checked on its first call
 
     def _apply(self, fn, recurse=True):
         """``.to(float32)`` and friends convert the network; reference energies stay float64 (on the new device)."""
@@ -108,6 +114,7 @@ class Potential(torch.nn.Module):
 
     def _energies(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.net(batch)
+        self._check_output(out, batch)
         # Totals are summed in float64: molecular energies are ~1e4 eV, where float32 resolves only ~1 meV.
         atom_ref = self.reference_energies.double()[batch.species]
         return {
@@ -115,6 +122,42 @@ class Potential(torch.nn.Module):
             "atom_energies": out.atom_energies.double() + atom_ref,
             **{f"regulariser:{k}": v for k, v in out.regularisers.items()},
         }
+
+    def _check_output(self, out: ModelOutput, batch: Batch) -> None:
+        """The plugin's output is a ModelOutput of the contract's shapes and a floating dtype (free: metadata only);
+        finite on a model's first call only (a device sync). Otherwise one :class:`ArchitectureError` naming the
+        architecture and what was expected: an (n_conf,) energy would broadcast into an (n_conf, n_conf) table."""
+        name = self.architecture.name
+        where = f"architecture {name!r} ({type(self.net).__module__}.{type(self.net).__qualname__})"
+        hint = f"; see docs/plugins.md and run the conformance kit: python -m kdframe.testing {name}"
+        if not isinstance(out, ModelOutput):
+            raise ArchitectureError(f"{where}: the network returned {type(out).__name__}, expected "
+                                    f"kdframe.architecture.ModelOutput(energy, atom_energies){hint}")
+        n_heads = len(self.heads)
+        for field_name, value, shape, named in (("energy", out.energy, (batch.n_conf, n_heads), "n_conf, n_heads"),
+                                                ("atom_energies", out.atom_energies, (batch.n_atoms, n_heads),
+                                                 "n_atoms, n_heads")):
+            if not torch.is_tensor(value):
+                raise ArchitectureError(f"{where}: ModelOutput.{field_name} is {type(value).__name__}, expected a "
+                                        f"tensor of shape ({named}) = {shape}{hint}")
+            if tuple(value.shape) != shape:
+                raise ArchitectureError(f"{where}: ModelOutput.{field_name} has shape {tuple(value.shape)}, expected "
+                                        f"({named}) = {shape} for {batch.n_conf} configuration(s), {batch.n_atoms} "
+                                        f"atom(s) and {n_heads} head(s){hint}")
+            if not value.is_floating_point():
+                raise ArchitectureError(f"{where}: ModelOutput.{field_name} has dtype {value.dtype}, expected a "
+                                        f"floating-point tensor{hint}")
+        regularisers = out.regularisers
+        if not isinstance(regularisers, dict) or any(not torch.is_tensor(v) or v.dim() != 0
+                                                     for v in regularisers.values()):
+            raise ArchitectureError(f"{where}: ModelOutput.regularisers must be a dict of 0-dim tensors, got "
+                                    f"{_shapes(regularisers)}{hint}")
+        if not getattr(self, "_output_checked", False):
+            self._output_checked = True
+            finite = torch.isfinite(out.energy).all() & torch.isfinite(out.atom_energies).all()
+            if not bool(finite | ~torch.isfinite(batch.positions).all()):
+                raise ArchitectureError(f"{where}: the network's first output has non-finite energies (NaN or inf) "
+                                        f"for finite positions{hint}")
 
     # --- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -154,6 +197,12 @@ class Potential(torch.nn.Module):
     def trainable_weights(self) -> list[torch.nn.Parameter]:
         """Trainable floating-point parameters of the network (lookup tables and frozen ones left out)."""
         return [p for p in self.net.parameters() if p.requires_grad and p.is_floating_point()]
+
+
+def _shapes(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shapes(v)}" for k, v in value.items()) + "}"
+    return f"tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
 
 
 class Ensemble(torch.nn.Module):
