@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
+from .plugins import registry
 from .training.trainer import TrainSettings
 
 BUNDLED_PREFIX = "bundled:"
@@ -67,7 +69,7 @@ class DataSpec(Strict):
 
 
 class ModelSpec(pydantic.BaseModel):
-    """``architecture`` plus that architecture's hyperparameters (checked by its plugin)."""
+    """``architecture`` plus that architecture's hyperparameters, checked by its plugin when the YAML is read."""
 
     model_config = pydantic.ConfigDict(extra="allow")
     architecture: str
@@ -75,9 +77,30 @@ class ModelSpec(pydantic.BaseModel):
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @pydantic.model_validator(mode="after")
+    def _known_to_its_plugin(self) -> "ModelSpec":
+        archs = registry().architectures
+        if self.architecture not in archs:
+            raise invalid(("architecture",), f"unknown architecture {self.architecture!r} "
+                          f"(valid: {', '.join(sorted(archs)) or '(none)'})", self.architecture)
+        hyperparameters = archs[self.architecture].Hyperparameters
+        try:
+            hyperparameters.model_validate(self.hyperparameters())
+        except pydantic.ValidationError as exc:  # re-raised with each error at its key under this spec
+            valid = ", ".join(sorted(hyperparameters.model_fields))
+            raise pydantic.ValidationError.from_exception_data("hyperparameters", [
+                _error(err["loc"], f"unknown key (valid: {valid})" if err["type"] == "extra_forbidden" else err["msg"],
+                       err["input"]) for err in exc.errors()]) from None
+        return self
 
-class TrainOverrides(TrainSettings):
-    """Per-model training settings; unset keys fall back to the top-level ``training`` block."""
+
+def invalid(loc: tuple[str | int, ...], message: str, value: Any = None) -> pydantic.ValidationError:
+    """An error at ``loc`` below the block being validated; raised in a validator, pydantic prefixes its path."""
+    return pydantic.ValidationError.from_exception_data("config", [_error(loc, message, value)])
+
+
+def _error(loc: tuple[str | int, ...], message: str, value: Any) -> dict[str, Any]:
+    return {"type": PydanticCustomError("kdframe", "{message}", {"message": message}), "loc": loc, "input": value}
 
 
 class Base(Strict):
@@ -87,10 +110,6 @@ class Base(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSpec
     training: TrainSettings = TrainSettings()
-
-
-def training_for(base: TrainSettings, overrides: dict[str, Any] | None) -> TrainSettings:
-    return TrainSettings.model_validate({**base.model_dump(), **(overrides or {})})
 
 
 def resolve_path(path: str, config_dir: Path) -> Path:
@@ -149,9 +168,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def validate(model: type[pydantic.BaseModel], raw: Any, source: str, prefix: str = "") -> Any:
-    """``model.model_validate(raw)`` with pydantic's errors turned into one ConfigError naming YAML paths."""
+    """``model.model_validate(raw)`` with pydantic's errors turned into one ConfigError naming YAML paths.
+
+    Validators find the YAML file's folder (to resolve relative paths) as ``info.context["config_dir"]``.
+    """
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={"config_dir": Path(source).parent})
     except pydantic.ValidationError as exc:
         raise config_error(exc, source, model, prefix) from None
 
@@ -159,14 +181,22 @@ def validate(model: type[pydantic.BaseModel], raw: Any, source: str, prefix: str
 def config_error(exc: pydantic.ValidationError, source: str, model: type[pydantic.BaseModel] | None = None,
                  prefix: str = "") -> ConfigError:
     """One ConfigError listing every problem as ``yaml.path: what is wrong (valid: ...)``."""
+    lines = problems(exc, model, prefix)
+    return ConfigError(source, lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+
+
+def problems(exc: pydantic.ValidationError, model: type[pydantic.BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Each of pydantic's errors as ``yaml.path: what is wrong (valid: ...)``."""
     lines = []
     for err in exc.errors():
-        path = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]])
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in ([prefix] * bool(prefix) + list(err["loc"])))
+        path = path.removeprefix(".")
         if err["type"] == "extra_forbidden" and model is not None:
             lines.append(f"{path}: unknown key (valid: {', '.join(_fields_at(model, err['loc'][:-1]))})")
         else:
-            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")  # our validators' own words
-    return ConfigError(source, lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+            problem = err["msg"].removeprefix("Value error, ")  # our validators' own words
+            lines.append(f"{path}: {problem}" if path else problem)
+    return lines
 
 
 def _fields_at(model: type[pydantic.BaseModel], loc: tuple) -> list[str]:

@@ -80,7 +80,7 @@ def _config(tmp_path, ani_file, **changes):
         "data": {"train": {"path": str(ani_file), "energy": "morse.energy", "forces": "morse.forces"},
                  "split": {"fractions": {"train": 0.7, "valid": 0.15, "test": 0.15}}},
         "training": {"batch_size": 8, "max_epochs": 2, "lr": 0.003},
-        "teacher": {"model": {"architecture": "toy", "width": 8}},
+        "teacher": {"train": {"model": {"architecture": "toy", "width": 8}}},
         "students": {"models": [{"architecture": "toy", "width": 2}, {"architecture": "toy", "width": 4}]},
         "born_again": {"weights": {"atom_energies": {1: 200, 2: 0}, "forces": {1: 75, 2: 15}, "energy": {1: 0, 2: 1}}},
         **changes,
@@ -115,7 +115,8 @@ def test_atomic_workflow_sweep(tmp_path, ani_file, capsys):
 @pytest.mark.parametrize("changes, message", [
     ({"students": {"models": []}}, "students.models: List should have at least 1 item"),
     ({"students": {"models": [{"architecture": "toy", "widht": 2}]}}, "students.models[0].widht: unknown key"),
-    ({"teacher": {"file": "t.pt", "model": {"architecture": "toy"}}}, "teacher: give exactly one of"),
+    ({"teacher": {"files": ["t.pt"], "train": {"model": {"architecture": "toy"}}}}, "teacher: give exactly one of"),
+    ({"teacher": {"file": "t.pt"}}, "teacher: 'file' is now 'files (a list of model files)'"),
     ({"controls": {"weights": {"atom_energies": 1}}}, "controls.weights.atom_energies: unknown loss term"),
 ])
 def test_bad_atomic_config_names_the_yaml_path(tmp_path, ani_file, capsys, changes, message):

@@ -12,7 +12,7 @@ def _config(tmp_path, ani_file, **changes):
         "workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu",
         "data": {"train": {"path": str(ani_file), "energy": "morse.energy"}},
         "training": {"max_epochs": 1, "batch_size": 8},
-        "teachers": {"count": 1, "model": {"architecture": "toy", "width": 4}},
+        "teachers": {"train": {"model": {"architecture": "toy", "width": 4}}},
         "student": {"model": {"architecture": "toy", "width": 4}},
     }
     for dotted, value in changes.items():
@@ -52,7 +52,7 @@ CASES = [
     ({"student.weights": {"energy": 1, "forcez": 10}}, ["student.weights.forcez", "unknown loss term",
                                                         "valid: energy, forces"]),
     ({"student.weights": {"energy": 1, "forces": {"0": 10}}}, ["student.weights.forces", "epochs start at 1"]),
-    ({"teachers.files": ["t.pt"]}, ["teachers", "exactly one of 'model'", "'pretrained'"]),
+    ({"teachers.files": ["t.pt"]}, ["teachers", "exactly one of 'train'", "'pretrained'"]),
     ({"teachers": {"pretrained": "ani3"}}, ["teachers.pretrained", "unknown pretrained 'ani3'", "valid: ani1ccx, ani1x"]),
     ({"compare": {"hipnn teachers": ["missing.pt"]}}, ["compare.hipnn teachers[0]", "model file not found: missing.pt"]),
     ({"compare": {"hipnn teachers": ["runs/*/model.pt"]}}, ["compare.hipnn teachers[0]", "model file not found: runs/*/model.pt"]),

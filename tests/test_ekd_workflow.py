@@ -18,8 +18,9 @@ data:
     - {{name: again, path: {data}, energy: morse.energy}}
 training: {{batch_size: 8, max_epochs: 3, lr: 0.003, regularisers: {{smoothness: 0.001}}}}
 teachers:
-  count: 2
-  model: {{architecture: toy, width: 8}}
+  train:
+    count: 2
+    model: {{architecture: toy, width: 8}}
 student:
   model: {{architecture: toy, width: 4}}
   weights: {{energy: 1, forces: {{1: 10, 2: 5}}}}
@@ -106,17 +107,19 @@ def test_student_configurations(tmp_path, monkeypatch, configurations):
     text = CONFIG.format(run_dir=tmp_path / "run", data=data, generations=1).replace("max_epochs: 3", "max_epochs: 1")
     text = text.replace("\ngenerations:", f"\n  configurations: {configurations}\ngenerations:")
     (tmp_path / "ekd.yaml").write_text(textwrap.dedent(text))
-    sizes, train = {}, Run.train
+    sizes, fit = {}, Run.fit
 
-    def recording(self, stage, spec, terms, settings, dataset, train_idx, valid_idx, *args, **kwargs):
-        model = train(self, stage, spec, terms, settings, dataset, train_idx, valid_idx, *args, **kwargs)
+    def recording(self, stage, student, dataset, seed, **kwargs):
+        model = fit(self, stage, student, dataset, seed, **kwargs)
+        train_idx = kwargs.get("train_idx", self.splits["train"])
+        valid_idx = kwargs.get("valid_idx", self.splits["valid"])
         with_energy = dataset.labelled(["energy"])
         sizes[stage] = (len(train_idx), int(with_energy[train_idx].sum()), len(valid_idx), int(with_energy[valid_idx].sum()))
         return model
 
-    monkeypatch.setattr(Run, "train", recording)
+    monkeypatch.setattr(Run, "fit", recording)
     assert main(["run", str(tmp_path / "ekd.yaml"), "--quiet"]) == 0
-    control = sizes["control"]  # the whole splits (run.train drops configurations without energies)
+    control = sizes["control"]  # the whole splits (run.fit drops configurations without energies)
     assert 0 < control[1] < control[0] and 0 < control[3] < control[2]
     labelled_only = (control[1], control[1], control[3], control[3])
     assert sizes["student"] == (labelled_only if configurations == "labelled" else control)

@@ -168,9 +168,9 @@ def test_single_fidelity_run_scores_its_only_head(tmp_path, mf_file, capsys):
     ({"fidelities": {"high": {"energy": "high.energy", "weights": {"forces": 1}}}},
      "fidelities.high.weights.forces: this fidelity has no forces"),
     ({"fidelities": {"high": {"energy": "high.energy", "weights": {"atom_energies": 1}}}},
-     "fidelities.high.weights.atom_energies: unknown loss term (valid: energy)"),
+     "fidelities.high.weights.atom_energies: unknown loss term (valid: energy, forces)"),
     ({"fidelities": {"high": {"energy": "high.energy", "forcse": "low.forces"}}},
-     "fidelities.high.forcse: unknown key (valid: energy, forces, teacher_forces, weights)"),
+     "fidelities.high.forcse: unknown key (valid: energy, forces, teacher, weights)"),
     ({"fidelities": {}}, "fidelities: Dictionary should have at least 1 item"),
 ])
 def test_bad_fidelity_blocks_name_the_yaml_path(tmp_path, mf_file, capsys, change, message):
@@ -187,7 +187,7 @@ def test_a_fidelity_can_learn_teacher_ensemble_forces(tmp_path, mf_file, capsys)
         teacher.save(tmp_path / f"teacher_{i}.pt")
         files.append(str(tmp_path / f"teacher_{i}.pt"))
     raw = _raw(tmp_path, mf_file)
-    raw["fidelities"]["low"] = {"energy": "low.energy", "teacher_forces": files}
+    raw["fidelities"]["low"] = {"energy": "low.energy", "teacher": {"files": files}}
     assert main(["run", _write(tmp_path, raw), "--quiet"]) == 0
     assert "| test | potential [low] |" in capsys.readouterr().out
     assert len(list((tmp_path / "run" / "knowledge").glob("ensemble_forces-low.forces-*.h5"))) == 1

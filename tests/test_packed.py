@@ -83,7 +83,7 @@ def test_packed_file_errors_name_the_key_and_the_workflow(tmp_path, packed_file)
         workflow: ekd
         run_dir: {tmp_path / 'run'}
         data: {{train: {{path: {packed_file}, energy: morse.energy}}}}
-        teachers: {{count: 2, model: {{architecture: toy, width: 4}}}}
+        teachers: {{train: {{count: 2, model: {{architecture: toy, width: 4}}}}}}
         student: {{model: {{architecture: toy, width: 4}}}}
     """))
     assert main(["run", str(config), "--quiet"]) == 2

@@ -182,8 +182,9 @@ data:
   split: {{by: configuration, fractions: {{train: 0.5, valid: 0.25, test: 0.25}}}}
 training: {{batch_size: 4, max_epochs: 3, lr: 0.01}}
 teachers:
-  count: 2
-  model: {model}
+  train:
+    count: 2
+    model: {model}
 student:
   model: {model}
   weights: {{energy: 1, forces: 10, stress: 100}}

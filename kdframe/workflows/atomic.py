@@ -12,28 +12,22 @@ the architecture. Every model is selected on its validation force RMSE when it t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 
-from ..config import Base, ModelSpec, Strict, resolve_path
+from ..config import Base, ModelSpec, Strict
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..knowledge.atomic import AtomicEnergies
-from ..potential import Potential
+from ..student import TRUE_LABELS, Student, check_weights
 from ..teacher import Teacher
-from ..training import LossTerm
 from ..training.trainer import METRICS
-from .base import Run, Workflow, loss_terms, settings
+from .base import Run, Workflow, knowledge_source
 from .sweep import SweepRow, learning_curves, size_plot, sweep_table
+from .teachers import TeacherSource, TrainedTeachers
 
 TEACHER_LABEL = "teacher_atom_energies"
-LABELS = {"forces": ("forces", "forces"), "energy": ("energy", "energy"),
-          "atom_energies": ("atom_energies", TEACHER_LABEL)}  # this order: the first present is monitored
-TRUE_LABELS = {k: LABELS[k] for k in ("forces", "energy")}
 TEACHER_WEIGHTS = {"energy": 1.0, "forces": 10.0}  # teacher and controls (methods.md §2)
-STUDENT_WEIGHTS = {"energy": 1.0, "forces": 30.0, "atom_energies": 100.0}
 # (w_A, w_F, w_E) by epoch from methods.md §2, piecewise constant.
 BORN_AGAIN_WEIGHTS = {
     "atom_energies": {1: 200, 200: 160, 250: 120, 300: 80, 350: 40, 400: 0},
@@ -42,123 +36,98 @@ BORN_AGAIN_WEIGHTS = {
 }
 
 
-class TeacherBlock(Strict):
-    model: ModelSpec | None = None  # train the teacher here ...
-    file: str | None = None  # ... or use a saved kdframe model
-    training: dict[str, Any] = {}
+class Control(Student):
+    """True energies and forces; its forces term first, so validation force RMSE selects the model."""
+
+    LABELS = {k: TRUE_LABELS[k] for k in ("energy", "forces")}
+    FIRST = ("forces", "energy")
     weights: dict[str, Any] = TEACHER_WEIGHTS
 
-    @pydantic.model_validator(mode="after")
-    def _one_source(self) -> "TeacherBlock":
-        if (self.model is None) == (self.file is None):
-            raise ValueError("give exactly one of 'model' (train the teacher here) or 'file' (a saved model)")
-        return self
+
+class AtomicStudent(Control):
+    """Also the teacher's atom energies."""
+
+    LABELS = {**Control.LABELS, "atom_energies": ("atom_energies", TEACHER_LABEL)}
+    weights: dict[str, Any] = {"energy": 1.0, "forces": 30.0, "atom_energies": 100.0}
 
 
-class StudentsBlock(Strict):
-    models: list[ModelSpec] = pydantic.Field(min_length=1)  # the sweep, e.g. smaller and smaller widths
-    training: dict[str, Any] = {}  # also the controls' settings
-    weights: dict[str, Any] = STUDENT_WEIGHTS
+class AtomicTeachers(Control, TrainedTeachers):
+    """A teacher trained here: energies and forces (methods.md §2)."""
 
 
-class ControlsBlock(Strict):
+class AtomicTeacherSource(TeacherSource):
+    train: AtomicTeachers | None = None
+
+
+class StudentSweep(AtomicStudent):
+    """A Student block with ``models`` (the sweep) instead of ``model``."""
+
+    model: ModelSpec | None = None
+    models: list[ModelSpec] = pydantic.Field(min_length=1)  # e.g. smaller and smaller widths
+
+    def students(self) -> list[AtomicStudent]:
+        return [AtomicStudent(model=spec, training=self.training, weights=self.weights) for spec in self.models]
+
+
+class Controls(Strict):
     enabled: bool = True  # one control per student model: same architecture and settings, true labels only
     weights: dict[str, Any] = TEACHER_WEIGHTS
 
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return check_weights(weights, Control.LABELS)
 
-class BornAgainBlock(Strict):
+
+class BornAgain(AtomicStudent):
     enabled: bool = True
-    training: dict[str, Any] = {}
+    model: ModelSpec | None = None  # default: the teacher's architecture (its first member's)
     weights: dict[str, Any] = BORN_AGAIN_WEIGHTS
 
 
 class AtomicConfig(Base):
     workflow: Literal["atomic"]
-    teacher: TeacherBlock
-    students: StudentsBlock
-    controls: ControlsBlock = ControlsBlock()
-    born_again: BornAgainBlock = BornAgainBlock()
-
-
-def terms(weights: dict[str, Any], labels: dict[str, tuple[str, str]], where: str) -> list[LossTerm]:
-    """Loss terms in LABELS order, so the first one (monitored) is the forces term when there is one."""
-    ordered = loss_terms(weights, labels, where)
-    return sorted(ordered, key=lambda t: list(LABELS).index(t.quantity))
+    teacher: AtomicTeacherSource
+    students: StudentSweep
+    controls: Controls = Controls()
+    born_again: BornAgain = BornAgain()
 
 
 class Atomic(Workflow):
     name = "atomic"
     Config = AtomicConfig
 
-    def model_specs(self, config: AtomicConfig) -> dict[str, ModelSpec]:
-        specs = {f"students.models[{i}]": spec for i, spec in enumerate(config.students.models)}
-        if config.teacher.model is not None:
-            specs["teacher.model"] = config.teacher.model
-        return specs
-
-    def training_blocks(self, config: AtomicConfig) -> dict[str, dict[str, Any]]:
-        return {"teacher.training": config.teacher.training, "students.training": config.students.training,
-                "born_again.training": config.born_again.training}
-
-    def weight_blocks(self, config: AtomicConfig):
-        return {"teacher.weights": (config.teacher.weights, TRUE_LABELS),
-                "students.weights": (config.students.weights, LABELS),
-                "controls.weights": (config.controls.weights, TRUE_LABELS),
-                "born_again.weights": (config.born_again.weights, LABELS)}
-
     def check(self, config: AtomicConfig, source: str) -> None:
-        super().check(config, source)
         if config.data.train.forces is None:
             raise ConfigError(f"{source}: data.train.forces", "the atomic workflow trains on forces: name their key")
-        if config.teacher.file and not resolve_path(config.teacher.file, Path(source).parent).is_file():
-            raise ConfigError(f"{source}: teacher.file", f"model file not found: {config.teacher.file}")
 
     def run(self, run: Run, until: str = "run") -> str:
         config: AtomicConfig = run.config
-        teacher = self.teacher(run, config)
+        teachers = config.teacher.ensemble(run, "teacher", "teacher", config.seed)
+        teacher = teachers.members[0] if len(teachers.members) == 1 else teachers
         if until == "train":
             return run.evaluate({"teacher": teacher}, "Atomic-energy distillation: teacher")
         rows = [SweepRow("teacher", "teacher", teacher, run.dir / "teacher" / METRICS)]  # before it is frozen
         knowledge = Teacher(teacher, "teacher")
-        atoms = run.knowledge(AtomicEnergies(TEACHER_LABEL), knowledge, run.data)
+        atoms = run.knowledge(knowledge_source("atomic_energies", TEACHER_LABEL), knowledge, run.data)
         if until == "label":
             return f"Teacher atom energies cached in {run.dir / 'knowledge'}"
-        data, fingerprint = run.data.with_labels(**{TEACHER_LABEL: atoms}), knowledge.fingerprint()
-        students, controls = config.students, config.controls
-        for i, spec in enumerate(students.models):
-            stage = f"student_{i + 1}"
-            model = run.train(stage, spec, terms(students.weights, LABELS, "students.weights"),
-                              settings(config, students.training, "students.training"), data, run.splits["train"],
-                              run.splits["valid"], config.seed + 100 + i, {"weights": students.weights,
-                                                                           "teacher": fingerprint})
-            rows.append(SweepRow(f"student {i + 1}", "student", model, run.dir / stage / METRICS))
-            if controls.enabled:
-                stage = f"control_{i + 1}"
-                model = run.train(stage, spec, terms(controls.weights, TRUE_LABELS, "controls.weights"),
-                                  settings(config, students.training, "students.training"), run.data,
-                                  run.splits["train"], run.splits["valid"], config.seed + 100 + i,
-                                  {"weights": controls.weights})
-                rows.append(SweepRow(f"control {i + 1}", "control", model, run.dir / stage / METRICS))
+        data, identity = run.data.with_labels(**{TEACHER_LABEL: atoms}), {"teacher": knowledge.fingerprint()}
+        for i, student in enumerate(config.students.students()):
+            seed = config.seed + 100 + i
+            model = run.fit(f"student_{i + 1}", student, data, seed, identity=identity)
+            rows.append(SweepRow(f"student {i + 1}", "student", model, run.dir / f"student_{i + 1}" / METRICS))
+            if config.controls.enabled:
+                control = Control(model=student.model, training=student.training, weights=config.controls.weights)
+                model = run.fit(f"control_{i + 1}", control, run.data, seed)
+                rows.append(SweepRow(f"control {i + 1}", "control", model, run.dir / f"control_{i + 1}" / METRICS))
         if config.born_again.enabled:
-            block = config.born_again
-            spec = ModelSpec(architecture=teacher.architecture.name, **teacher.hyperparameters)
-            model = run.train("born_again", spec, terms(block.weights, LABELS, "born_again.weights"),
-                              settings(config, block.training, "born_again.training"), data, run.splits["train"],
-                              run.splits["valid"], config.seed + 99, {"weights": block.weights, "teacher": fingerprint})
+            first = teachers.members[0]
+            spec = config.born_again.model or ModelSpec(architecture=first.architecture.name, **first.hyperparameters)
+            model = run.fit("born_again", config.born_again.model_copy(update={"model": spec}), data, config.seed + 99,
+                            identity=identity)
             rows.append(SweepRow("born-again", "born-again", model, run.dir / "born_again" / METRICS))
         return self.report(run, rows)
-
-    def teacher(self, run: Run, config: AtomicConfig) -> Potential:
-        block = config.teacher
-        if block.file is not None:
-            model = Potential.load(resolve_path(block.file, run.config_dir)).to(run.device)
-            missing = sorted(set(run.species) - set(model.species))
-            if missing:
-                raise ConfigError("teacher.file", f"the teacher knows elements {model.species}, the data also has {missing}")
-            return model
-        return run.train("teacher", block.model, terms(block.weights, TRUE_LABELS, "teacher.weights"),
-                         settings(config, block.training, "teacher.training"), run.data, run.splits["train"],
-                         run.splits["valid"], config.seed, {"weights": block.weights})
 
     @staticmethod
     def report(run: Run, rows: list[SweepRow]) -> str:

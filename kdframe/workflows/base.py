@@ -16,7 +16,7 @@ import pydantic
 import torch
 
 from .. import distributed
-from ..config import Base, DataFile, ModelSpec, TrainSettings, config_error, resolve_path, validate
+from ..config import Base, DataFile, ModelSpec, resolve_path, validate
 from ..data.dataset import Dataset
 from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
@@ -30,7 +30,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..probes import ProbeSettings
 from ..report import table, write_report
-from ..schedule import make_schedule
+from ..student import Student
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
 
@@ -49,30 +49,12 @@ class Workflow(ABC):
     def run(self, run: "Run", until: str = "run") -> str:
         """Do the work up to stage ``until``; return the text to print (a table)."""
 
-    def model_specs(self, config: Base) -> dict[str, ModelSpec]:
-        """Every model block of the config by YAML path."""
-        return {}
-
     def data_keys(self, config: Base) -> dict[str, str]:
         """Label name -> key in the ``data.train`` file; a workflow training on more labels adds them here."""
         return config.data.train.keys()
 
-    def training_blocks(self, config: Base) -> dict[str, dict[str, Any]]:
-        """Every per-model ``training`` override block by YAML path."""
-        return {}
-
-    def weight_blocks(self, config: Base) -> dict[str, tuple[Mapping[str, Any], Mapping[str, tuple[str, str]]]]:
-        """Every loss ``weights`` block by YAML path, with the loss terms it may name."""
-        return {}
-
     def check(self, config: Base, source: str) -> None:
-        """Validate model, training and loss-weight blocks before any work."""
-        for where, spec in self.model_specs(config).items():
-            check_model_spec(spec, where, source)
-        for where, overrides in self.training_blocks(config).items():
-            settings(config, overrides, where, source)
-        for where, (weights, labels) in self.weight_blocks(config).items():
-            loss_terms(weights, labels, where)
+        """Checks across blocks that the config's own validation cannot make; before any work."""
 
 
 def fingerprint(obj: Any) -> str:
@@ -134,7 +116,7 @@ class Run:
     def _check_periodic(self, sources: Sequence[str]) -> None:
         """Periodic data needs architectures that handle cell images: said before any work, not mid-training."""
         archs = registry().architectures
-        for where, spec in self.workflow.model_specs(self.config).items():
+        for where, spec in model_specs(self.config):
             if not archs[spec.architecture].periodic:
                 raise ConfigError(f"{where}.architecture", f"{spec.architecture!r} does not handle periodic "
                                   f"configurations, which {' and '.join(sources)} holds",
@@ -160,28 +142,38 @@ class Run:
         arch = registry().architectures[spec.architecture]
         return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads, energy_labels))
 
-    def train(self, stage: str, spec: ModelSpec, terms: Sequence[LossTerm], settings: TrainSettings, dataset: Dataset,
-              train_idx: np.ndarray, valid_idx: np.ndarray, seed: int, identity: Mapping[str, Any],
-              heads: Sequence[str] = ("energy",), energy_labels: Sequence[str] | None = None,
-              probes: Mapping[str, ProbeSettings] | None = None,
-              online: Sequence[tuple[KnowledgeSource, Teacher]] = ()) -> Potential:
-        """Train one model as a stage of this run, or load it if that stage already finished.
+    def fit(self, stage: str, student: Student, data: Dataset, seed: int, *, terms: Sequence[LossTerm] | None = None,
+            train_idx: np.ndarray | None = None, valid_idx: np.ndarray | None = None,
+            identity: Mapping[str, Any] | None = None, heads: Sequence[str] = ("energy",),
+            energy_labels: Sequence[str] | None = None, probes: Mapping[str, ProbeSettings] | None = None,
+            online: Sequence[tuple[KnowledgeSource, Teacher]] = ()) -> Potential:
+        """Train one Student block as a stage of this run, or load it if that stage already finished.
 
-        ``identity`` (weights spec, teacher fingerprints...) and everything else that determines the
-        result is recorded; a stage directory made with other settings is never silently reused.
-        ``energy_labels`` (one per head) are what each head's reference energies are fitted on;
-        ``probes`` and ``online`` go to the :class:`~kdframe.training.Trainer` (and into the record).
+        ``terms`` default to the block's own; the splits to the run's. Everything that determines the
+        result (the block, the data, the splits, ``identity`` such as teacher fingerprints) is recorded; a
+        stage directory made with other settings is never silently reused. ``energy_labels`` (one per head)
+        are what each head's reference energies are fitted on; ``probes`` and ``online`` go to the
+        :class:`~kdframe.training.Trainer` (and into the record).
         """
+        terms = student.terms() if terms is None else list(terms)
+        train_idx = self.splits["train"] if train_idx is None else train_idx
+        valid_idx = self.splits["valid"] if valid_idx is None else valid_idx
+        missing = sorted({t.label for t in terms} - set(data.labels))
+        if missing:
+            raise ConfigError(stage, f"the loss names labels the data does not have: {', '.join(missing)}; "
+                              "name their keys under data.train or drop those loss weights")
         stage_dir = self.dir / stage
+        settings = student.settings(self.config.training)
         # Configurations carrying none of the terms' labels (e.g. no CC energy yet) only cost time.
         # The stage depends on the labels its terms use, not on others the file gains later.
-        used = [term.label for term in terms if term.label in dataset.labels]
-        labelled = dataset.labelled(used)
-        used += [term.probe for term in terms if term.probe in dataset.labels]
+        used = [term.label for term in terms]
+        labelled = data.labelled(used)
+        used += [term.probe for term in terms if term.probe in data.labels]
         train_idx, valid_idx = train_idx[labelled[train_idx]], valid_idx[labelled[valid_idx]]
-        record = {"model": spec.model_dump(), "training": settings.model_dump(), "seed": seed, "heads": list(heads),
-                  "data": dataset.content_hash(labels=used), "train": fingerprint(train_idx.tolist()),
-                  "valid": fingerprint(valid_idx.tolist()), **identity}
+        record = {"model": student.model.model_dump(), "training": settings.model_dump(), "seed": seed,
+                  "heads": list(heads), "terms": [[t.quantity, t.label, t.head] for t in terms],
+                  "weights": student.model_dump().get("weights"), "data": data.content_hash(labels=used),
+                  "train": fingerprint(train_idx.tolist()), "valid": fingerprint(valid_idx.tolist()), **(identity or {})}
         if energy_labels is not None:
             record["reference_labels"] = list(energy_labels)
         if probes:
@@ -192,8 +184,8 @@ class Run:
             self._claim_stage(stage_dir, record)
         if (stage_dir / MODEL_FILE).is_file():
             return Potential.load(stage_dir / MODEL_FILE).to(self.device)
-        model = self.build(spec, heads, seed, energy_labels)
-        trainer = Trainer(model, terms, dataset.subset(train_idx), dataset.subset(valid_idx), settings, stage_dir,
+        model = self.build(student.model, heads, seed, energy_labels)
+        trainer = Trainer(model, terms, data.subset(train_idx), data.subset(valid_idx), settings, stage_dir,
                           seed, self.device, online=online, probes=probes, progress=self.progress)
         model = trainer.fit()
         if distributed.is_main():
@@ -214,6 +206,7 @@ class Run:
         atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
 
     def knowledge(self, source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> np.ndarray:
+        """``source``'s labels from ``teacher`` for every configuration, cached in ``run_dir/knowledge``."""
         return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device,
                                  progress=self.progress)
 
@@ -254,30 +247,24 @@ class Scored:
     stress: str = "stress"
 
 
-def loss_terms(weights: Mapping[str, Any], labels: Mapping[str, tuple[str, ...]], where: str) -> list[LossTerm]:
-    """Loss terms from a ``weights`` block; ``labels`` maps weight name -> (quantity, dataset label[, probe label])."""
-    unknown = set(weights) - set(labels)
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown loss term", labels)
-    terms = []
-    for name in weights:
-        quantity, label, *probe = labels[name]
-        terms.append(LossTerm(quantity, label, make_schedule(weights[name], f"{where}.{name}"), probe=next(iter(probe), None)))
-    return terms
+def knowledge_source(name: str, label: str, settings: Mapping[str, Any] | None = None) -> KnowledgeSource:
+    """A registered knowledge source (built-in or a plugin's), writing its labels as ``label``."""
+    return registry().lookup("knowledge_sources", name, "knowledge source")(label, dict(settings or {}))
 
 
-def check_model_spec(spec: ModelSpec, where: str, source: str) -> None:
-    """Architecture known and hyperparameters valid, before any work."""
-    arch = registry().lookup("architectures", spec.architecture, f"{source}: {where}.architecture")
-    try:
-        arch.parse(spec.hyperparameters())
-    except pydantic.ValidationError as exc:
-        raise config_error(exc, source, arch.Hyperparameters, where) from None
-
-
-def settings(config: Base, overrides: Mapping[str, Any], where: str, source: str = "config") -> TrainSettings:
-    """The top-level ``training`` block with a model's overrides applied, validated."""
-    return validate(TrainSettings, {**config.training.model_dump(), **overrides}, source, where)
+def model_specs(block: Any, where: str = "") -> list[tuple[str, ModelSpec]]:
+    """Every model spec of a validated config (or block), with its YAML path."""
+    if isinstance(block, ModelSpec):
+        return [(where, block)]
+    if isinstance(block, pydantic.BaseModel):
+        items = [(name, getattr(block, name)) for name in type(block).model_fields]
+    elif isinstance(block, Mapping):
+        items = list(block.items())
+    elif isinstance(block, (list, tuple)):
+        return [found for i, item in enumerate(block) for found in model_specs(item, f"{where}[{i}]")]
+    else:
+        return []
+    return [found for key, value in items for found in model_specs(value, f"{where}.{key}" if where else str(key))]
 
 
 def compare_files(compare: Mapping[str, Sequence[str]], name: str, config_dir: Path) -> list[Path]:

@@ -20,32 +20,39 @@ import pydantic
 from ..config import Base, ModelSpec, Strict
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..knowledge.hvp import TeacherHVP
 from ..potential import Potential
 from ..probes import ProbeSettings
+from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
 from ..training.trainer import METRICS
-from .base import Run, Workflow, loss_terms, settings
+from .base import Run, Workflow, knowledge_source
 from .sweep import SweepRow, read_curve
 
 TEACHER_LABEL = "teacher_hvp"
-LABELS = {"forces": ("forces", "forces"), "energy": ("energy", "energy"),
-          "hvp": ("hvp", "hessian", "hessian:probe"), "hessian": ("hessian", "hessian")}
-STUDENT_LABELS = {"forces": LABELS["forces"], "energy": LABELS["energy"],
-                  TEACHER_LABEL: ("hvp", TEACHER_LABEL, f"{TEACHER_LABEL}:probe")}
 EF_WEIGHTS = {"energy": 1.0, "forces": 10.0}
 
 
-class Variant(Strict):
+class Variant(Student):
+    """E and F, plus ``hvp`` (the data Hessian along probes) or ``hessian`` (the full Hessian)."""
+
+    LABELS = {"forces": TRUE_LABELS["forces"], "energy": TRUE_LABELS["energy"],
+              "hvp": ("hvp", "hessian", "hessian:probe"), "hessian": ("hessian", "hessian")}
+    FIRST = ("forces",)  # validation force RMSE selects every model
     model: ModelSpec | None = None  # default: the top-level model
     weights: dict[str, Any] = EF_WEIGHTS
     probes: ProbeSettings = ProbeSettings()  # for an hvp / teacher_hvp term
-    training: dict[str, Any] = {}
+
+
+class HvpStudent(Variant):
+    """E and F, plus the teacher's H·v along the probes."""
+
+    LABELS = {"forces": TRUE_LABELS["forces"], "energy": TRUE_LABELS["energy"],
+              TEACHER_LABEL: ("hvp", TEACHER_LABEL, f"{TEACHER_LABEL}:probe")}
 
 
 class Distillation(Strict):
     teacher: str  # name of a trained variant
-    student: Variant  # the smaller model; its weights may name teacher_hvp
+    student: HvpStudent  # the smaller model; its weights may name teacher_hvp
     control: bool = True  # the student's model and settings on E and F only
 
 
@@ -54,6 +61,14 @@ class HessianConfig(Base):
     model: ModelSpec
     variants: dict[str, Variant] = pydantic.Field(min_length=1)
     distillation: Distillation | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _default_models(self) -> "HessianConfig":
+        """Variants without a model get the top-level one."""
+        blocks = [*self.variants.values(), *([self.distillation.student] if self.distillation else [])]
+        for block in blocks:
+            block.model = block.model or self.model
+        return self
 
 
 def stage_name(name: str) -> str:
@@ -64,27 +79,7 @@ class Hessian(Workflow):
     name = "hessian"
     Config = HessianConfig
 
-    def model_specs(self, config: HessianConfig) -> dict[str, ModelSpec]:
-        specs = {f"variants.{n}.model": v.model for n, v in config.variants.items() if v.model is not None}
-        specs["model"] = config.model
-        if config.distillation and config.distillation.student.model:
-            specs["distillation.student.model"] = config.distillation.student.model
-        return specs
-
-    def training_blocks(self, config: HessianConfig) -> dict[str, dict[str, Any]]:
-        blocks = {f"variants.{n}.training": v.training for n, v in config.variants.items()}
-        if config.distillation:
-            blocks["distillation.student.training"] = config.distillation.student.training
-        return blocks
-
-    def weight_blocks(self, config: HessianConfig):
-        blocks = {f"variants.{n}.weights": (v.weights, LABELS) for n, v in config.variants.items()}
-        if config.distillation:
-            blocks["distillation.student.weights"] = (config.distillation.student.weights, STUDENT_LABELS)
-        return blocks
-
     def check(self, config: HessianConfig, source: str) -> None:
-        super().check(config, source)
         train = config.data.train
         for key in ("forces", "hessian"):
             if getattr(train, key) is None:
@@ -97,8 +92,7 @@ class Hessian(Workflow):
 
     def run(self, run: Run, until: str = "run") -> str:
         config: HessianConfig = run.config
-        rows = [self.row(run, name, stage_name(name), self.train(run, stage_name(name), variant, LABELS,
-                                                                 f"variants.{name}"))
+        rows = [self.row(run, name, stage_name(name), self.train(run, stage_name(name), variant))
                 for name, variant in config.variants.items()]  # rows before a teacher is frozen
         if until != "train" and config.distillation is not None:
             teacher = next(r.model for r in rows if r.name == config.distillation.teacher)
@@ -112,20 +106,17 @@ class Hessian(Workflow):
         return SweepRow(name, stage, model, run.dir / stage / METRICS)
 
     @staticmethod
-    def train(run: Run, stage: str, variant: Variant, labels: dict[str, tuple[str, ...]], where: str,
-              identity: dict[str, Any] | None = None, data=None, online=()) -> Potential:
-        """One model; its forces term first, so validation force RMSE selects it."""
-        terms = sorted(loss_terms(variant.weights, labels, f"{where}.weights"), key=lambda t: t.quantity != "forces")
+    def train(run: Run, stage: str, variant: Variant, identity: dict[str, Any] | None = None, data=None,
+              online=()) -> Potential:
+        """One model; probes are drawn for its curvature term unless the data carries them (fixed teacher HVPs)."""
         data = run.data if data is None else data
-        probes = {t.probe: variant.probes for t in terms if t.probe and t.probe not in data.labels}
-        return run.train(stage, variant.model or run.config.model, terms, settings(run.config, variant.training,
-                         f"{where}.training"), data, run.splits["train"], run.splits["valid"], run.config.seed,
-                         {"weights": variant.weights, **(identity or {})}, probes=probes, online=online)
+        probes = {t.probe: variant.probes for t in variant.terms() if t.probe and t.probe not in data.labels}
+        return run.fit(stage, variant, data, run.config.seed, identity=identity, probes=probes, online=online)
 
     def distill(self, run: Run, block: Distillation, teacher_model: Potential, until: str) -> list[SweepRow]:
         """The student on the teacher's H·v (cached for fixed probes, online for fresh ones) and its E-F control."""
         teacher = Teacher(teacher_model, block.teacher)
-        source = TeacherHVP(TEACHER_LABEL, {"probes": block.student.probes.model_dump()})
+        source = knowledge_source("teacher_hvp", TEACHER_LABEL, {"probes": block.student.probes.model_dump()})
         data, online = run.data, []
         if TEACHER_LABEL in block.student.weights:
             if block.student.probes.regime == "fixed":
@@ -134,13 +125,11 @@ class Hessian(Workflow):
                 online = [(source, teacher)]
         if until == "label":
             return []
-        student = self.train(run, "student", block.student, STUDENT_LABELS, "distillation.student",
-                             {"teacher": teacher.fingerprint()}, data, online)
+        student = self.train(run, "student", block.student, {"teacher": teacher.fingerprint()}, data, online)
         rows = [self.row(run, f"student ({block.teacher} HVPs)", "student", student)]
         if block.control:
             ef = {k: w for k, w in block.student.weights.items() if k in EF_WEIGHTS}
-            control = self.train(run, "control", block.student.model_copy(update={"weights": ef}), STUDENT_LABELS,
-                                 "distillation.student")
+            control = self.train(run, "control", block.student.with_weights(ef))
             rows.append(self.row(run, "control (student size, E-F)", "control", control))
         return rows
 

@@ -7,9 +7,10 @@ its own per-species reference energies, fitted on its own energies. The head nam
 ``evaluate_head`` is scored against ``data.train``'s energy/forces (test split) and the
 ``data.evaluate`` sets; every other head against its own labels on the test split.
 
-Composition with EKD: a fidelity's forces may come from a teacher ensemble instead of the file
-(``teacher_forces: [model files]``): its ensemble-averaged forces on every configuration are cached
-offline like any teacher knowledge and trained as that fidelity's forces.
+Composition with EKD: a fidelity's forces may come from teachers instead of the file (``teacher:``, a
+teacher source: trained here on that fidelity's energies, saved files of any architecture, or a
+pretrained ensemble): their ensemble-averaged forces on every configuration are cached offline like
+any teacher knowledge and trained as that fidelity's forces.
 """
 
 from __future__ import annotations
@@ -18,57 +19,75 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import torch
 
-from ..config import Base, ModelSpec, Strict
-from ..errors import ConfigError
+from ..config import Base, Strict, invalid
 from ..data.dataset import Dataset
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..knowledge.ensemble import EnsembleForces
 from ..potential import Ensemble, Potential
+from ..schedule import make_schedule
+from ..student import Model, check_weights
 from ..teacher import Teacher
 from ..training import LossTerm
-from .base import Run, Scored, Workflow, compare_files, compared, loss_terms, settings
+from .base import Run, Scored, Workflow, compare_files, compared, knowledge_source
+from .teachers import TeacherSource
 
 
 class Fidelity(Strict):
-    """One level of theory: keys in the ``data.train`` file and its loss weights."""
+    """One level of theory: keys in the ``data.train`` file (or teachers for its forces) and its loss weights."""
 
     energy: str
     forces: str | None = None
-    teacher_forces: list[str] = []  # saved models whose ensemble-averaged forces stand in for `forces` (EKD)
+    teacher: TeacherSource | None = None  # teachers whose ensemble-averaged forces stand in for `forces` (EKD)
     weights: dict[str, Any] | None = None  # default: energy 1, forces 1 where the fidelity has forces
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "teacher_forces" in raw:
+            raise ValueError("'teacher_forces' is now 'teacher' (a teacher block: {files: [...]}, {pretrained: NAME} "
+                             "or {train: {...}})")
+        return raw
+
     @pydantic.model_validator(mode="after")
-    def _one_force_source(self) -> "Fidelity":
-        if self.forces and self.teacher_forces:
-            raise ValueError("give 'forces' (a key of the file) or 'teacher_forces' (model files), not both")
+    def _consistent(self) -> "Fidelity":
+        if self.forces and self.teacher:
+            raise ValueError("give 'forces' (a key of the file) or 'teacher' (teachers' forces), not both")
+        if self.weights is not None:
+            if "forces" in self.weights and not self.has_forces:
+                raise invalid(("weights", "forces"), "this fidelity has no forces: name their key as 'forces' or "
+                              "give a 'teacher'")
         return self
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any] | None) -> dict[str, Any] | None:
+        return weights if weights is None else check_weights(weights, {"energy": 0, "forces": 0})
 
     @property
     def has_forces(self) -> bool:
-        return bool(self.forces or self.teacher_forces)
+        return bool(self.forces or self.teacher)
 
-    def labels(self, name: str) -> dict[str, tuple[str, str]]:
-        """Loss-term name -> (quantity, dataset label) for this fidelity."""
-        own = {"energy": ("energy", label(name, "energy"))}
-        return {**own, "forces": ("forces", label(name, "forces"))} if self.has_forces else own
-
-    def weight_block(self) -> dict[str, Any]:
-        return self.weights if self.weights is not None else {"energy": 1.0, **({"forces": 1.0} if self.has_forces else {})}
-
-
-class PotentialBlock(Strict):
-    model: ModelSpec
-    training: dict[str, Any] = {}
+    def terms(self, name: str, head: int) -> list[LossTerm]:
+        """This fidelity's loss terms, routed to its head."""
+        weights = self.weights if self.weights is not None else {"energy": 1.0, **({"forces": 1.0} if self.has_forces else {})}
+        return [LossTerm(quantity, label(name, quantity), make_schedule(w, f"fidelities.{name}.weights.{quantity}"),
+                         head) for quantity, w in weights.items()]
 
 
 class MultiFidelityConfig(Base):
     workflow: Literal["multifidelity"]
     fidelities: dict[str, Fidelity] = pydantic.Field(min_length=1)
     evaluate_head: str  # the fidelity scored against data.train's energy/forces and data.evaluate
-    potential: PotentialBlock
+    potential: Model
     compare: dict[str, list[str]] = {}  # extra rows: name -> saved model files, scored on evaluate_head
+
+    @pydantic.model_validator(mode="after")
+    def _evaluated_head(self) -> "MultiFidelityConfig":
+        if self.evaluate_head not in self.fidelities:
+            raise ValueError(f"evaluate_head: {self.evaluate_head!r} is not a fidelity "
+                             f"(valid: {', '.join(self.fidelities)})")
+        return self
 
 
 def label(fidelity: str, quantity: str) -> str:
@@ -79,27 +98,13 @@ def label(fidelity: str, quantity: str) -> str:
 def fidelity_terms(config: MultiFidelityConfig) -> list[LossTerm]:
     """Every fidelity's loss terms routed to its head; the evaluated head's energy first (it is monitored)."""
     order = sorted(config.fidelities, key=lambda name: name != config.evaluate_head)
-    terms = []
-    for name in order:
-        fidelity = config.fidelities[name]
-        for term in loss_terms(fidelity.weight_block(), fidelity.labels(name), f"fidelities.{name}.weights"):
-            term.head = list(config.fidelities).index(name)
-            terms.append(term)
-    return terms
+    return [term for name in order
+            for term in config.fidelities[name].terms(name, list(config.fidelities).index(name))]
 
 
 class MultiFidelity(Workflow):
     name = "multifidelity"
     Config = MultiFidelityConfig
-
-    def model_specs(self, config: MultiFidelityConfig) -> dict[str, ModelSpec]:
-        return {"potential.model": config.potential.model}
-
-    def training_blocks(self, config: MultiFidelityConfig) -> dict[str, dict[str, Any]]:
-        return {"potential.training": config.potential.training}
-
-    def weight_blocks(self, config: MultiFidelityConfig):
-        return {f"fidelities.{name}.weights": (f.weight_block(), f.labels(name)) for name, f in config.fidelities.items()}
 
     def data_keys(self, config: MultiFidelityConfig) -> dict[str, str]:
         keys = dict(config.data.train.keys())
@@ -110,33 +115,18 @@ class MultiFidelity(Workflow):
         return keys
 
     def check(self, config: MultiFidelityConfig, source: str) -> None:
-        if config.evaluate_head not in config.fidelities:
-            raise ConfigError(f"{source}: evaluate_head", f"{config.evaluate_head!r} is not a fidelity", config.fidelities)
-        for name, fidelity in config.fidelities.items():
-            if fidelity.weights == {}:
-                raise ConfigError(f"{source}: fidelities.{name}.weights", "no loss terms (null: the default weights)",
-                                  fidelity.labels(name))
-            if fidelity.weights is not None and "forces" in fidelity.weights and not fidelity.has_forces:
-                raise ConfigError(f"{source}: fidelities.{name}.weights.forces",
-                                  f"this fidelity has no forces: set fidelities.{name}.forces to a key of the file "
-                                  f"or fidelities.{name}.teacher_forces to model files")
-            if fidelity.teacher_forces:
-                compare_files({f"fidelities.{name}.teacher_forces": fidelity.teacher_forces},
-                              f"fidelities.{name}.teacher_forces", Path(source).parent)
-        super().check(config, source)
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
 
     def run(self, run: Run, until: str = "run") -> str:
         config: MultiFidelityConfig = run.config
         heads = list(config.fidelities)
-        block = config.potential
         data, teachers = self.teacher_forces(run, config)
-        model = run.train("potential", block.model, fidelity_terms(config),
-                          settings(config, block.training, "potential.training"), data, run.splits["train"],
-                          run.splits["valid"], config.seed,
-                          {"fidelities": config.model_dump()["fidelities"], "teachers": teachers},
-                          heads=heads, energy_labels=[label(h, "energy") for h in heads])
+        if until == "train" and teachers:
+            return f"Teachers of fidelities {', '.join(teachers)} ready; their forces cached in {run.dir / 'knowledge'}"
+        model = run.fit("potential", config.potential, data, config.seed, terms=fidelity_terms(config),
+                        identity={"fidelities": config.model_dump()["fidelities"], "teachers": teachers},
+                        heads=heads, energy_labels=[label(h, "energy") for h in heads])
         rows: dict[str, Potential | Ensemble | Scored] = {"potential": Scored(model, config.evaluate_head)}
         for head in heads:
             if head != config.evaluate_head:
@@ -150,18 +140,16 @@ class MultiFidelity(Workflow):
 
     @staticmethod
     def teacher_forces(run: Run, config: MultiFidelityConfig) -> tuple[Dataset, dict[str, str]]:
-        """run.data with each ``teacher_forces`` fidelity's ensemble-averaged forces; teacher fingerprints."""
+        """run.data with each taught fidelity's ensemble-averaged forces; the teachers' fingerprints."""
         data, fingerprints = run.data, {}
-        for name, fidelity in config.fidelities.items():
-            if not fidelity.teacher_forces:
+        for i, (name, fidelity) in enumerate(config.fidelities.items()):
+            if fidelity.teacher is None:
                 continue
-            where = f"fidelities.{name}.teacher_forces"
-            members = [Potential.load(p).to(run.device) for p in compare_files({where: fidelity.teacher_forces}, where,
-                                                                                run.config_dir)]
-            for member in members:
-                member.check_species(torch.as_tensor(run.species), where)
-            teacher = Teacher(Ensemble(members), f"{name} teachers")
-            forces = run.knowledge(EnsembleForces(label(name, "forces")), teacher, run.data)
+            energy = label(name, "energy")
+            ensemble = fidelity.teacher.ensemble(run, f"fidelities.{name}.teacher", f"teacher_{name}",
+                                                 config.seed + 1 + 10 * i, energy, rename={"energy": energy})
+            teacher = Teacher(ensemble, f"{name} teachers")
+            forces = run.knowledge(knowledge_source("ensemble_forces", label(name, "forces")), teacher, run.data)
             data, fingerprints[name] = data.with_labels(**{label(name, "forces"): forces}), teacher.fingerprint()
         return data, fingerprints
 

@@ -12,7 +12,7 @@ from matplotlib.ticker import NullFormatter
 
 from ..evaluation import Metrics
 from ..io import atomic_write
-from ..potential import Potential
+from ..potential import Ensemble, Potential
 from ..report import plt
 from ..units import EV_TO_KCAL_MOL
 
@@ -25,12 +25,13 @@ STYLE = {"teacher": ("k", "*"), "born-again": ("tab:red", "D"), "student": ("tab
 class SweepRow:
     name: str
     kind: str  # teacher, student, control or born-again
-    model: Potential
+    model: Potential | Ensemble
     metrics_csv: Path  # the stage's per-epoch metrics (absent for a model loaded from a file)
-    n_weights: int = 0  # trainable weights; taken at creation (a model used as a teacher is frozen later)
+    n_weights: int = 0  # trainable weights (of all members); taken at creation (a teacher is frozen later)
 
     def __post_init__(self) -> None:
-        self.n_weights = self.n_weights or self.model.n_weights()
+        members = self.model.members if isinstance(self.model, Ensemble) else [self.model]
+        self.n_weights = self.n_weights or sum(m.n_weights() for m in members)
 
 
 def _value(metrics: Metrics | None, key: str) -> float:

@@ -1,0 +1,93 @@
+"""The Student block: one model to train, its training overrides and its loss weights.
+
+Every model a run trains is one: EKD students and controls, teachers trained here, atomic-energy
+students, Born-Again models, Hessian variants, multi-fidelity potentials. The block is validated
+when the YAML is read (architecture and hyperparameters through the plugin registry, training
+overrides against :class:`~kdframe.training.TrainSettings`, loss weights against the terms its role
+may name), so a mistake is reported before any work, with its YAML path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Optional
+
+import pydantic
+
+from .config import ModelSpec, Strict, invalid
+from .errors import ConfigError
+from .schedule import make_schedule
+from .training import LossTerm
+from .training.trainer import TrainSettings
+
+# Weight name -> (predicted quantity, dataset label[, probe label]) for models trained on the data's own labels.
+TRUE_LABELS: Mapping[str, tuple[str, ...]] = {"energy": ("energy", "energy"), "forces": ("forces", "forces"),
+                                              "stress": ("stress", "stress")}
+
+
+def _all_optional(settings: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
+    """``settings`` with every field optional (None: not overridden), keeping each field's constraints.
+
+    Generated rather than written out so that a new training setting is overridable at once.
+    """
+    fields: dict[str, Any] = {}
+    for name, field in settings.model_fields.items():
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        fields[name] = (Optional[annotation], None)
+    return pydantic.create_model("TrainingOverrides", __base__=Strict, **fields)
+
+
+TrainingOverrides = _all_optional(TrainSettings)
+
+
+class Model(Strict):
+    """A model spec and its overrides of the run's top-level ``training`` block."""
+
+    model: ModelSpec
+    training: TrainingOverrides = TrainingOverrides()  # type: ignore[valid-type]
+
+    def settings(self, base: TrainSettings) -> TrainSettings:
+        """The run's training settings with this block's overrides."""
+        return TrainSettings.model_validate({**base.model_dump(), **self.training.model_dump(exclude_none=True)})
+
+
+class Student(Model):
+    """A model trained on loss terms; subclasses name the terms their role may use (``LABELS``)."""
+
+    LABELS: ClassVar[Mapping[str, tuple[str, ...]]] = TRUE_LABELS
+    FIRST: ClassVar[tuple[str, ...]] = ()  # terms put first, in this order (the first term is monitored)
+    weights: dict[str, Any] = {"energy": 1.0}
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return check_weights(weights, cls.LABELS)
+
+    def terms(self, rename: Mapping[str, str] | None = None) -> list[LossTerm]:
+        """The loss terms of ``weights``; ``rename`` maps a dataset label to the one to use instead."""
+        rename = rename or {}
+        names = sorted(self.weights, key=lambda n: self.FIRST.index(n) if n in self.FIRST else len(self.FIRST))
+        terms = []
+        for name in names:
+            quantity, label, *probe = self.LABELS[name]
+            terms.append(LossTerm(quantity, rename.get(label, label), make_schedule(self.weights[name], name),
+                                  probe=next(iter(probe), None)))
+        return terms
+
+    def with_weights(self, weights: dict[str, Any]) -> "Student":
+        """The same model and training with other loss weights (a control of the same size)."""
+        return self.model_copy(update={"weights": weights})
+
+
+def check_weights(weights: dict[str, Any], labels: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``weights`` block names known terms, at least one, each a valid schedule (ValueError otherwise)."""
+    if not weights:
+        raise ValueError(f"no loss terms (valid: {', '.join(labels)})")
+    for name, spec in weights.items():
+        if name not in labels:
+            raise invalid((name,), f"unknown loss term (valid: {', '.join(labels)})", spec)
+        try:
+            make_schedule(spec, name)
+        except ConfigError as exc:
+            raise invalid((name,), str(exc).removeprefix(f"{name}: "), spec) from None
+    return weights

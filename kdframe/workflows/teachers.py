@@ -1,0 +1,112 @@
+"""Where a run's teachers come from: trained here, saved model files, or a pretrained ensemble.
+
+One YAML block for every workflow (EKD ``teachers``, atomic ``teacher``, multi-fidelity
+``fidelities.NAME.teacher``), so any teacher teaches in any of them. Teachers from outside are
+checked for the data's elements (one :class:`~kdframe.errors.ConfigError`) and, by default, put on
+the data's energy scale by per-element offsets (:func:`kdframe.teacher.align_reference_energies`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pydantic
+
+from ..config import Strict, invalid, resolve_path
+from ..errors import ConfigError
+from ..plugins import registry
+from ..potential import Ensemble, Potential
+from ..student import Student
+from ..teacher import Teacher, align_reference_energies
+
+if TYPE_CHECKING:
+    from .base import Run
+
+# Keys of the blocks this one replaced, and where they went.
+OLD_KEYS = {"count": "train.count", "model": "train.model", "training": "train.training", "weights": "train.weights",
+            "file": "files (a list of model files)", "teacher_forces": "teacher: {files: [...]}"}
+
+
+class TrainedTeachers(Student):
+    """``count`` models of one Student block, each on its own split of the training pool when there are several."""
+
+    count: int = pydantic.Field(1, ge=1)
+
+
+class TeacherSource(Strict):
+    """Exactly one of ``train``, ``files`` or ``pretrained``."""
+
+    train: TrainedTeachers | None = None
+    files: list[str] = []  # saved kdframe models, any architecture; several make an ensemble
+    pretrained: str | None = None  # a registered pretrained ensemble, e.g. ani1ccx
+    # Teachers from files or pretrained: refit per-element energy offsets on the training split
+    # (their level of theory's atomic energies differ; forces and conformer energy differences are unchanged).
+    align_energies: bool = True
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping):
+            for key in raw:
+                if key in OLD_KEYS:
+                    raise ValueError(f"'{key}' is now '{OLD_KEYS[key]}' in a teacher block (keys: train, files, "
+                                     "pretrained, align_energies)")
+        return raw
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self, info: pydantic.ValidationInfo) -> "TeacherSource":
+        if sum((self.train is not None, bool(self.files), self.pretrained is not None)) != 1:
+            raise ValueError("give exactly one of 'train' (train teachers here), 'files' (saved models) "
+                             "or 'pretrained' (a registered pretrained ensemble)")
+        if self.pretrained is not None and self.pretrained not in registry().pretrained:
+            raise invalid(("pretrained",), f"unknown pretrained {self.pretrained!r} "
+                          f"(valid: {', '.join(sorted(registry().pretrained)) or '(none)'})", self.pretrained)
+        config_dir = (info.context or {}).get("config_dir", Path.cwd())
+        for i, path in enumerate(self.files):
+            if not resolve_path(path, config_dir).is_file():
+                raise invalid(("files", i), f"model file not found: {path} (relative paths are relative to the "
+                              "YAML file)", path)
+        return self
+
+    def ensemble(self, run: "Run", where: str, stage: str, seed: int, energy_label: str = "energy",
+                 rename: Mapping[str, str] | None = None) -> Ensemble:
+        """The teachers: trained as stages ``stage`` (``stage_1``... when several) or loaded and aligned.
+
+        ``energy_label`` is the dataset label outside teachers are aligned to; ``rename`` maps the labels
+        of trained teachers' loss terms (e.g. ``energy`` -> one fidelity's energies).
+        """
+        if self.train is not None:
+            return Ensemble(self._trained(run, stage, seed, rename))
+        if self.pretrained is not None:
+            loaded = registry().pretrained[self.pretrained]().to(run.device)
+            members, names = list(loaded.members), [f"pretrained {self.pretrained}"] * len(loaded.members)
+        else:
+            members = [Potential.load(resolve_path(p, run.config_dir)).to(run.device) for p in self.files]
+            names = self.files
+        for member, name in zip(members, names):
+            missing = sorted(set(run.species) - set(member.species))
+            if missing:
+                raise ConfigError(where, f"{name} knows elements {member.species}, but the data also has {missing}")
+        ensemble = Ensemble(members)
+        if self.align_energies:
+            align_reference_energies(Teacher(ensemble, stage), run.train_set, energy_label, run.device)
+        return ensemble
+
+    def _trained(self, run: "Run", stage: str, seed: int, rename: Mapping[str, str] | None) -> list[Potential]:
+        block = self.train
+        assert block is not None
+        if block.count == 1:
+            return [run.fit(stage, block, run.data, seed, terms=block.terms(rename))]
+        pool = np.concatenate([run.splits["train"], run.splits["valid"]])
+        fractions = run.config.data.split.fractions
+        train_share = fractions["train"] / (fractions["train"] + fractions["valid"])
+        teachers = []
+        for i in range(block.count):
+            order = np.random.default_rng(run.config.seed + 1000 + i).permutation(pool)  # own data split per teacher
+            cut = int(round(train_share * len(order)))
+            teachers.append(run.fit(f"{stage}_{i + 1}", block, run.data, seed + i, terms=block.terms(rename),
+                                    train_idx=np.sort(order[:cut]), valid_idx=np.sort(order[cut:])))
+        return teachers
