@@ -43,25 +43,73 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_model(args: argparse.Namespace):
+    """(model, members, name in the table, default report path) from ``--model`` (once or more) or ``--pretrained``."""
+    from .errors import ConfigError
+    from .potential import Ensemble, Potential
+
+    if args.model and args.pretrained:
+        raise ConfigError("evaluate", "give --model or --pretrained, not both")
+    if not args.model and not args.pretrained:
+        raise ConfigError("evaluate", "give --model FILE (once, or several times for an ensemble) or --pretrained NAME")
+    data_stem = Path(args.data.removeprefix("bundled:")).stem
+    if args.pretrained:
+        from .plugins import registry
+
+        loaders = registry().pretrained
+        if args.pretrained not in loaders:
+            raise ConfigError("--pretrained", f"unknown pretrained model {args.pretrained!r}", loaders)
+        model = loaders[args.pretrained]()
+        members = list(model.members)
+        name = f"{args.pretrained} ({len(members)} members)"
+        return model, members, name, Path(f"evaluation-{args.pretrained}-{data_stem}.md")
+    members = [Potential.load(path) for path in args.model]
+    if len(members) == 1:
+        first = Path(args.model[0])
+        return members[0], members, first.name, first.with_name(f"evaluation-{data_stem}.md")
+    heads = {tuple(m.heads) for m in members}
+    if len(heads) > 1:
+        raise ConfigError("--model", "the ensemble's models have different output heads", [",".join(h) for h in heads])
+    names = ", ".join(Path(p).name for p in args.model)
+    return (Ensemble(members), members, f"ensemble of {len(members)} ({names})",
+            Path(args.model[0]).with_name(f"evaluation-ensemble-{data_stem}.md"))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import BUNDLED_DIR, BUNDLED_PREFIX, resolve_path
     from .data.readers import read_dataset
-    from .evaluation import evaluate
+    from .errors import ConfigError
+    from .evaluation import evaluate, evaluate_ensemble, summary_markdown
     from .io import atomic_write_text
-    from .potential import Potential
     from .report import table
 
-    model = Potential.load(args.model)
+    data_path = resolve_path(args.data, Path.cwd())
+    if args.data.startswith(BUNDLED_PREFIX) and not data_path.is_file():
+        raise ConfigError("--data", f"no bundled dataset {args.data!r}",
+                          [f"{BUNDLED_PREFIX}{p.name}" for p in sorted(BUNDLED_DIR.glob("*.h5"))])
+    if args.out is not None and Path(args.out).is_dir():
+        raise ConfigError("--out", f"{args.out} is a directory; give the markdown file to write")
+    model, members, name, default_out = _evaluation_model(args)
     optional = {"forces": args.forces_key, "stress": args.stress_key}
     keys = {"energy": args.energy_key, **{label: key for label, key in optional.items() if key}}
-    data = read_dataset(args.data, keys)
-    model.check_species(__import__("torch").from_numpy(data.elements()), str(args.data))
-    metrics = evaluate(model, data, "energy", "forces" if args.forces_key else None,
-                       head=model.head_index(args.head, "--head") if args.head else 0,
-                       stress_label="stress" if args.stress_key else None)
-    text = table({Path(args.data).name: {Path(args.model).name: metrics}})
-    out = Path(args.out or Path(args.model).with_name(f"evaluation-{Path(args.data).stem}.md"))
-    atomic_write_text(out, text + "\n\n" + "\n".join(f"- {k}: {v:.6g}" for k, v in metrics.values.items()) + "\n")
+    data = read_dataset(data_path, keys)
+    model.check_species(torch.from_numpy(data.elements()), str(data_path))
+    head = model.head_index(args.head, "--head") if args.head else 0
+    forces, stress = "forces" if args.forces_key else None, "stress" if args.stress_key else None
+    if len(members) > 1:
+        metrics = evaluate_ensemble(members, data, "energy", forces, head=head, stress_label=stress, refit=True)
+    else:
+        metrics = evaluate(model, data, "energy", forces, head=head, stress_label=stress, refit=True)
+    set_name = args.data if args.data.startswith(BUNDLED_PREFIX) else data_path.name
+    text = table({set_name: {name: metrics}})
+    extra = summary_markdown(name, metrics)
+    out = Path(args.out) if args.out else default_out
+    values = "\n".join(f"- {k}: {v:.6g}" for k, v in metrics.values.items())
+    atomic_write_text(out, text + "\n\n" + extra + "\n" + values + "\n")
     print(text)
+    print("\n" + extra.rstrip())
     print(f"\nWritten: {out}")
     return 0
 
@@ -81,14 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_run_stage(until))
     p = sub.add_parser("plugins", help="list installed plugins and what they register")
     p.set_defaults(func=_plugins)
-    p = sub.add_parser("evaluate", help="evaluate a saved model on an ANI-layout HDF5 or extxyz file")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p = sub.add_parser("evaluate", help="evaluate a saved model, an ensemble or a pretrained ensemble on an "
+                                        "ANI-layout HDF5, packed or extxyz file")
+    p.add_argument("--model", action="append", default=[],
+                   help="a saved model file; give it several times for an ensemble (members averaged)")
+    p.add_argument("--pretrained", default=None, help="a registered pretrained ensemble (see `kdframe plugins`)")
+    p.add_argument("--data", required=True, help="data file, or bundled:NAME for a dataset shipped with kdframe")
     p.add_argument("--energy-key", default="energy", help="energy key in the file (default: energy)")
     p.add_argument("--forces-key", default=None, help="forces key in the file (default: no force metrics)")
     p.add_argument("--stress-key", default=None, help="stress key of an extxyz file, eV/Å³ (default: no stress metrics)")
     p.add_argument("--head", default=None, help="output head (fidelity) to evaluate (default: the first)")
-    p.add_argument("--out", default=None, help="markdown file for the metrics (default: beside the model)")
+    p.add_argument("--out", default=None, help="markdown file for the metrics (default: beside the (first) model; "
+                                                "for --pretrained in the current directory)")
     p.set_defaults(func=_evaluate)
     plugin_manager().hook.register_commands(subparsers=sub)
     return parser

@@ -1,4 +1,5 @@
-"""kdframe plugin: the TorchANI architecture (``architecture: torchani``) and pretrained ANI teachers.
+"""kdframe plugin: the TorchANI architecture (``architecture: torchani``) and pretrained ANI teachers
+(``ani1x``, ``ani1ccx``: H, C, N, O; ``ani2x``: H, C, N, O, F, S, Cl; 8 members each).
 
 Importing this module is cheap; ``torchani`` itself is imported only when a model is built.
 """
@@ -11,6 +12,8 @@ from kdframe import hookimpl
 
 from .architecture import AniArchitecture
 from .hyperparameters import AevParameters, AniHyperparameters
+
+PRETRAINED_NAMES = ("ani1x", "ani1ccx", "ani2x")  # the keys of .pretrained.PRETRAINED (kept here: no torch import)
 
 __all__ = ["AevParameters", "AniArchitecture", "AniHyperparameters", "register_architectures", "register_commands",
            "fetch", "load_pretrained", "load_pretrained_ensemble"]
@@ -34,11 +37,12 @@ def register_architectures(register: Callable) -> None:
 def register_pretrained(register: Callable) -> None:
     from functools import partial
 
-    for name in ("ani1x", "ani1ccx"):
+    for name in PRETRAINED_NAMES:
         register(name, partial(_load_ensemble, name))
 
 
 def _load_ensemble(name: str):
+    """The fetched pretrained ensemble ``name`` (an AniEnsemble)."""
     from .pretrained import load_pretrained_ensemble
 
     return load_pretrained_ensemble(name)
