@@ -36,7 +36,7 @@ run)
   }
   step 20 nvidia-smi
   step 60 python3 benchmarks/gpu_checks.py --device cuda --out "$results/gpu_checks_cuda.md"
-  step 90 python3 -m pytest -q -p no:cacheprovider tests/test_mace_cuequivariance.py tests/test_stress.py
+  step 90 python3 -m pytest -q -p no:cacheprovider plugins/mace/tests/test_mace_cuequivariance.py tests/test_stress.py
   step 60 python3 benchmarks/mace_cuequivariance.py --device cuda --out "$results/mace_cuequivariance_cuda.md"
   step 120 python3 benchmarks/run.py cost --device cuda --repeats 3 --max-atoms 400000 --out "$results/cost_gpu.md"
   step 90 python3 benchmarks/run.py md --device cuda --timesteps 0.5 1 2 --replicas 2 --out "$results/md_gpu.md"

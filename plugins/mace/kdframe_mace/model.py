@@ -5,7 +5,7 @@ and only the last, non-linear readout depends on the head (``mask_head`` keeps t
 hidden units of that head's block). Evaluating MACE once per head would repeat the
 whole interaction stack, so :meth:`MaceEnergyModel.forward` runs mace's own
 sub-modules in the order ``ScaleShiftMACE.forward`` does, once, and then reads every
-head out of the (cheap) readouts. ``tests/test_plugin_mace.py`` checks the result
+head out of the (cheap) readouts. ``plugins/mace/tests/test_plugin_mace.py`` checks the result
 against ``ScaleShiftMACE.forward`` head by head, so a change in mace shows up there.
 """
 
