@@ -19,11 +19,11 @@ import pydantic
 from ..config import Base, ModelSpec, Strict
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..student import TRUE_LABELS, Student, check_weights
+from ..student import TRUE_LABELS, Student, TrainingOverrides, check_weights
 from ..teacher import Teacher
 from ..training.trainer import METRICS
 from .base import Run, Workflow, knowledge_source
-from .sweep import SweepRow, learning_curves, size_plot, sweep_table
+from .sweep import SweepRow, sweep_report
 from .teachers import TeacherSource, TrainedTeachers
 
 TEACHER_LABEL = "teacher_atom_energies"
@@ -59,11 +59,13 @@ class AtomicTeacherSource(TeacherSource):
     train: AtomicTeachers | None = None
 
 
-class StudentSweep(AtomicStudent):
-    """A Student block with ``models`` (the sweep) instead of ``model``."""
+class StudentSweep(Strict):
+    """A Student block with ``models`` (the sweep, e.g. smaller and smaller widths) instead of ``model``."""
 
-    model: ModelSpec | None = None
-    models: list[ModelSpec] = pydantic.Field(min_length=1)  # e.g. smaller and smaller widths
+    models: list[ModelSpec] = pydantic.Field(min_length=1)
+    training: TrainingOverrides = TrainingOverrides()  # also the controls'
+    weights: dict[str, Any] = AtomicStudent.model_fields["weights"].default
+    _weights = pydantic.field_validator("weights")(lambda weights: check_weights(weights, AtomicStudent.LABELS))
 
     def students(self) -> list[AtomicStudent]:
         return [AtomicStudent(model=spec, training=self.training, weights=self.weights) for spec in self.models]
@@ -72,11 +74,7 @@ class StudentSweep(AtomicStudent):
 class Controls(Strict):
     enabled: bool = True  # one control per student model: same architecture and settings, true labels only
     weights: dict[str, Any] = TEACHER_WEIGHTS
-
-    @pydantic.field_validator("weights")
-    @classmethod
-    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
-        return check_weights(weights, Control.LABELS)
+    _weights = pydantic.field_validator("weights")(lambda weights: check_weights(weights, Control.LABELS))
 
 
 class BornAgain(AtomicStudent):
@@ -113,31 +111,22 @@ class Atomic(Workflow):
         if until == "label":
             return f"Teacher atom energies cached in {run.dir / 'knowledge'}"
         data, identity = run.data.with_labels(**{TEACHER_LABEL: atoms}), {"teacher": knowledge.fingerprint()}
+
+        def fit(name: str, stage: str, block: Student, data, seed: int, **kwargs) -> None:
+            model = run.fit(stage, block, data, seed, **kwargs)
+            rows.append(SweepRow(name, name.split()[0], model, run.dir / stage / METRICS))
+
         for i, student in enumerate(config.students.students()):
-            seed = config.seed + 100 + i
-            model = run.fit(f"student_{i + 1}", student, data, seed, identity=identity)
-            rows.append(SweepRow(f"student {i + 1}", "student", model, run.dir / f"student_{i + 1}" / METRICS))
+            fit(f"student {i + 1}", f"student_{i + 1}", student, data, config.seed + 100 + i, identity=identity)
             if config.controls.enabled:
                 control = Control(model=student.model, training=student.training, weights=config.controls.weights)
-                model = run.fit(f"control_{i + 1}", control, run.data, seed)
-                rows.append(SweepRow(f"control {i + 1}", "control", model, run.dir / f"control_{i + 1}" / METRICS))
+                fit(f"control {i + 1}", f"control_{i + 1}", control, run.data, config.seed + 100 + i)
         if config.born_again.enabled:
             first = teachers.members[0]
             spec = config.born_again.model or ModelSpec(architecture=first.architecture.name, **first.hyperparameters)
-            model = run.fit("born_again", config.born_again.model_copy(update={"model": spec}), data, config.seed + 99,
-                            identity=identity)
-            rows.append(SweepRow("born-again", "born-again", model, run.dir / "born_again" / METRICS))
-        return self.report(run, rows)
-
-    @staticmethod
-    def report(run: Run, rows: list[SweepRow]) -> str:
-        results = run.scores({row.name: row.model for row in rows})
-        size = size_plot(run.dir / "plots" / "force_error_vs_weights.png", rows, results["test"])
-        curves = learning_curves(run.dir / "plots" / "learning_curves.png", rows)
-        sweep = sweep_table(rows, results["test"])
-        notes = "\n\n".join([f"## Error vs trainable weights (test split)\n\n{sweep}",
-                             *(f"![{p.stem}](plots/{p.name})" for p in (size, curves) if p is not None)])
-        return f"{sweep}\n\n" + run.evaluate({}, "Atomic-energy distillation", notes, results)
+            fit("born-again", "born_again", config.born_again.model_copy(update={"model": spec}), data,
+                config.seed + 99, identity=identity)
+        return sweep_report(run, rows, "Atomic-energy distillation")
 
 
 @hookimpl

@@ -116,7 +116,7 @@ class Run:
     def _check_periodic(self, sources: Sequence[str]) -> None:
         """Periodic data needs architectures that handle cell images: said before any work, not mid-training."""
         archs = registry().architectures
-        for where, spec in model_specs(self.config):
+        for where, spec in specs_in(self.config):
             if not archs[spec.architecture].periodic:
                 raise ConfigError(f"{where}.architecture", f"{spec.architecture!r} does not handle periodic "
                                   f"configurations, which {' and '.join(sources)} holds",
@@ -252,7 +252,7 @@ def knowledge_source(name: str, label: str, settings: Mapping[str, Any] | None =
     return registry().lookup("knowledge_sources", name, "knowledge source")(label, dict(settings or {}))
 
 
-def model_specs(block: Any, where: str = "") -> list[tuple[str, ModelSpec]]:
+def specs_in(block: Any, where: str = "") -> list[tuple[str, ModelSpec]]:
     """Every model spec of a validated config (or block), with its YAML path."""
     if isinstance(block, ModelSpec):
         return [(where, block)]
@@ -261,10 +261,10 @@ def model_specs(block: Any, where: str = "") -> list[tuple[str, ModelSpec]]:
     elif isinstance(block, Mapping):
         items = list(block.items())
     elif isinstance(block, (list, tuple)):
-        return [found for i, item in enumerate(block) for found in model_specs(item, f"{where}[{i}]")]
+        return [found for i, item in enumerate(block) for found in specs_in(item, f"{where}[{i}]")]
     else:
         return []
-    return [found for key, value in items for found in model_specs(value, f"{where}.{key}" if where else str(key))]
+    return [found for key, value in items for found in specs_in(value, f"{where}.{key}" if where else str(key))]
 
 
 def compare_files(compare: Mapping[str, Sequence[str]], name: str, config_dir: Path) -> list[Path]:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.ticker import NullFormatter
 
@@ -15,6 +16,9 @@ from ..io import atomic_write
 from ..potential import Ensemble, Potential
 from ..report import plt
 from ..units import EV_TO_KCAL_MOL
+
+if TYPE_CHECKING:
+    from .base import Run
 
 FORCE_COLUMN = "{split}_rmse[forces:forces]"  # what the trainer writes to metrics.csv for the true forces
 STYLE = {"teacher": ("k", "*"), "born-again": ("tab:red", "D"), "student": ("tab:blue", "o"),
@@ -101,3 +105,14 @@ def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
     axes[0].set_ylabel("force RMSE (kcal/mol/Å)")
     axes[1].legend(fontsize=6, ncol=2)
     return _save(fig, path)
+
+
+def sweep_report(run: "Run", rows: Sequence[SweepRow], title: str) -> str:
+    """Score the rows; the sweep table, error-vs-size plot and learning curves in report.md; the tables."""
+    results = run.scores({row.name: row.model for row in rows})
+    size = size_plot(run.dir / "plots" / "force_error_vs_weights.png", rows, results["test"])
+    curves = learning_curves(run.dir / "plots" / "learning_curves.png", rows)
+    sweep = sweep_table(rows, results["test"])
+    notes = "\n\n".join([f"## Error vs trainable weights (test split)\n\n{sweep}",
+                         *(f"![{p.stem}](plots/{p.name})" for p in (size, curves) if p is not None)])
+    return f"{sweep}\n\n" + run.evaluate({}, title, notes, results)
