@@ -404,7 +404,7 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
         if config.teachers.files:
             raise ConfigError(f"{config_path}: teachers.files", "were trained on this config's own data split; "
                               f"with seed {seed} they would be scored on their own training data",
-                              ["teachers.model (trained per seed)", "teachers.pretrained"])
+                              ["teachers.train (trained per seed)", "teachers.pretrained"])
         config = config.model_copy(update={"seed": seed, "run_dir": str(run_root / config_path.stem / f"seed{seed}")})
     run = Run(config, config_path, workflow, progress=False)
     workflow.run(run)

@@ -10,14 +10,14 @@ def add_models_command(subparsers: argparse._SubParsersAction) -> None:
     """Add ``models`` (with sub-command ``fetch``) to the kdframe CLI."""
     from .pretrained import PRETRAINED
 
-    models = subparsers.add_parser("models", help="pretrained models (TorchANI ANI-1x / ANI-1ccx)")
+    models = subparsers.add_parser("models", help="pretrained models (TorchANI ANI-1x / ANI-1ccx / ANI-2x)")
     actions = models.add_subparsers(dest="models_command", metavar="{fetch}", required=True)
-    fetch = actions.add_parser("fetch", help="download (PyPI, once) and convert a pretrained 8-member ensemble")
+    fetch = actions.add_parser("fetch", help="download (once) and convert a pretrained 8-member ensemble (ani1x, ani1ccx: the torchani 2.0 wheel from PyPI; ani2x: the ani-model-zoo ani-2x archive from GitHub)")
     fetch.add_argument("name", choices=sorted(PRETRAINED))
     fetch.add_argument("--cache", type=Path, default=None,
                        help="cache root (default: $KDFRAME_CACHE or ~/.cache/kdframe)")
     fetch.add_argument("--wheel", type=Path, default=None,
-                       help="use this local torchani 2.0 wheel instead of downloading it")
+                       help="use this local copy instead of downloading: the torchani 2.0 wheel (ani1x, ani1ccx) or the ani-model-zoo ani-2x zip or folder (ani2x)")
     fetch.add_argument("--force", action="store_true", help="convert again even if already cached")
     fetch.set_defaults(func=run_fetch)
 

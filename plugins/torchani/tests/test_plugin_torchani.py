@@ -79,7 +79,7 @@ def test_entry_point_and_hooks():
     args = parser.parse_args(["models", "fetch", "ani1ccx", "--cache", "/x"])
     assert args.name == "ani1ccx" and args.cache == Path("/x") and callable(args.func)
     with pytest.raises(SystemExit):
-        parser.parse_args(["models", "fetch", "ani2x"])
+        parser.parse_args(["models", "fetch", "ani3x"])
 
 
 def test_hyperparameters_are_validated():
