@@ -41,6 +41,9 @@ class Architecture(ABC):
     # True when the network handles periodic batches (Batch.cell / Batch.pbc, atoms interacting with images);
     # the core refuses periodic data for the others rather than let them silently treat a crystal as a cluster.
     periodic: ClassVar[bool] = False
+    # Names of the regularisers ModelOutput.regularisers carries (``training.regularisers`` may weight them),
+    # so a misspelt or foreign name is refused when the YAML is read; None: not declared, checked at the first step.
+    regularisers: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def build(self, hyperparameters: pydantic.BaseModel, species: Sequence[int], heads: Sequence[str]) -> EnergyModel:

@@ -79,6 +79,23 @@ class Student(Model):
         return self.model_copy(update={"weights": weights})
 
 
+class Sweep(Strict):
+    """A Student block with ``models`` (a size sweep) instead of ``model``; ``STUDENT`` is the students' class."""
+
+    STUDENT: ClassVar[type[Student]] = Student
+    models: list[ModelSpec] = pydantic.Field(min_length=1)
+    training: TrainingOverrides = TrainingOverrides()  # type: ignore[valid-type]
+    weights: dict[str, Any] = {"energy": 1.0}
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return check_weights(weights, cls.STUDENT.LABELS)
+
+    def students(self) -> list[Student]:
+        return [self.STUDENT(model=spec, training=self.training, weights=self.weights) for spec in self.models]
+
+
 def check_weights(weights: dict[str, Any], labels: Mapping[str, Any]) -> dict[str, Any]:
     """A ``weights`` block names known terms, at least one, each a valid schedule (ValueError otherwise)."""
     if not weights:

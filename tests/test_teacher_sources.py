@@ -116,3 +116,22 @@ def test_old_multifidelity_spelling_names_the_new_key(tmp_path, ani_file, capsys
     open(config, "w").write(yaml.safe_dump(raw))
     assert main(["run", config, "--quiet"]) == 2
     assert "fidelities.taught: 'teacher_forces' is now 'teacher'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workflow, changes, message", [
+    ("ekd", {"training": {"regularisers": {"smoothnes": 0.1}}},
+     "training.regularisers.smoothnes: architecture 'toy' has no such regulariser; set teachers.train.training"),
+    ("ekd", {"student": {"model": {"architecture": "hippynn"}, "training": {"regularisers": {"smoothness": 1}}}},
+     "student.training.regularisers.smoothness: architecture 'hippynn' has no such regulariser (valid: "
+     "hierarchicality)"),
+    ("atomic", {"students": {"models": [{"architecture": "toy"}], "training": {"regularisers": {"x": 1}}}},
+     "students.training.regularisers.x: architecture 'toy' has no such regulariser"),
+])
+def test_a_regulariser_the_architecture_lacks_is_refused_before_any_work(tmp_path, ani_file, capsys, workflow,
+                                                                        changes, message):
+    config = _config(tmp_path, ani_file, workflow, {"train": {"model": {"architecture": "toy", "width": 4}}})
+    raw = {**yaml.safe_load(open(config)), **changes}
+    open(config, "w").write(yaml.safe_dump(raw))
+    assert main(["run", config, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

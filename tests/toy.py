@@ -58,6 +58,7 @@ class ToyModel(EnergyModel):
 
 class ToyArchitecture(Architecture):
     name = "toy"
+    regularisers = ("smoothness",)
     Hyperparameters = ToyHyperparameters
 
     def build(self, hyperparameters, species, heads):

@@ -19,7 +19,7 @@ import pydantic
 from ..config import Base, ModelSpec, Strict
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..student import TRUE_LABELS, Student, TrainingOverrides, check_weights
+from ..student import TRUE_LABELS, Student, Sweep, check_weights
 from ..teacher import Teacher
 from ..training.trainer import METRICS
 from .base import Run, Workflow, knowledge_source
@@ -59,16 +59,9 @@ class AtomicTeacherSource(TeacherSource):
     train: AtomicTeachers | None = None
 
 
-class StudentSweep(Strict):
-    """A Student block with ``models`` (the sweep, e.g. smaller and smaller widths) instead of ``model``."""
-
-    models: list[ModelSpec] = pydantic.Field(min_length=1)
-    training: TrainingOverrides = TrainingOverrides()  # also the controls'
+class StudentSweep(Sweep):
+    STUDENT = AtomicStudent
     weights: dict[str, Any] = AtomicStudent.model_fields["weights"].default
-    _weights = pydantic.field_validator("weights")(lambda weights: check_weights(weights, AtomicStudent.LABELS))
-
-    def students(self) -> list[AtomicStudent]:
-        return [AtomicStudent(model=spec, training=self.training, weights=self.weights) for spec in self.models]
 
 
 class Controls(Strict):

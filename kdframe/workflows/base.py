@@ -30,7 +30,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..probes import ProbeSettings
 from ..report import table, write_report
-from ..student import Student
+from ..student import Model, Student, Sweep
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
 
@@ -78,6 +78,7 @@ class Run:
             raise ConfigError("run_dir", f"{self.dir} is a file; give a directory (made if missing)")
         self.device = device_for(config.device)
         workflow.check(config, str(config_path))
+        check_regularisers(config)
         self.data = self.read(config.data.train, "data.train", workflow.data_keys(config))
         if isinstance(self.data, PackedDataset) and not workflow.streams_data:
             streaming = sorted(w.name for w in registry().workflows.values() if w.streams_data)
@@ -116,7 +117,7 @@ class Run:
     def _check_periodic(self, sources: Sequence[str]) -> None:
         """Periodic data needs architectures that handle cell images: said before any work, not mid-training."""
         archs = registry().architectures
-        for where, spec in specs_in(self.config):
+        for where, spec in blocks_in(self.config, ModelSpec):
             if not archs[spec.architecture].periodic:
                 raise ConfigError(f"{where}.architecture", f"{spec.architecture!r} does not handle periodic "
                                   f"configurations, which {' and '.join(sources)} holds",
@@ -252,19 +253,37 @@ def knowledge_source(name: str, label: str, settings: Mapping[str, Any] | None =
     return registry().lookup("knowledge_sources", name, "knowledge source")(label, dict(settings or {}))
 
 
-def specs_in(block: Any, where: str = "") -> list[tuple[str, ModelSpec]]:
-    """Every model spec of a validated config (or block), with its YAML path."""
-    if isinstance(block, ModelSpec):
+def blocks_in(block: Any, kind: type | tuple[type, ...], where: str = "") -> list[tuple[str, Any]]:
+    """Every block of type ``kind`` (model specs, Student blocks...) in a validated config, with its YAML path."""
+    if isinstance(block, kind):
         return [(where, block)]
     if isinstance(block, pydantic.BaseModel):
         items = [(name, getattr(block, name)) for name in type(block).model_fields]
     elif isinstance(block, Mapping):
         items = list(block.items())
     elif isinstance(block, (list, tuple)):
-        return [found for i, item in enumerate(block) for found in specs_in(item, f"{where}[{i}]")]
+        return [found for i, item in enumerate(block) for found in blocks_in(item, kind, f"{where}[{i}]")]
     else:
         return []
-    return [found for key, value in items for found in specs_in(value, f"{where}.{key}" if where else str(key))]
+    return [found for key, value in items for found in blocks_in(value, kind, f"{where}.{key}" if where else str(key))]
+
+
+def check_regularisers(config: Base) -> None:
+    """Every regulariser a model is trained with is one its architecture declares; before any work."""
+    archs = registry().architectures
+    models = [(where, model) for where, block in blocks_in(config, (Model, Sweep))
+              for model in (block.students() if isinstance(block, Sweep) else [block])]
+    for where, block in models:
+        declared = archs[block.model.architecture].regularisers if block.model is not None else None
+        if declared is None:
+            continue
+        overridden = block.training.regularisers is not None
+        for name in block.settings(config.training).regularisers:
+            if name not in declared:
+                path = f"{where}.training.regularisers" if overridden else "training.regularisers"
+                hint = "" if overridden else f"; set {where}.training.regularisers: {{}} to train it without them"
+                raise ConfigError(f"{path}.{name}", f"architecture {block.model.architecture!r} has no such "
+                                  f"regulariser{hint}", declared)
 
 
 def compare_files(compare: Mapping[str, Sequence[str]], name: str, config_dir: Path) -> list[Path]:

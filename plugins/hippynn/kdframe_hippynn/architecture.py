@@ -22,6 +22,7 @@ class HipnnArchitecture(Architecture):
     name: ClassVar[str] = "hippynn"
     Hyperparameters: ClassVar[type[HipnnHyperparameters]] = HipnnHyperparameters
     periodic: ClassVar[bool] = True
+    regularisers: ClassVar[tuple[str, ...]] = ("hierarchicality",)
 
     def prepare(self) -> None:
         """Import hippynn once and pick its message-passing kernels.

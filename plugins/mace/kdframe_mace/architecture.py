@@ -97,6 +97,7 @@ class MaceArchitecture(Architecture):
     name: ClassVar[str] = "mace"
     Hyperparameters: ClassVar[type[pydantic.BaseModel]] = MaceHyperparameters
     periodic: ClassVar[bool] = True
+    regularisers: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self) -> None:
         import_mace()

@@ -18,6 +18,7 @@ class AniArchitecture(Architecture):
     name: ClassVar[str] = "torchani"
     Hyperparameters: ClassVar[type[pydantic.BaseModel]] = AniHyperparameters
     periodic: ClassVar[bool] = True
+    regularisers: ClassVar[tuple[str, ...]] = ()
 
     def build(self, hyperparameters: pydantic.BaseModel, species: Sequence[int], heads: Sequence[str]) -> EnergyModel:
         from .model import AniModel  # torchani is imported only when a model is built
