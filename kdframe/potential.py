@@ -81,6 +81,9 @@ class Potential(torch.nn.Module):
             ref[: reference_energies.shape[0]] = reference_energies.to(ref)
         self.register_buffer("reference_energies", ref)
         self._output_checked = False  # finiteness of the network's output is checked on its first call
+        known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
+        known[self.species] = True
+        self.register_buffer("_known_species", known, persistent=False)
 
     def _apply(self, fn, recurse=True):
         """``.to(float32)`` and friends convert the network; reference energies stay float64 (on the new device)."""
@@ -110,7 +113,22 @@ class Potential(torch.nn.Module):
             raise DataError(f"architecture {self.architecture.name!r} does not handle periodic configurations "
                             f"(pbc); use one that does ({', '.join(registry().periodic_architectures())}) "
                             "or open boundaries")
+        self._refuse_unknown_species(batch.species)
         return with_derivatives(self._energies, batch, forces, stress, create_graph)
+
+    def _refuse_unknown_species(self, species: torch.Tensor) -> None:
+        """Elements outside the model's set are a DataError before the network sees them (networks may silently
+        treat them as padding or as another element). One small lookup and a device sync per call."""
+        known = getattr(self, "_known_species", None)
+        if known is None:  # a Potential pickled before this check existed
+            known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
+            known[self.species] = True
+        if known.device != species.device:
+            known = known.to(species.device)
+        inside = (species > 0) & (species < len(known))
+        if not bool((inside & known[species.clamp(0, len(known) - 1)]).all()):
+            self.check_species(species, f"{self.architecture.name} model")
+            raise DataError(f"{self.architecture.name} model: elements outside this model's set {self.species}")
 
     def _energies(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.net(batch)

@@ -13,44 +13,10 @@ or without pytest: ``python -m kdframe.testing myarch --hyperparameters '{"width
 
 Every check builds small, physical molecules (H, C, N, O) in memory and raises
 :class:`ConformanceError` (an ``AssertionError``) naming the property that failed and by how much.
-The checks (``Conformance.CHECKS``):
 
-- ``registered``: the architecture is in kdframe's registry under its ``name`` (needed by
-  ``Potential.load`` and YAML runs), and unknown hyperparameter keys are rejected.
-- ``output_contract``: ``net(batch)`` returns a ``ModelOutput`` with energy ``(n_conf, n_heads)`` and
-  atom energies ``(n_atoms, n_heads)``, floating and finite, differentiable in ``Batch.positions``;
-  scalar regularisers; the batch is left unchanged; ``torch.no_grad`` gives the same energies.
-- ``energy_is_sum_of_atom_energies``: per head and configuration.
-- ``batch_round_trip``: the batch through the padded layout (or the plugin's own, see
-  ``layout_round_trip``) and back is the same batch, and gives the same energies.
-- ``batch_independence``: each configuration alone gives the same atom energies as inside a batch
-  (the molecules of the batch all sit at the origin, overlapping in space, so an adapter that
-  mixes configurations is caught), and reordering configurations reorders energies.
-- ``atom_order``: permuting atoms inside configurations permutes atom energies the same way.
-- ``forces_match_finite_differences``: the core's autograd forces vs central differences (float64).
-- ``hessian_vector_products_match_finite_differences``: the core's double-backward H·v vs differences of forces.
-- ``hvp_loss_gradients_match_finite_differences``: the weight gradient of an HVP loss (third derivatives, as
-  E-F-HVP training takes them) is non-zero and, along a random direction in weight space, equals central
-  differences of the loss (float64 only): a backward that drops a weight's contribution is caught.
-- ``translation_invariance``, ``rotation_invariance``, ``permutation_invariance`` of energies.
-- ``float32_matches_float64``: the same weights in float32 (how kdframe trains) agree with float64.
-- ``save_load_round_trip``: ``Potential.save`` then ``Potential.load`` reproduces energies, atom
-  energies and forces.
-- ``training_lowers_the_loss``: two Adam steps on an energy + force loss (forces with
-  ``create_graph``, as the trainer does) lower it, and the force loss reaches the weights.
-- ``heads``: with two fidelity heads the columns differ, each head has weights of its own that the
-  other head's loss does not touch, and (unless ``heads_share_weights = False``) the heads share
-  the rest of the network. Skipped when the architecture's ``max_heads`` is 1.
-- ``periodic_images`` (architectures with ``periodic = True``): in a small triclinic cell, narrower than
-  twice the cutoff, images change the energy; moving atoms by lattice vectors changes nothing; a 2x1x1
-  supercell has twice the energy; rotating atoms and cell together changes nothing; pbc (T, T, F) equals full
-  pbc with vacuum along the third vector; a periodic and an open configuration in one batch give what each
-  gives alone; forces match central differences. With ``periodic = False`` the core must refuse a periodic
-  batch with a DataError.
-- ``stress`` (periodic architectures): the core's stress (autograd of the energy in a homogeneous strain of
-  atoms and cell) equals central differences of the energy under each strain component, divided by the volume,
-  is symmetric, and is the same for the 2x1x1 supercell (it is intensive). For every architecture, open and
-  partly periodic configurations get NaN stress (no volume), never a number.
+The checks are the methods of :class:`Conformance` decorated with :func:`check`, in the order of
+``Conformance.CHECKS``; each one's docstring says what it checks (``python -m kdframe.testing --list``, and
+the list at the end of this docstring, are made from them).
 """
 
 from __future__ import annotations
@@ -144,6 +110,28 @@ def _supercell(batch: Batch, repeats: tuple[int, int, int]) -> Batch:
                                cell=(torch.tensor(repeats, dtype=cell.dtype)[:, None] * cell)[None])
 
 
+def _around(values: torch.Tensor) -> torch.Tensor:
+    """For each row of ``values`` (n, k), the largest of the two rows before it and the two after it."""
+    padded = torch.nn.functional.pad(values.T, (2, 2)).T
+    return torch.stack([padded[k:k + len(values)] for k in (0, 1, 3, 4)]).max(0).values
+
+
+def _concatenate(batches: Sequence[Batch]) -> Batch:
+    """One batch of the configurations of ``batches``, in order; open ones get a zero cell when others are periodic."""
+    periodic = any(b.pbc is not None for b in batches)
+    cells, pbcs = [], []
+    for b in batches:
+        cells.append(b.cell if b.cell is not None else torch.zeros((b.n_conf, 3, 3), dtype=b.positions.dtype))
+        pbcs.append(b.pbc if b.pbc is not None else torch.zeros((b.n_conf, 3), dtype=torch.bool))
+    offsets = torch.cumsum(torch.tensor([0] + [b.n_conf for b in batches[:-1]]), 0)
+    return Batch(species=torch.cat([b.species for b in batches]),
+                 positions=torch.cat([b.positions for b in batches]).detach().clone(),
+                 conf_index=torch.cat([b.conf_index + o for b, o in zip(batches, offsets)]),
+                 n_conf=sum(b.n_conf for b in batches),
+                 cell=torch.cat(cells).to(batches[0].positions.dtype) if periodic else None,
+                 pbc=torch.cat(pbcs) if periodic else None)
+
+
 def _with_positions(batch: Batch, positions: torch.Tensor) -> Batch:
     """The same batch with new, grad-free positions (Potential.forward marks positions in place)."""
     return dataclasses.replace(batch, positions=positions.detach().clone(), labels=dict(batch.labels))
@@ -175,10 +163,14 @@ class Tolerances:
     float32: float = 1e-4  # float32 vs float64 energies, same weights
     save_load: float = 0.0  # reloaded vs saved model (bit-identical by default)
     heads_differ: float = 1e-6  # the two head columns must differ by at least this much (eV)
+    continuity: float = 1e-5  # energy step vs the trapezoid of the forces, moving an atom through the cutoff
+    continuity_step: float = 0.004  # Å, the step of that scan
 
 
 FLOAT32_TOLERANCES = Tolerances(sum=1e-5, batch=1e-5, invariance=1e-5, forces=2e-2, hvp=5e-2, fd_step=1e-2,
-                                float32=1e-4)
+                                float32=1e-4, continuity=1e-3)
+# The scan of cutoff_continuity: an atom moved from this distance to that one (Å), through every cutoff below it.
+CONTINUITY_RANGE = (1.5, 10.0)
 
 
 def _compare(check: str, what: str, actual: torch.Tensor, expected: torch.Tensor, tolerance: float,
@@ -221,6 +213,25 @@ def _conf_where(index: tuple[int, ...]) -> str:
 
 
 # --- the checks ------------------------------------------------------------------------------------
+_CHECKS: dict[str, Callable[..., None]] = {}
+_HINTED: set[str] = set()  # architecture names whose "not registered" how-to was shown
+
+
+def check(function: Callable[..., None]) -> Callable[..., None]:
+    """Register a ``check_NAME`` method of :class:`Conformance` as the check ``NAME`` (its docstring says what it
+    checks). The checks run in the order they are defined."""
+    name = function.__name__.removeprefix("check_")
+    if not function.__doc__:
+        raise TypeError(f"conformance check {name!r} needs a docstring")
+    _CHECKS[name] = function
+    return function
+
+
+def describe(name: str) -> str:
+    """The docstring of check ``name``, on one line."""
+    return " ".join(_CHECKS[name].__doc__.split())
+
+
 class Conformance:
     """The conformance checks of one architecture, runnable with or without pytest.
 
@@ -229,14 +240,7 @@ class Conformance:
     (``Batch -> Batch``); by default the core's padded layout is used.
     """
 
-    CHECKS: ClassVar[tuple[str, ...]] = (
-        "registered", "output_contract", "energy_is_sum_of_atom_energies", "batch_round_trip",
-        "batch_independence", "atom_order", "forces_match_finite_differences",
-        "hessian_vector_products_match_finite_differences", "hvp_loss_gradients_match_finite_differences",
-        "translation_invariance", "rotation_invariance",
-        "permutation_invariance", "float32_matches_float64", "save_load_round_trip", "training_lowers_the_loss",
-        "heads", "periodic_images", "stress",
-    )
+    CHECKS: ClassVar[tuple[str, ...]]  # every check's name, in order (set below from the @check methods)
 
     def __init__(
         self,
@@ -278,11 +282,15 @@ class Conformance:
 
         found = registry().architectures.get(self._architecture)
         if found is None:
+            if self._architecture in _HINTED:  # the how-to once per session, not once per check
+                raise ConformanceError(f"registered: no architecture {self._architecture!r} in kdframe's registry "
+                                       "(see the first failure for how to register it)")
+            _HINTED.add(self._architecture)
             raise ConformanceError(
                 f"registered: no architecture {self._architecture!r} in kdframe's registry (registered: "
                 f"{', '.join(sorted(registry().architectures)) or 'none'}). Is the plugin installed "
                 f"(pip install -e .) with an entry point in the 'kdframe' group, and does its "
-                f"register_architectures hook call register(...)?")
+                f"register_architectures hook call register(...)? `kdframe plugins` lists what failed to load.")
         return found
 
     @property
@@ -347,7 +355,10 @@ class Conformance:
             raise
 
     # --- checks ------------------------------------------------------------------------------------
+    @check
     def check_registered(self) -> None:
+        """the architecture is in kdframe's registry under its ``name`` (needed by ``Potential.load`` and YAML runs),
+        and unknown hyperparameter keys are rejected."""
         from .plugins import registry
 
         arch = self.architecture
@@ -375,7 +386,11 @@ class Conformance:
             raise ConformanceError("registered: an unknown hyperparameter key was accepted; set "
                                    "model_config = pydantic.ConfigDict(extra='forbid') so YAML typos are errors")
 
+    @check
     def check_output_contract(self) -> None:
+        """``net(batch)`` returns a ``ModelOutput`` with energy ``(n_conf, n_heads)`` and atom energies ``(n_atoms,
+        n_heads)``, floating and finite, differentiable in ``Batch.positions``; scalar regularisers; the
+        batch is left unchanged; ``torch.no_grad`` gives the same energies."""
         check = "output_contract"
         for heads in ([self.heads[0]], self.heads):
             model = self._model(heads)
@@ -414,14 +429,19 @@ class Conformance:
             _compare(check, "energies under torch.no_grad vs with grad", quiet.energy, out.energy, self.tol.batch,
                      _conf_where)
 
+    @check
     def check_energy_is_sum_of_atom_energies(self) -> None:
+        """the energy is the sum of the atom energies, per head and configuration."""
         check = "energy_is_sum_of_atom_energies"
         batch = self.batch(("water", "methane", "ammonia", "methanol"))
         out = self._net(self._model(), batch, check)
         _compare(check, "ModelOutput.energy vs per-configuration sum of ModelOutput.atom_energies",
                  out.energy, batch.sum_per_conf(out.atom_energies), self.tol.sum, _conf_where)
 
+    @check
     def check_batch_round_trip(self) -> None:
+        """the batch through the padded layout (or the plugin's own, see ``layout_round_trip``) and back is the same
+        batch, and gives the same energies."""
         check = "batch_round_trip"
         batch = self.batch(("water", "methanol", "ammonia"))
         if self.layout_round_trip is not None:
@@ -448,7 +468,11 @@ class Conformance:
         _compare(check, f"energies of the batch rebuilt from {layout}", self._energy(model, back),
                  self._energy(model, batch), self.tol.batch, _conf_where)
 
+    @check
     def check_batch_independence(self) -> None:
+        """each configuration alone gives the same atom energies as inside a batch (the molecules of the batch all sit
+        at the origin, overlapping in space, so an adapter that mixes configurations is caught), and
+        reordering configurations reorders energies."""
         check = "batch_independence"
         model = self._model()
         mols = molecules(self.pick(("water", "methane", "ammonia", "methanol")), self.seed + 2)  # all overlapping at the origin
@@ -477,7 +501,9 @@ class Conformance:
         flat = torch.cat([perm + start for perm, start in zip(perms, starts)])
         return make_batch(mols, self.exact_dtype), make_batch(shuffled, self.exact_dtype), flat
 
+    @check
     def check_atom_order(self) -> None:
+        """permuting atoms inside configurations permutes atom energies the same way."""
         check = "atom_order"
         model = self._model()
         batch, shuffled, flat = self._permuted(self.seed + 4)
@@ -486,7 +512,9 @@ class Conformance:
         _compare(check, "atom energies after permuting the atoms of each configuration (row k must be the energy "
                  "of Batch atom k)", permuted, original[flat], self.tol.batch, _atom_where(shuffled))
 
+    @check
     def check_forces_match_finite_differences(self) -> None:
+        """the core's autograd forces vs central differences (float64)."""
         check = "forces_match_finite_differences"
         model = self._model()
         batch = self.batch(("water", "ammonia"))
@@ -505,7 +533,9 @@ class Conformance:
         _compare(check, f"{what} vs central differences (step {h:g} Å)", forces, numeric, self.tol.forces,
                  _atom_where(batch))
 
+    @check
     def check_hessian_vector_products_match_finite_differences(self) -> None:
+        """the core's double-backward H·v vs differences of forces."""
         check = "hessian_vector_products_match_finite_differences"
         model = self._model()
         batch = self.batch(("water", "ammonia"))
@@ -532,7 +562,11 @@ class Conformance:
         _compare(check, f"H·v by double backward vs differences of forces along v (head {head})", hv, numeric,
                  self.tol.hvp, _atom_where(batch))
 
+    @check
     def check_hvp_loss_gradients_match_finite_differences(self) -> None:
+        """the weight gradient of an HVP loss (third derivatives, as E-F-HVP training takes them) is non-zero and,
+        along a random direction in weight space, equals central differences of the loss (float64 only): a
+        backward that drops a weight's contribution is caught."""
         check = "hvp_loss_gradients_match_finite_differences"
         model = self._model()
         batch = self.batch(("water", "ammonia"))
@@ -583,26 +617,34 @@ class Conformance:
         _compare(check, what, self._energy(model, batch, moved), self._energy(model, batch), self.tol.invariance,
                  _conf_where)
 
+    @check
     def check_translation_invariance(self) -> None:
+        """energies are unchanged by translating every atom by (3, -7.5, 12.25) Å."""
         batch = self.batch()
         shift = torch.tensor([3.0, -7.5, 12.25], dtype=batch.positions.dtype)
         self._invariance("translation_invariance", "energies after translating every atom by (3, -7.5, 12.25) Å",
                          batch.positions + shift, batch)
 
+    @check
     def check_rotation_invariance(self) -> None:
+        """energies are unchanged by a random rotation about the origin."""
         batch = self.batch()
         rotation = random_rotation(torch.Generator().manual_seed(self.seed + 6)).to(batch.positions.dtype)
         self._invariance("rotation_invariance", "energies after a random rotation about the origin",
                          batch.positions @ rotation.T, batch)
 
+    @check
     def check_permutation_invariance(self) -> None:
+        """energies are unchanged by permuting the atoms of each configuration."""
         check = "permutation_invariance"
         model = self._model()
         batch, shuffled, _ = self._permuted(self.seed + 7)
         _compare(check, "energies after permuting the atoms of each configuration", self._energy(model, shuffled),
                  self._energy(model, batch), self.tol.invariance, _conf_where)
 
+    @check
     def check_float32_matches_float64(self) -> None:
+        """the same weights in float32 (how kdframe trains) agree with float64."""
         check = "float32_matches_float64"
         if not self.float64_ok:
             raise SkipCheck("float64_ok is False")
@@ -618,7 +660,9 @@ class Conformance:
         _compare(check, "float32 vs float64 energies with the same weights", out32["energy"],
                  self._energy(exact, batch), self.tol.float32, _conf_where)
 
+    @check
     def check_save_load_round_trip(self, directory: str | Path | None = None) -> None:
+        """``Potential.save`` then ``Potential.load`` reproduces energies, atom energies and forces."""
         check = "save_load_round_trip"
         model = self.potential(dtype=torch.float32, seed=self.seed + 8)  # as the trainer leaves it
         with torch.no_grad():
@@ -647,7 +691,10 @@ class Conformance:
             _compare(check, f"{key} of the reloaded model vs the saved one (state not saved? random buffers "
                      "that are not persistent?)", b[key], a[key], self.tol.save_load, where[key])
 
+    @check
     def check_training_lowers_the_loss(self, steps: int = 2) -> None:
+        """two Adam steps on an energy + force loss (forces with ``create_graph``, as the trainer does) lower it, and
+        the force loss reaches the weights."""
         check = "training_lowers_the_loss"
         model = self.potential(dtype=torch.float32, seed=self.seed + 9)
         with torch.no_grad():  # the core's reference energies carry the atomic part, as in a real run
@@ -713,7 +760,11 @@ class Conformance:
             raise ConformanceError(f"{check}: {steps} Adam steps (lr {self.train_lr:g}) on an energy + force loss did "
                                    f"not lower it: {' -> '.join(f'{v:.6g}' for v in history)}")
 
+    @check
     def check_heads(self) -> None:
+        """with two fidelity heads the columns differ, each head has weights of its own that the other head's loss does
+        not touch, and (unless ``heads_share_weights = False``) the heads share the rest of the network.
+        Skipped when the architecture's ``max_heads`` is 1."""
         check = "heads"
         heads = self.heads
         if len(heads) < 2:
@@ -758,7 +809,14 @@ class Conformance:
             cell[2] *= 40.0 / float(cell[2].norm())
         return dataclasses.replace(batch, cell=cell[None], pbc=torch.tensor([list(pbc)]))
 
+    @check
     def check_periodic_images(self) -> None:
+        """(architectures with ``periodic = True``): in a small triclinic cell, narrower than twice the cutoff, images
+        change the energy; moving atoms by lattice vectors changes nothing; a 2x1x1 supercell has twice the
+        energy; rotating atoms and cell together changes nothing; pbc (T, T, F) equals full pbc with vacuum
+        along the third vector; a periodic and an open configuration in one batch give what each gives
+        alone; forces match central differences. With ``periodic = False`` the core must refuse a periodic
+        batch with a DataError."""
         check = "periodic_images"
         model = self._model()
         batch = self.periodic_batch()
@@ -806,7 +864,12 @@ class Conformance:
                  self.tol.batch, _atom_where(mixed))
         self._compare_forces_with_differences(check, "forces in the periodic cell", model, batch)
 
+    @check
     def check_stress(self) -> None:
+        """(periodic architectures): the core's stress (autograd of the energy in a homogeneous strain of atoms and
+        cell) equals central differences of the energy under each strain component, divided by the volume,
+        is symmetric, and is the same for the 2x1x1 supercell (it is intensive). For every architecture,
+        open and partly periodic configurations get NaN stress (no volume), never a number."""
         check = "stress"
         model = self._model()
         open_stress = model(self.batch(("water",)), forces=False, stress=True)["stress"]
@@ -846,13 +909,195 @@ class Conformance:
                      "by its lattice vectors) vs the cell's", model(large, forces=False, stress=True)["stress"][0],
                      stress, self.tol.forces, where)
 
+    @check
+    def check_cutoff_continuity(self) -> None:
+        """an atom moved away from a molecule in steps of ``continuity_step`` (0.004 Å) from 1.5 to 10 Å, i.e.
+        through every cutoff: the energy is continuous (no energy step differs from the trapezoid of the forces at
+        its two ends by more than ``continuity`` and ten times the differences around it) and so are the forces (no
+        force step ten times larger than the steps around it). A hard cutoff, or an envelope whose slope jumps, is
+        caught."""
+        check = "cutoff_continuity"
+        model = self._model()
+        species, base = molecules(self.pick(("water",)), self.seed + 12, distortion=0.0)[0]
+        base = base.to(self.exact_dtype)
+        away = base[0] - base[1:].mean(0)
+        away = away / away.norm() if float(away.norm()) > 1e-6 else torch.tensor([0.0, 0.0, 1.0], dtype=base.dtype)
+        h = self.tol.continuity_step
+        r = torch.arange(CONTINUITY_RANGE[0], CONTINUITY_RANGE[1] + h / 2, h, dtype=self.exact_dtype)
+        mover = self.species[0]
+        energies, forces = [], []
+        for chunk in r.split(512):
+            mols = [(list(species) + [mover], torch.cat([base, (base[0] + d * away)[None]])) for d in chunk]
+            out = self._forces(model, make_batch(mols, self.exact_dtype), check)
+            energies.append(out["energy"].detach())
+            forces.append(out["forces"].detach().reshape(len(chunk), len(species) + 1, 3, -1)[:, -1])
+        energy, force = torch.cat(energies).double(), torch.cat(forces).double()  # (n, heads), (n, 3, heads)
+        if not (torch.isfinite(energy).all() and torch.isfinite(force).all()):
+            raise ConformanceError(f"{check}: non-finite energies or forces while moving an atom from "
+                                   f"{CONTINUITY_RANGE[0]} to {CONTINUITY_RANGE[1]} Å")
+        along = (force * away.double()[None, :, None]).sum(1)  # -dE/dr
+        step = energy[1:] - energy[:-1]
+        trapezoid = -0.5 * (along[1:] + along[:-1]) * h
+        residual = (step - trapezoid).abs()  # O(h³) where the energy is smooth, the jump where it is not
+        scale = max(1.0, float(energy.abs().max()))
+        spike = residual - 10 * _around(residual)  # a jump is one step; steep but smooth energies spread over many
+        worst = int(spike.max(dim=1).values.argmax())
+        head = int(spike[worst].argmax())
+        what = (f"moving atom {len(species)} (Z={mover}) away from atom 0 (Z={species[0]}) of {self.pick(('water',))[0]}"
+                f" from r = {float(r[worst]):.4f} to {float(r[worst + 1]):.4f} Å (head {head})")
+        if float(spike[worst, head]) > self.tol.continuity * scale:
+            raise ConformanceError(
+                f"{check}: the energy jumps by {float(step[worst, head]):.4g} eV {what}, where the forces account for "
+                f"{float(trapezoid[worst, head]):.4g} eV (|difference| {float(residual[worst, head]):.3g} > tolerance "
+                f"{self.tol.continuity:.3g} x {scale:.3g}): a hard cutoff? Pair terms must go smoothly to zero at "
+                "the cutoff (e.g. a cosine envelope)")
+        jump = (force[1:] - force[:-1]).norm(dim=1)  # (n - 1, heads)
+        around = _around(jump)
+        floor = self.tol.continuity * max(1.0, float(force.abs().max()))
+        excess = jump - (10 * around + floor)
+        worst = int(excess.max(dim=1).values.argmax())
+        head = int(excess[worst].argmax())
+        if float(excess[worst, head]) > 0:
+            raise ConformanceError(
+                f"{check}: the force on the moving atom jumps by {float(jump[worst, head]):.4g} eV/Å "
+                f"{what.replace(f'(head {head})', '')}(head {head}), over ten times the steps around it (at most "
+                f"{float(around[worst, head]):.3g} eV/Å): an envelope whose slope is not zero at the cutoff?")
+
+    @check
+    def check_species_dependence(self) -> None:
+        """changing one atom's element to each other element of ``species`` changes that atom's energy and its
+        configuration's energy (by more than ``heads_differ``), in every head: a network that ignores the atomic
+        number (an embedding indexed by something else) is caught."""
+        check = "species_dependence"
+        model = self._model()
+        mols = molecules(self.pick(("methanol", "water", "methane", "ammonia")), self.seed + 13)
+        originals, swapped, where = [], [], []
+        for a in self.species:
+            found = next(((m, k) for m, (s, _) in enumerate(mols) for k, z in enumerate(s) if z == a), None)
+            if found is None:
+                continue
+            m, k = found
+            for b in self.species:
+                if b != a:
+                    elements, positions = mols[m]
+                    originals.append(mols[m])
+                    swapped.append(([b if i == k else z for i, z in enumerate(elements)], positions))
+                    where.append((m, k, a, b))
+        if not where:
+            raise SkipCheck("only one element in species")
+        before = self._net(model, make_batch(originals, self.exact_dtype), check)
+        after = self._net(model, make_batch(swapped, self.exact_dtype), check)
+        batch = make_batch(originals, self.exact_dtype)
+        starts = torch.cumsum(batch.atoms_per_conf(), 0) - batch.atoms_per_conf()
+        for c, (m, k, a, b) in enumerate(where):
+            atom = int(starts[c]) + k
+            for what, x, y in (("its configuration's energy", before.energy[c], after.energy[c]),
+                               ("the atom's energy", before.atom_energies[atom], after.atom_energies[atom])):
+                change = (x - y).detach().abs()
+                if float(change.min()) < self.tol.heads_differ:
+                    raise ConformanceError(
+                        f"{check}: changing atom {k} of a molecule (configuration {c}) from Z={a} to Z={b} leaves "
+                        f"{what} unchanged (|change| = {float(change.min()):.3g} eV < {self.tol.heads_differ:g} in head "
+                        f"{int(change.argmin())}): does the network ignore the atomic number (Batch.species)?")
+
+    @check
+    def check_unknown_elements(self) -> None:
+        """a configuration with an element outside ``species`` (one between two known ones, one above them all,
+        and 0, which padded layouts use for "no atom") raises :class:`kdframe.errors.DataError` naming it, never
+        an energy (the element silently becoming another one, or padding), nor another exception."""
+        check = "unknown_elements"
+        model = self._model()
+        known = set(self.species)
+        candidates = [z for z in range(1, max(known)) if z not in known][:1] + [max(known) + 1, 0]
+        base = molecules(self.pick(("water", "methane")), self.seed + 14)
+        for z in candidates:
+            elements, positions = base[1]
+            bad = ([z] + list(elements[1:]), positions)
+            batch = make_batch([base[0], bad], self.exact_dtype)
+            try:
+                energy = self._energy(model, batch)
+            except DataError as exc:
+                if str(z) not in str(exc):
+                    raise ConformanceError(f"{check}: the DataError for element {z} does not name it: {exc}") from exc
+                continue
+            except Exception as exc:  # noqa: BLE001 - the wrong exception is the failure reported
+                raise ConformanceError(f"{check}: element {z} (outside species {self.species}) raised "
+                                       f"{exc.__class__.__name__}: {exc}, not kdframe.errors.DataError") from exc
+            raise ConformanceError(f"{check}: element {z} (outside species {self.species}) gave energies "
+                                   f"{energy[1].tolist()} instead of a DataError")
+
+    def awkward_molecules(self) -> dict[str, tuple[list[int], torch.Tensor]]:
+        """Open configurations whose bounding box has no volume, built from the kit's species: one atom, a diatomic
+        on the x axis, a linear triatomic on the z axis off the origin, a bent triatomic in the xy plane."""
+        light, heavy = self.species[0], self.species[-1]
+        t = lambda rows: torch.tensor(rows, dtype=self.exact_dtype)  # noqa: E731
+        return {
+            "a single atom": ([heavy], t([[0.3, -0.2, 0.1]])),
+            "a diatomic on the x axis": ([heavy, light], t([[0.0, 0.0, 0.0], [1.13, 0.0, 0.0]])),
+            "a linear triatomic on the z axis": ([light, heavy, light], t([[2.0, 1.0, -1.1], [2.0, 1.0, 0.0],
+                                                                           [2.0, 1.0, 1.1]])),
+            "a bent triatomic in the xy plane": ([heavy, light, light], t([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0],
+                                                                           [-0.24, 0.93, 0.0]])),
+        }
+
+    @check
+    def check_awkward_geometries(self) -> None:
+        """a single atom, a molecule on a Cartesian axis and one in a Cartesian plane (bounding boxes without
+        volume, which make a neighbour search's cell singular), alone and in one batch: finite energies, the same
+        atom energies either way, forces that match central differences. With ``periodic = True`` also batched
+        with a periodic cell and with a periodic box that holds an isolated atom (pbc full and (T, T, F))."""
+        check = "awkward_geometries"
+        model = self._model()
+        awkward = self.awkward_molecules()
+        mols = list(awkward.values())
+        names = list(awkward)
+        configs = [make_batch([m], self.exact_dtype) for m in mols]
+        if self.architecture.periodic:
+            light, heavy = self.species[0], self.species[-1]
+            box = torch.eye(3, dtype=self.exact_dtype) * 12.0
+            isolated = make_batch([([heavy, light, light, light], torch.tensor(
+                [[0.5, 0.5, 0.5], [1.46, 0.5, 0.5], [0.26, 1.43, 0.5], [6.5, 6.5, 6.5]], dtype=self.exact_dtype))],
+                self.exact_dtype)
+            for pbc in ((True, True, True), (True, True, False)):
+                configs.append(dataclasses.replace(isolated, cell=box[None], pbc=torch.tensor([list(pbc)])))
+                names.append(f"a periodic box (pbc {pbc}) with an isolated atom")
+            configs.append(self.periodic_batch())
+            names.append("the kit's periodic cell")
+        alone = []
+        for name, config in zip(names, configs):
+            try:
+                out = self._net(model, config, check)
+            except ConformanceError as exc:
+                raise ConformanceError(f"{exc} (for {name})") from exc
+            if not torch.isfinite(out.atom_energies).all():
+                raise ConformanceError(f"{check}: non-finite atom energies for {name}")
+            alone.append(out.atom_energies)
+        together = _concatenate(configs)
+        out = self._net(model, together, check)
+        _compare(check, f"atom energies of {', '.join(names)} in one batch vs each alone", out.atom_energies,
+                 torch.cat(alone), self.tol.batch, _atom_where(together))
+        open_part = _concatenate(configs[:len(mols)])
+        self._compare_forces_with_differences(check, "forces of the open configurations", model, open_part)
+        if self.architecture.periodic:
+            self._compare_forces_with_differences(check, "forces in the periodic box with an isolated atom", model,
+                                                  configs[len(mols)])
+
     # --- running -----------------------------------------------------------------------------------
+    def run_check(self, name: str, directory: str | Path | None = None) -> None:
+        """Run one check (raises ConformanceError, or SkipCheck when it does not apply)."""
+        if name not in _CHECKS:
+            raise KeyError(f"no conformance check {name!r} (checks: {', '.join(self.CHECKS)})")
+        if name == "save_load_round_trip":
+            self.check_save_load_round_trip(directory)
+        else:
+            _CHECKS[name](self)
+
     def run(self, checks: Iterable[str] | None = None) -> dict[str, str | None]:
         """Run checks; returns name -> None (passed), 'skipped: ...' or the failure message."""
         results: dict[str, str | None] = {}
         for name in checks or self.CHECKS:
             try:
-                getattr(self, f"check_{name}")()
+                self.run_check(name)
                 results[name] = None
             except SkipCheck as exc:
                 results[name] = f"skipped: {exc}"
@@ -863,11 +1108,15 @@ class Conformance:
         return results
 
 
+Conformance.CHECKS = tuple(_CHECKS)
+__doc__ += "\nThe checks:\n\n" + "\n".join(f"- ``{name}``: {describe(name)}" for name in Conformance.CHECKS) + "\n"
+
+
 class ArchitectureConformance:
     """Base class of a plugin's conformance tests: subclass it in a ``Test...`` class and set the attributes.
 
-    Every ``test_*`` method runs one check of :class:`Conformance`; a failure is an ``AssertionError``
-    that names the property and the size of the violation.
+    Its one test, ``test_conformance``, is parametrized over ``Conformance.CHECKS`` (``test_conformance[stress]``);
+    a failure is an ``AssertionError`` that names the property and the size of the violation.
     """
 
     architecture: ClassVar[str | Architecture]  # registered name, or an Architecture instance
@@ -892,77 +1141,40 @@ class ArchitectureConformance:
                 heads_share_weights=cls.heads_share_weights, layout_round_trip=cls.layout_round_trip, seed=cls.seed)
         return cls._conformance
 
-    def _run(self, name: str, *args: Any) -> None:
+    def pytest_generate_tests(self, metafunc: Any) -> None:
+        """pytest: ``test_conformance`` runs once per check (``-k stress`` selects one)."""
+        if "check" in metafunc.fixturenames:
+            metafunc.parametrize("check", Conformance.CHECKS)
+
+    def test_conformance(self, check: str, tmp_path: Path) -> None:
+        self.run_check(check, tmp_path)
+
+    @classmethod
+    def run_check(cls, name: str, directory: str | Path | None = None) -> None:
+        """Run one check; a check that does not apply is a pytest skip."""
         try:
-            getattr(self.conformance(), f"check_{name}")(*args)
+            cls.conformance().run_check(name, directory)
         except SkipCheck as exc:
             import pytest
 
             pytest.skip(str(exc))
 
-    def test_registered(self):
-        self._run("registered")
-
-    def test_output_contract(self):
-        self._run("output_contract")
-
-    def test_energy_is_sum_of_atom_energies(self):
-        self._run("energy_is_sum_of_atom_energies")
-
-    def test_batch_round_trip(self):
-        self._run("batch_round_trip")
-
-    def test_batch_independence(self):
-        self._run("batch_independence")
-
-    def test_atom_order(self):
-        self._run("atom_order")
-
-    def test_forces_match_finite_differences(self):
-        self._run("forces_match_finite_differences")
-
-    def test_hessian_vector_products_match_finite_differences(self):
-        self._run("hessian_vector_products_match_finite_differences")
-
-    def test_hvp_loss_gradients_match_finite_differences(self):
-        self._run("hvp_loss_gradients_match_finite_differences")
-
-    def test_translation_invariance(self):
-        self._run("translation_invariance")
-
-    def test_rotation_invariance(self):
-        self._run("rotation_invariance")
-
-    def test_permutation_invariance(self):
-        self._run("permutation_invariance")
-
-    def test_float32_matches_float64(self):
-        self._run("float32_matches_float64")
-
-    def test_save_load_round_trip(self, tmp_path):
-        self._run("save_load_round_trip", tmp_path)
-
-    def test_training_lowers_the_loss(self):
-        self._run("training_lowers_the_loss")
-
-    def test_heads(self):
-        self._run("heads")
-
-    def test_periodic_images(self):
-        self._run("periodic_images")
-
-    def test_stress(self):
-        self._run("stress")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdframe.testing",
                                      description="Run kdframe's architecture conformance checks.")
-    parser.add_argument("architecture", help="registered architecture name (see `kdframe plugins`)")
+    parser.add_argument("architecture", nargs="?", help="registered architecture name (see `kdframe plugins`)")
     parser.add_argument("--hyperparameters", default="{}", help="JSON model block, e.g. '{\"width\": 8}'")
     parser.add_argument("--float32-only", action="store_true", help="the architecture cannot run in float64")
     parser.add_argument("--check", action="append", choices=Conformance.CHECKS, help="run only these checks")
+    parser.add_argument("--list", action="store_true", help="list the checks and what each one checks")
     args = parser.parse_args(argv)
+    if args.list:
+        for name in Conformance.CHECKS:
+            print(f"{name}: {describe(name)}")
+        return 0
+    if not args.architecture:
+        parser.error("the architecture name is required (or --list)")
     kit = Conformance(args.architecture, json.loads(args.hyperparameters), float64_ok=not args.float32_only)
     results = kit.run(args.check)
     for name, result in results.items():

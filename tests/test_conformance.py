@@ -1,5 +1,6 @@
-"""The architecture conformance kit (kdframe.testing): every built-in plugin and the example pass it,
-and a deliberately broken adapter fails it, loudly, naming the property."""
+"""The architecture conformance kit (kdframe.testing): every built-in plugin and the example pass it (one test
+parametrized over architecture and check: ``-k "hippynn and stress"``), and a deliberately broken adapter fails it,
+loudly, naming the property."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def installed(module: str):
 
 
 # --- the built-in plugins and the example pass ------------------------------------------------------
-@installed("kdframe_hippynn")
-class TestHippynnConformance(ArchitectureConformance):
+# Each architecture's kit settings (not collected by pytest: test_conformance below runs them, and test_hvp.py
+# reads their tiny hyperparameters).
+class HippynnConformance(ArchitectureConformance):
     architecture = "hippynn"
     hyperparameters = {"l_max": 1, "n_interaction_layers": 1, "width": 8, "n_atom_layers": 1, "n_sensitivities": 6,
                        "dist_soft_max": 4.0, "dist_hard_max": 5.0}
@@ -42,32 +44,42 @@ def _torchani_round_trip(batch: Batch) -> Batch:
     return layout.from_torchani(*layout.to_torchani(batch, layout.index_table(order)), order)
 
 
-@installed("kdframe_torchani")
-class TestTorchaniConformance(ArchitectureConformance):
+class TorchaniConformance(ArchitectureConformance):
     architecture = "torchani"
     hyperparameters = {"hidden": [8], "aev": {"radial_cutoff": 4.0, "radial_num_shifts": 6, "angular_cutoff": 3.0,
                                               "angular_num_shifts": 2, "angular_num_sections": 2}}
     layout_round_trip = staticmethod(_torchani_round_trip)
 
 
-@installed("kdframe_mace")
-class TestMaceConformance(ArchitectureConformance):
+class MaceConformance(ArchitectureConformance):
     architecture = "mace"
     hyperparameters = {"channels": 4, "max_L": 1, "num_interactions": 2, "correlation": 2, "max_ell": 1,
                        "num_radial_basis": 4, "radial_MLP": [8], "MLP_irreps": "4x0e", "r_max": 4.0}
 
 
-@installed("kdframe_pairnet")
-class TestPairnetConformance(ArchitectureConformance):
+class PairnetConformance(ArchitectureConformance):
     architecture = "pairnet"
     hyperparameters = {"width": 8, "n_interactions": 2, "n_radial": 6, "cutoff": 4.0, "readout_width": 8}
 
 
-class TestToyConformance(ArchitectureConformance):
+class ToyConformance(ArchitectureConformance):
     """The core tests' toy architecture (registered by conftest.py), passed as an instance."""
 
     architecture = ToyArchitecture()
     hyperparameters = {"width": 8}
+
+
+# architecture -> (its kit, the module that must be importable)
+KITS = {"hippynn": (HippynnConformance, "kdframe_hippynn"), "torchani": (TorchaniConformance, "kdframe_torchani"),
+        "mace": (MaceConformance, "kdframe_mace"), "pairnet": (PairnetConformance, "kdframe_pairnet"),
+        "toy": (ToyConformance, None)}
+
+
+@pytest.mark.parametrize("architecture, check", [
+    pytest.param(name, check, id=f"{name}-{check}", marks=[installed(module)] if module else [])
+    for name, (_, module) in KITS.items() for check in Conformance.CHECKS])
+def test_conformance(architecture, check, tmp_path):
+    KITS[architecture][0].run_check(check, tmp_path)
 
 
 def test_every_architecture_of_this_repository_is_covered():
@@ -75,7 +87,7 @@ def test_every_architecture_of_this_repository_is_covered():
     root = Path(__file__).resolve().parents[1]
     ours = {name for name, arch in registry().architectures.items()
             if root in Path(sys.modules[type(arch).__module__].__file__).resolve().parents}
-    covered = {"hippynn", "torchani", "mace", "pairnet", "toy"}
+    covered = set(KITS)
     assert ours - covered == set(), f"no conformance class for {sorted(ours - covered)}: add one here"
 
 
@@ -137,10 +149,15 @@ class FlawedModel(ToyModel):
         d = positions[i] - positions[j]
         r = _NormOnce.apply(d) if flaw == "once_differentiable" else d.norm(dim=-1)
         envelope = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1) * (r < self.cutoff)
+        if flaw == "hard_cutoff":  # pairs switched off at the cutoff without an envelope
+            envelope = (r < self.cutoff).to(r.dtype)
         g = torch.exp(-((r[:, None] - self.centres) ** 2)) * envelope[:, None]
         features = g.new_zeros(batch.n_atoms, g.shape[1]).index_add(0, i, g)
         embedding = self.embedding.weight.detach() if flaw == "detached_weights" else self.embedding.weight
-        h = embedding[self.embed_index[batch.species]] + self._linear(self.radial, features)
+        element = self.embed_index[batch.species]
+        if flaw == "ignores_species":  # one embedding row for every element
+            element = torch.zeros_like(element)
+        h = embedding[element] + self._linear(self.radial, features)
         atom = self._linear(self.readout[2], self.readout[1](self._linear(self.readout[0], h)))
         if flaw == "not_rotation_invariant":  # depends on x relative to the configuration's centre
             centre = batch.sum_per_conf(positions) / batch.atoms_per_conf()[:, None]
@@ -184,6 +201,8 @@ FLAWS = {
     "unsaved_random_buffer": ("save_load_round_trip", "reloaded model vs the saved one"),
     "detached_weights": ("training_lowers_the_loss", "energy loss has no gradient"),
     "duplicated_heads": ("heads", "the two head columns are the same"),
+    "hard_cutoff": ("cutoff_continuity", "the energy jumps by"),
+    "ignores_species": ("species_dependence", "does the network ignore the atomic number"),
 }
 
 
@@ -195,6 +214,48 @@ def test_a_broken_adapter_fails_the_named_check(flaw):
         getattr(kit, f"check_{check}")()
     assert words in str(failure.value)
     print(f"{flaw}: {failure.value}")
+
+
+@pytest.mark.parametrize("flaw", ["hard_cutoff", "ignores_species"])
+def test_the_new_checks_catch_bugs_that_pass_every_other_check(flaw):
+    """A hard cutoff and an embedding that ignores the atomic number passed all 18 older checks; now one check
+    fails, naming the bug, and only that one."""
+    others = [c for c in Conformance.CHECKS if c not in ("registered", "save_load_round_trip")]  # FlawedArchitecture
+    results = Conformance(FlawedArchitecture(flaw), {"width": 8}).run(others)  # is not the registry's toy class
+    failed = {name: result for name, result in results.items() if result and result.startswith("FAILED")}
+    assert list(failed) == [FLAWS[flaw][0]], failed
+
+
+def test_the_hard_cutoff_check_names_the_distance():
+    kit = Conformance(FlawedArchitecture("hard_cutoff"), {"width": 8})
+    with pytest.raises(ConformanceError, match=r"cutoff_continuity: the energy jumps by .* eV moving atom 3 \(Z=1\) "
+                                               r"away from atom 0 \(Z=8\) of water from r = \d\.\d{4} to \d\.\d{4} Å \(head \d\), where the forces account for .* a hard "
+                                               r"cutoff\?"):
+        kit.check_cutoff_continuity()
+
+
+def test_a_network_that_takes_unknown_elements_for_padding_is_refused_by_the_core():
+    """The unknown_elements check goes through Potential, which refuses elements outside the model's set before the
+    network sees them (hippynn's network alone takes Z=0 for padding and Z=2 for nothing)."""
+    assert Conformance(FlawedArchitecture("none"), {"width": 8}).run(["unknown_elements"]) == {"unknown_elements": None}
+
+
+def test_the_not_registered_hint_is_printed_once():
+    from kdframe.testing import _HINTED
+
+    _HINTED.discard("surely_not_registered")
+    results = Conformance("surely_not_registered").run()
+    hints = [r for r in results.values() if "pip install" in r]
+    assert len(hints) == 1 and all("not registered" in r or "no architecture" in r for r in results.values())
+
+
+def test_every_check_is_described_once():
+    """The checks are one registry: each has a docstring, the module docstring and --list are made from them."""
+    import kdframe.testing as testing
+
+    for name in Conformance.CHECKS:
+        assert testing.describe(name) and f"``{name}``: " in testing.__doc__
+    assert not [n for n in dir(ArchitectureConformance) if n.startswith("test_") and n != "test_conformance"]
 
 
 def test_failure_messages_say_by_how_much():
@@ -253,14 +314,15 @@ def test_the_pytest_base_class_fails_loudly(pytester):
         """))
     reports = pytester.inline_run("-p", "no:cacheprovider")
     passed, skipped, failed = reports.listoutcomes()
-    failures = {rep.nodeid.rsplit("::", 1)[1]: rep.longreprtext for rep in failed}
-    assert sorted(failures) == ["test_heads", "test_registered", "test_save_load_round_trip",
-                                "test_translation_invariance"], failures
+    failures = {rep.nodeid.rsplit("[", 1)[1].rstrip("]"): rep.longreprtext for rep in failed}
+    assert sorted(failures) == ["heads", "registered", "save_load_round_trip", "species_dependence",
+                                "translation_invariance"], failures
     assert "ConformanceError: registered: architecture 'unregistered_example' is not in kdframe's registry" \
-        in failures["test_registered"]
-    assert "Potential.load failed" in failures["test_save_load_round_trip"]  # the registry again
+        in failures["registered"]
+    assert "Potential.load failed" in failures["save_load_round_trip"]  # the registry again
     assert "ConformanceError: translation_invariance: energies after translating every atom by (3, -7.5, 12.25) " \
-           "Å: max |difference| = " in failures["test_translation_invariance"]
-    assert "ConformanceError: heads: the heads share no weights" in failures["test_heads"]
-    assert len(passed) == len([n for n in dir(ArchitectureConformance) if n.startswith("test_")]) - 4
+           "Å: max |difference| = " in failures["translation_invariance"]
+    assert "ConformanceError: heads: the heads share no weights" in failures["heads"]
+    assert "ConformanceError: species_dependence: " in failures["species_dependence"]
+    assert len(passed) == len(Conformance.CHECKS) - 5
     assert not skipped
