@@ -78,6 +78,9 @@ def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarr
 
 def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics) -> None:
     """RMSE and MAE in ``unit`` (eV-based) and in the unit tables show (:func:`~kdframe.units.shown_unit`)."""
+    if reference.size == 0:  # e.g. dE of a set with one conformer per molecule
+        out.pairs[prefix] = (reference, predicted)
+        return
     keep = ~np.isnan(reference).reshape(len(reference), -1).any(axis=1)
     ref, pred = reference[keep], predicted[keep]
     out.pairs[prefix] = (ref, pred)

@@ -8,6 +8,7 @@ the value of the largest listed epoch <= the current one); or
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -20,9 +21,18 @@ class Schedule(Protocol):
     def __call__(self, epoch: int) -> float: ...
 
 
+def _weight(value: Any, where: str) -> float:
+    """A loss weight: a finite number >= 0 (a negative weight would maximise its error)."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(where, f"weight {value} is not a finite number >= 0")
+    return value
+
+
 class Constant:
-    def __init__(self, value: float):
-        self.value = float(value)
+    def __init__(self, value: float, where: str = "weight"):
+        self.value = _weight(value, where)
+        self.values = [self.value]
 
     def __call__(self, epoch: int) -> float:
         return self.value
@@ -36,10 +46,10 @@ class _Table:
             items = sorted((int(k), float(v)) for k, v in table.items())
         except (TypeError, ValueError):
             raise ConfigError(where, f"schedule table {dict(table)!r} is not {{epoch: number}}", "integer epochs, numeric weights") from None
-        if items[0][0] < 1:
-            raise ConfigError(where, f"schedule epochs start at 1, got {items[0][0]}", "epochs >= 1")
+        if items[0][0] != 1:  # what epochs before the first listed one get would otherwise be a guess
+            raise ConfigError(where, f"schedule epochs start at 1, got {items[0][0]}", "a table whose first epoch is 1")
         self.epochs = [e for e, _ in items]
-        self.values = [v for _, v in items]
+        self.values = [_weight(v, f"{where}.{e}") for e, v in items]
 
 
 class PiecewiseConstant(_Table):
@@ -64,7 +74,7 @@ def make_schedule(spec: Any, where: str) -> Schedule:
     if isinstance(spec, bool):
         raise ConfigError(where, f"{spec!r} is not a weight", "a number, {epoch: weight} or {type: NAME, table: ...}")
     if isinstance(spec, (int, float)):
-        return Constant(spec)
+        return Constant(spec, where)
     if isinstance(spec, Mapping) and "type" in spec:
         kind = registry().lookup("schedules", str(spec["type"]), f"{where}.type")
         extra = set(spec) - {"type", "table"}

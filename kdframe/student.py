@@ -100,11 +100,15 @@ def check_weights(weights: dict[str, Any], labels: Mapping[str, Any]) -> dict[st
     """A ``weights`` block names known terms, at least one, each a valid schedule (ValueError otherwise)."""
     if not weights:
         raise ValueError(f"no loss terms (valid: {', '.join(labels)})")
+    schedules = []
     for name, spec in weights.items():
         if name not in labels:
             raise invalid((name,), f"unknown loss term (valid: {', '.join(labels)})", spec)
         try:
-            make_schedule(spec, name)
+            schedules.append(make_schedule(spec, name))
         except ConfigError as exc:
-            raise invalid((name,), str(exc).removeprefix(f"{name}: "), spec) from None
+            loc = tuple(int(p) if p.isdigit() else p for p in exc.where.split("."))
+            raise invalid(loc, str(exc).removeprefix(f"{exc.where}: "), spec) from None
+    if all(not any(getattr(s, "values", [1])) for s in schedules):  # plugin schedules may not list values
+        raise ValueError("every loss weight is zero: the model would learn nothing")
     return weights

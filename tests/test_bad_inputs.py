@@ -52,6 +52,14 @@ CASES = [
     ({"student.weights": {"energy": 1, "forcez": 10}}, ["student.weights.forcez", "unknown loss term",
                                                         "valid: energy, forces"]),
     ({"student.weights": {"energy": 1, "forces": {"0": 10}}}, ["student.weights.forces", "epochs start at 1"]),
+    ({"student.weights": {"energy": 1, "forces": {50: 10, 100: 5}}}, ["student.weights.forces: schedule epochs "
+                                                                      "start at 1, got 50"]),
+    ({"student.weights": {"energy": 1, "forces": -10}}, ["student.weights.forces: weight -10.0 is not a finite "
+                                                         "number >= 0"]),
+    ({"student.weights": {"energy": float("nan")}}, ["student.weights.energy: weight nan is not a finite"]),
+    ({"student.weights": {"energy": 1, "forces": {1: 10, 20: -1}}}, ["student.weights.forces[20]: weight -1.0"]),
+    ({"student.weights": {"energy": 0, "forces": {1: 0}}}, ["student.weights: every loss weight is zero"]),
+    ({"student.weights": {}}, ["student.weights: no loss terms (valid: energy, forces, stress)"]),
     ({"teachers.files": ["t.pt"]}, ["teachers", "exactly one of 'train'", "'pretrained'"]),
     ({"teachers": {"pretrained": "ani3"}}, ["teachers.pretrained", "unknown pretrained 'ani3'", "valid: ani1ccx, ani1x"]),
     ({"compare": {"hipnn teachers": ["missing.pt"]}}, ["compare.hipnn teachers[0]", "model file not found: missing.pt"]),
@@ -204,3 +212,16 @@ def test_run_setup_errors(tmp_path, ani_file, capsys, changes, expected):
         changes["run_dir"] = str(tmp_path / "c.yaml")
     err = _error(capsys, "run", _config(tmp_path, ani_file, **changes))
     assert expected in err
+
+
+def test_a_set_with_one_conformer_per_molecule_is_scored_without_de(tmp_path, ani_file, capsys):
+    """No two conformers of one molecule (e.g. one optimised geometry each): E and F are scored, dE is left out."""
+    from toy import write_ani_file
+
+    single = tmp_path / "single.h5"
+    write_ani_file(single, n_conf=1, seed=3)
+    config = _config(tmp_path, ani_file, **{"data.evaluate": [{"name": "optimised", "path": str(single),
+                                                               "energy": "morse.energy", "forces": "morse.forces"}]})
+    assert main(["run", str(config), "--quiet"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| optimised | student |")]
+    assert len(rows) == 1 and "nan" not in rows[0].lower()
