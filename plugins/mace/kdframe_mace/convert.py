@@ -71,14 +71,16 @@ def check_same_predictions(source: Potential, target: Potential, batch: Batch) -
             )
 
 
-def save_mace_model(potential: Potential, path: str | os.PathLike) -> Path:
+def save_mace_model(potential: Potential, path: str | os.PathLike, dtype: torch.dtype = torch.float64) -> Path:
     """Write ``potential`` as a plain mace model file (the whole pickled ``ScaleShiftMACE``, as ``mace_run_train``
     writes it) for mace's own tools: ``mace.calculators.MACECalculator(model_paths=path)``, ``mace_create_lammps_model``
     and fine-tuning. kdframe's per-species reference energies become the model's E0s (head by head), so mace gives
-    kdframe's energies; a cuequivariance model is converted back to e3nn first. Returns the path."""
+    kdframe's energies; a cuequivariance model is converted back to e3nn first. The file is in ``dtype``, float64 by
+    default even for a float32 model: E0s of hundreds of eV per atom lose up to 1e-4 eV each in float32 (meV per box).
+    The file is a pickle: load it only from a source you trust. Returns the path."""
     if not isinstance(potential.architecture, MaceArchitecture):
         raise ConfigError("model.architecture", f"is {potential.architecture.name!r}; only mace models export", ["mace"])
-    mace = with_cuequivariance(potential, False).net.mace.cpu()  # a new potential: changing it is safe
+    mace = with_cuequivariance(potential, False).net.mace.cpu().to(dtype)  # a new potential: changing it is safe
     e0 = potential.reference_energies[potential.species].T  # (n_heads, n_elements), mace's layout
     mace.atomic_energies_fn.atomic_energies = e0.to(mace.atomic_energies_fn.atomic_energies)
     atomic_write(path, lambda f: torch.save(mace, f))
