@@ -20,8 +20,10 @@ SMALL = {"width": 8, "n_interactions": 2, "n_radial": 6, "cutoff": 4.0, "readout
 
 
 class TestPairnetConformance(ArchitectureConformance):
-    """Everything kdframe needs from an architecture: shapes, sums, atom order, forces, HVPs,
-    invariances, save/load, training, fidelity heads."""
+    """Everything kdframe needs from an architecture: shapes, sums, atom order, forces, HVPs, invariances,
+    save/load, training, fidelity heads, smoothness at the cutoff, species, unknown elements, awkward geometries.
+    One test, ``test_conformance``, parametrized over ``kdframe.testing.Conformance.CHECKS``
+    (``pytest -k cutoff_continuity`` runs one check)."""
 
     architecture = "pairnet"  # looked up in kdframe's registry: proves the entry point works
     hyperparameters = SMALL
