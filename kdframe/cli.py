@@ -30,16 +30,10 @@ def _run_stage(until: str):
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from .plugins import BROKEN, installed_plugins, registry
+    from .plugins import describe
 
-    reg = registry()
     print(f"kdframe {__version__}")
-    for name, dist, version in installed_plugins():
-        print(f"  {name:32s} {dist} {version}")
-    for name, reason in sorted(BROKEN.items()):
-        print(f"  {name:32s} FAILED TO LOAD: {reason}")
-    for kind in ("architectures", "knowledge_sources", "schedules", "labelers", "workflows", "pretrained"):
-        print(f"{kind}: {', '.join(sorted(getattr(reg, kind))) or '(none)'}")
+    print(describe())
     return 0
 
 
@@ -115,7 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .plugins import plugin_manager
+    from .plugins import add_commands
 
     parser = argparse.ArgumentParser(prog="kdframe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kdframe {__version__}")
@@ -142,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="markdown file for the metrics (default: beside the (first) model; "
                                                 "for --pretrained in the current directory)")
     p.set_defaults(func=_evaluate)
-    plugin_manager().hook.register_commands(subparsers=sub)
+    add_commands(sub)
     return parser
 
 

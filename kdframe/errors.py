@@ -21,3 +21,8 @@ class ConfigError(KdframeError):
 
 class DataError(KdframeError):
     """A data file that is missing, malformed or lacks a requested key."""
+
+
+class ArchitectureError(KdframeError):
+    """An architecture plugin broke its contract at run time (e.g. an output of the wrong type or shape): a bug in
+    the plugin, not in the data or the configuration. ``python -m kdframe.testing NAME`` runs the conformance kit."""

@@ -20,15 +20,10 @@ import torch
 from . import derivatives
 from .architecture import Architecture, EnergyModel, ModelOutput
 from .batch import Batch
-from .errors import ConfigError, DataError, KdframeError
+from .errors import ArchitectureError, ConfigError, DataError
 from .io import atomic_write
 
 MODEL_FORMAT = "kdframe-model/1"
-
-
-class ArchitectureError(KdframeError):
-    """An architecture plugin broke its contract at run time (e.g. an output of the wrong type or shape): a bug in
-    the plugin, not in the data or the configuration. ``python -m kdframe.testing NAME`` runs the conformance kit."""
 
 
 def model_dtype(module: torch.nn.Module) -> torch.dtype:

@@ -47,7 +47,7 @@ def _moved(batch: Batch, positions: torch.Tensor) -> Batch:
 
 
 # --- HVPs through the loss term equal differences of the core's forces, for every architecture -------
-@pytest.mark.parametrize("name", sorted(registry().architectures))
+@pytest.mark.parametrize("name", ["toy", "hippynn", "torchani", "mace"])  # the built-ins, whatever else is installed
 def test_hvp_equals_finite_differences_of_forces(name):
     kit = Conformance(name, TINY.get(name, {}))
     model = kit.potential()

@@ -10,7 +10,8 @@ from kdframe.architecture import ModelOutput
 from kdframe.cli import main
 from kdframe.errors import KdframeError
 from kdframe.plugins import registry
-from kdframe.potential import ArchitectureError, Potential
+from kdframe.errors import ArchitectureError
+from kdframe.potential import Potential
 from kdframe.testing import make_batch, molecules
 
 from toy import ToyArchitecture, ToyModel

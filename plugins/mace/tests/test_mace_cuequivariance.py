@@ -87,6 +87,6 @@ def test_saved_model_does_not_depend_on_the_cuequivariance_backend(batch):
 def test_converter_refuses_other_architectures():
     from kdframe.plugins import registry
 
-    other = Potential(registry().lookup("architectures", "pairnet", "test"), {}, [1, 6])
+    other = Potential(registry().lookup("architectures", "toy", "test"), {}, [1, 6])
     with pytest.raises(ConfigError, match="only mace models convert"):
         with_cuequivariance(other, True)
