@@ -5,6 +5,8 @@ see pyproject.toml), so a plugin's tests run from their own directory as well as
 Importing this module registers the toy architecture (tests/toy.py) and keeps torch to one thread.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,8 @@ from kdframe.plugins import registry
 
 from toy import ToyArchitecture, write_ani_file
 
+# This repository's plugins only: another architecture plugin installed beside them must not change the tests.
+os.environ.setdefault("KDFRAME_PLUGINS", "hippynn,torchani,mace,qc,pairnet")
 torch.set_num_threads(1)
 registry().architectures.setdefault("toy", ToyArchitecture())
 
