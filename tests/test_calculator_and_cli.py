@@ -76,6 +76,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_skipped(monkeypatch, caps
     real = metadata.entry_points(group=plugins.ENTRY_POINT_GROUP)
     broken = metadata.EntryPoint("broken_arch", "kdframe_no_such_module_xyz", plugins.ENTRY_POINT_GROUP)
     monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [*real, broken])
+    monkeypatch.setenv(plugins.SELECT_ENV, "hippynn,broken_arch")
     for cached in (plugins.plugin_manager, plugins.registry):
         cached.cache_clear()
     try:
