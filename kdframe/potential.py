@@ -20,7 +20,7 @@ import torch
 from . import derivatives
 from .architecture import Architecture, EnergyModel, ModelOutput
 from .batch import Batch
-from .errors import ArchitectureError, ConfigError, DataError
+from .errors import ArchitectureError, ConfigError, DataError, KdframeError
 from .io import atomic_write
 
 MODEL_FORMAT = "kdframe-model/1"
@@ -194,14 +194,35 @@ class Potential(torch.nn.Module):
             raise DataError(f"{path}: model file not found")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
+        except PermissionError:
+            raise  # the CLI names the file; not a damaged one
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-            raise DataError(f"{path}: not a kdframe model file ({exc.__class__.__name__}: {exc})") from None
+            why = " ".join(str(exc).split()).partition(". ")[0].rstrip(".")  # torch's messages run on
+            raise DataError(f"{path}: not a kdframe model file, or a truncated or damaged one "
+                            f"({exc.__class__.__name__}: {why})") from None
         if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
             raise DataError(f"{path}: not a kdframe model file (expected format {MODEL_FORMAT})")
+        missing = [k for k in ("architecture", "hyperparameters", "species", "heads", "state_dict") if k not in state]
+        if missing:
+            raise DataError(f"{path}: damaged kdframe model file (no {', '.join(missing)} in it)")
         architecture = registry().lookup("architectures", state["architecture"], f"{path}: architecture")
-        model = cls(architecture, state["hyperparameters"], state["species"], state["heads"])
+        altered = "; the file was altered or damaged: use the original file, or train or export the model again"
+        try:
+            model = cls(architecture, state["hyperparameters"], state["species"], state["heads"])
+        except KdframeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pydantic, or the architecture's own checks
+            why = " ".join(str(exc).split())[:300]
+            raise DataError(f"{path}: its hyperparameters do not make a {architecture.name} model "
+                            f"({exc.__class__.__name__}: {why}){altered}") from None
         model.to(getattr(torch, state.get("dtype", "float64")))
-        model.load_state_dict(state["state_dict"])
+        try:
+            model.load_state_dict(state["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+            raise DataError(f"{path}: its weights do not fit the model its hyperparameters describe "
+                            f"({first.rstrip('.')}){altered}") from None
         return model
 
     def n_weights(self) -> int:
