@@ -57,9 +57,14 @@ class SplitSpec(Strict):
     @pydantic.field_validator("fractions")
     @classmethod
     def _all_three(cls, v: dict[str, float]) -> dict[str, float]:
-        if set(v) != {"train", "valid", "test"} or any(x <= 0 for x in v.values()):
+        """All three, positive, summing to 1; kept in the canonical order train, valid, test (the split's order)."""
+        if set(v) != {"train", "valid", "test"} or any(not x > 0 for x in v.values()):
             raise ValueError("needs positive fractions for all of train, valid and test")
-        return v
+        total = sum(v.values())
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"the fractions sum to {total:.6g}, not 1 (valid: train, valid and test summing to 1, "
+                             "e.g. 0.8, 0.1, 0.1)")
+        return {name: v[name] for name in ("train", "valid", "test")}
 
 
 class DataSpec(Strict):
