@@ -20,7 +20,7 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
-from ..data.ani_layout import open_hdf5
+from ..data.ani_layout import check_hartree, energy_ratios, molecule_groups, molecule_species, open_hdf5
 from ..data.packed import describe as describe_packed, is_packed
 from ..io import atomic_write
 
@@ -55,15 +55,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces, or .hessian); resumable")
     p.add_argument("file")
     p.add_argument("--method", required=True, help="labeler, e.g. xtb, wb97x_dz, mp2_dz, ccsd(t)_dz")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=non_negative_int, default=os.cpu_count() or 1,
                    help="processes, one thread each (0: in this process)")
     p.add_argument("--molecules", help="comma-separated group names to label (default: all)")
-    p.add_argument("--per-molecule", type=int, help="at most this many conformations per molecule, evenly spread")
-    p.add_argument("--limit", type=int, help="at most this many conformations in all (after ordering)")
+    p.add_argument("--per-molecule", type=positive_int, help="at most this many conformations per molecule, evenly spread")
+    p.add_argument("--limit", type=positive_int, help="at most this many conformations in all (after ordering)")
     p.add_argument("--origin", help="only conformations whose sampling origin starts with this (e.g. opt, nms, md)")
     p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
-    p.add_argument("--merge-every", type=int, default=25, help="merge finished items into the file every N items")
+    p.add_argument("--merge-every", type=non_negative_int, default=25,
+                   help="merge finished items into the file every N items (0: only every 10 minutes and at the end)")
     p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
     p.add_argument("--hessian", action="store_true",
                    help="<method>.hessian (3N x 3N, Hartree/Å²) by central differences of the method's forces")
@@ -79,7 +80,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pack", help="an ANI-layout file as one flat, chunked file that training streams from disk")
     p.add_argument("source", help="ANI-layout HDF5 file")
     p.add_argument("target", help="packed HDF5 file to write (atomically)")
-    p.add_argument("--units", default="hartree", choices=["hartree", "ev"], help="energy unit of the source file")
+    p.add_argument("--units", default="auto", choices=["auto", "hartree", "ev"],
+                   help="energy unit of the source file (auto: Hartree, refused when the energies look like eV)")
+    p.add_argument("--force", action="store_true", help="replace an existing target (never the source)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges")
@@ -87,6 +90,28 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--per-molecule", action="store_true", help="one line per molecule")
     p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_info)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or a negative count would select everything, or all but some)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 1, 2, ...)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} (valid: a positive integer, 1, 2, ...; omit the option for all)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 0, 1, 2, ...)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} (valid: 0, 1, 2, ...)")
+    return value
 
 
 # ----------------------------------------------------------------------------- sample
@@ -218,7 +243,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     if not Path(args.source).is_file():
         raise DataError(f"{args.source}: data file not found")
-    path = pack_ani(args.source, args.target, args.units)
+    path = pack_ani(args.source, args.target, args.units, overwrite=args.force)
     with h5py.File(path, "r") as f:
         print(f"{path}: {len(f['molecule'])} conformations, {len(f['species'])} atoms, "
               f"labels {', '.join(sorted(f['labels']))} (eV, eV/Å)")
@@ -243,9 +268,8 @@ def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str 
     n_mol = n_conf = 0
     rows = []
     with open_hdf5(path, "ANI-layout or packed") as f:
-        groups = [(k, g) for k, g in f.items() if isinstance(g, h5py.Group) and "coordinates" in g]
-        for name, g in groups:
-            nc, na = g["coordinates"].shape[:2]
+        for name, g in molecule_groups(f):
+            nc, na = g["coordinates"].shape[0], int((molecule_species(g) != 0).sum())
             n_mol += 1
             n_conf += nc
             row = [name, str(g.attrs.get("smiles", "")), na, nc]
@@ -258,6 +282,7 @@ def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str 
                 s["mols"] += int(ok.any())
                 s["failed"] += len(json.loads(g.attrs.get(f"{method}.failures", "{}"))) if quantity == "energy" else 0
                 if ok.any() and data.ndim == 1:
+                    s.setdefault("ratios", []).append(energy_ratios(data, molecule_species(g)[molecule_species(g) != 0]))
                     s["min"], s["max"] = min(s["min"], data[ok].min()), max(s["max"], data[ok].max())
                     s["spread"] = max(s["spread"], float(np.ptp(data[ok])))
                 if quantity == "energy":
@@ -275,6 +300,10 @@ def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str 
             rng = f"[{s['min']:.6f}, {s['max']:.6f}] {unit}"
             if key.endswith(".energy"):
                 rng += f"; largest spread in a molecule {s['spread'] * KCAL_MOL_PER_HARTREE:.1f} kcal/mol"
+                try:
+                    check_hartree("", np.concatenate(s["ratios"]))
+                except DataError as exc:
+                    rng += f"; {str(exc).removeprefix(': ')}"
         lines.append(f"  {key:<28} {s['n']:>8}/{n_conf:<4} {s['mols']:>9} {s['failed']:>6}  {rng}")
     jdir = journal_dir(path, journals)
     if jdir.is_dir():

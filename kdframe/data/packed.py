@@ -30,7 +30,8 @@ import torch
 from ..batch import Batch
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
-from .ani_layout import checked_label, molecule_groups, molecule_species, open_hdf5
+from .ani_layout import (check_hartree, checked_label, energy_ratios, molecule as ani_molecule, molecule_groups,
+                         molecule_species, open_hdf5, unpad)
 from .dataset import PER_ATOM, PER_CONF, Batching, atom_ranges
 
 FORMAT = "kdframe-packed-1"
@@ -126,35 +127,64 @@ class PackedWriter:
         return self.path
 
 
-def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = "hartree") -> Path:
-    """An ANI-layout file as a packed file: every per-configuration and per-atom key, energies and forces in eV(/Å)."""
-    to_ev = HARTREE_TO_EV if units == "hartree" else 1.0
+def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = "auto", overwrite: bool = False) -> Path:
+    """An ANI-layout file as a packed file: every per-configuration and per-atom key, energies and forces in eV(/Å).
+
+    ``units``: the source's energy unit, "hartree", "ev" or "auto" (Hartree, refused when the energies look like eV,
+    see :func:`~kdframe.data.ani_layout.check_hartree`). The target is never the source (nor a link to it) and an
+    existing target is replaced only with ``overwrite``; the target appears whole (atomic rename) or not at all.
+    """
+    source, target = Path(source), Path(target)
+    check_target(source, target, overwrite)
+    if units not in ("auto", "hartree", "ev"):
+        raise DataError(f"{source}: units {units!r} (valid: auto, hartree, ev)")
+    if is_packed(source):
+        raise DataError(f"{source}: already a packed file (valid source: an ANI-layout file, one group per molecule)")
+    to_ev = 1.0 if units == "ev" else HARTREE_TO_EV
     with open_hdf5(source, "ANI-layout") as f:
         groups = molecule_groups(f)
         if not groups:
             raise DataError(f"{source}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
         kinds: dict[str, str] = {}
-        for _, group in groups:
+        ratios: dict[str, list[np.ndarray]] = {}
+        for name, group in groups:
             k, n = group["coordinates"].shape[:2]
             for key, value in group.items():
                 if key in SKIPPED or not isinstance(value, h5py.Dataset):
                     continue
                 if value.shape == (k,):
                     kinds.setdefault(key, PER_CONF)
+                    if units == "auto" and key.endswith(("energy", "energies")):
+                        z = molecule_species(group)
+                        ratios.setdefault(key, []).append(energy_ratios(value[()], z[z > 0]))
                 elif value.shape == (k, n, 3):
                     kinds.setdefault(key, PER_ATOM)
-        writer = PackedWriter(target, kinds, Path(source).stem)
+        for key, found in ratios.items():
+            check_hartree(f"{source}: key {key!r} (--units auto)", np.concatenate(found))
+        writer = PackedWriter(target, kinds, source.stem)
         try:
             for name, group in groups:
+                z, xyz, keep = ani_molecule(source, name, group)
                 k, n = group["coordinates"].shape[:2]
-                labels = {key: checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else "forces",
-                                             np.asarray(group[key][()], dtype=np.float64), k, n)
+                labels = {key: unpad(checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else "forces",
+                                                   np.asarray(group[key][()], dtype=np.float64), k, n), keep, n)
                           * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
-                writer.add(name, molecule_species(group), np.asarray(group["coordinates"][()], dtype=np.float64), labels)
+                writer.add(name, z, xyz, labels)
         except BaseException:
             writer.abort()
             raise
         return writer.close()
+
+
+def check_target(source: Path, target: Path, overwrite: bool) -> None:
+    """Refuse a target that is the source (also through a symbolic or hard link), or that exists without ``overwrite``."""
+    if target.exists() and source.exists() and os.path.samefile(source, target):
+        raise DataError(f"{target}: is the source file {source} (the same file on disk); packing would replace it "
+                        "(valid: another target path)")
+    if target.is_dir():
+        raise DataError(f"{target}: is a directory (valid: a file path for the packed file)")
+    if target.exists() and not overwrite:
+        raise DataError(f"{target}: exists (valid: another path, or --force to replace it)")
 
 
 class _Store:

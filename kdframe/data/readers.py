@@ -2,7 +2,10 @@
 
 ``keys`` maps a kdframe label name to the key in the file, e.g.
 ``{"energy": "ccsd(t)_cbs.energy", "forces": "wb97x_dz.forces"}``. Energies become
-eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convention).
+eV and forces eV/Å: ANI files are in Hartree, extxyz files in eV (ASE's convention). With ``units: auto`` an ANI
+file whose energies look like eV is refused (:func:`kdframe.data.ani_layout.check_hartree`). Every geometry is
+checked: no molecule without atoms, finite coordinates, no two atoms (or periodic images) closer than 0.1 Å; ANI
+atoms with atomic number 0 are padding, dropped with their labels (:func:`kdframe.data.ani_layout.molecule`).
 ANI Hessians ``<method>.hessian`` (n_conf, 3N, 3N), Hartree/Å², become per-atom labels in eV/Å²
 (layout of :mod:`kdframe.derivatives`), NaN-padded to the largest molecule of the file.
 A ``stress`` label (extxyz only: ASE's Voigt 6 or a 3x3 / 9-value ``stress=`` key, eV/Å³, ASE's sign) becomes
@@ -24,7 +27,8 @@ from ..errors import DataError
 from ..units import HARTREE_TO_EV
 from ..derivatives import pack_hessians
 from .dataset import Dataset, concat_labels
-from .ani_layout import checked_label, molecule_groups, molecule_species, open_hdf5
+from .ani_layout import (check_geometries, check_hartree, checked_label, energy_ratios, molecule as ani_molecule,
+                         molecule_groups, open_hdf5, unpad)
 from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -48,31 +52,35 @@ def read_dataset(path: str | os.PathLike, keys: Mapping[str, str], units: str = 
             raise DataError(f"{path}: a packed file is in eV and eV/Å (units: hartree applies to ANI files; use auto or ev)")
         return PackedDataset.open(path, keys)
     if path.suffix.lower() in HDF5_SUFFIXES:
-        return _read_ani_hdf5(path, keys, HARTREE_TO_EV if units in ("auto", "hartree") else 1.0)
+        return _read_ani_hdf5(path, keys, units)
     if path.suffix.lower() in XYZ_SUFFIXES:
         return _read_extxyz(path, keys, HARTREE_TO_EV if units == "hartree" else 1.0)
     raise DataError(f"{path}: unknown data format (valid suffixes: {', '.join(HDF5_SUFFIXES + XYZ_SUFFIXES)})")
 
 
-def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
+def _read_ani_hdf5(path: Path, keys: Mapping[str, str], units: str) -> Dataset:
+    """ANI layout: Hartree unless ``units: ev``; with ``units: auto`` energies that look like eV are refused
+    (:func:`~kdframe.data.ani_layout.check_hartree`)."""
+    to_ev = 1.0 if units == "ev" else HARTREE_TO_EV
     species, positions, ptr, molecule, names = [], [], [0], [], []
     labels: dict[str, list[np.ndarray]] = {name: [] for name in keys}
+    ratios: dict[str, list[np.ndarray]] = {}
     with open_hdf5(path, "ANI-layout or packed") as f:
         groups = molecule_groups(f)
         if not groups:
             raise DataError(f"{path}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
         for name, group in groups:
-            z = molecule_species(group)
-            xyz = np.asarray(group["coordinates"][()], dtype=np.float64)
-            if xyz.ndim != 3 or xyz.shape[1:] != (len(z), 3):
-                raise DataError(f"{path}:/{name}/coordinates: shape {xyz.shape}, expected (n_conf, {len(z)}, 3)")
-            n_conf = xyz.shape[0]
+            z, xyz, keep = ani_molecule(path, name, group)
+            n_conf, n_padded = xyz.shape[0], group["coordinates"].shape[1]
             for label, key in keys.items():
                 if key not in group:
                     available = sorted(k for k in group.keys() if k not in ("coordinates", "atomic_numbers", "species"))
                     raise DataError(f"{path}:/{name}: key {key!r} (for {label!r}) not found (available: {', '.join(available)})")
-                value = checked_label(f"{path}:/{name}/{key}", label, np.asarray(group[key][()], dtype=np.float64),
-                                      n_conf, len(z)) * to_ev
+                raw = checked_label(f"{path}:/{name}/{key}", label, np.asarray(group[key][()], dtype=np.float64),
+                                    n_conf, n_padded)
+                if units == "auto" and (label == "energy" or key.endswith(("energy", "energies"))) and raw.ndim == 1:
+                    ratios.setdefault(key, []).append(energy_ratios(raw, z))
+                value = unpad(raw, keep, n_padded) * to_ev
                 if value.shape[1:] == (3 * len(z), 3 * len(z)):  # a Hessian per conformation
                     labels[label].append(pack_hessians(list(value)))
                 else:
@@ -82,6 +90,8 @@ def _read_ani_hdf5(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset
             ptr.extend(ptr[-1] + len(z) * np.arange(1, n_conf + 1))
             molecule.append(np.full(n_conf, len(names)))
             names.append(name)
+    for key, found in ratios.items():
+        check_hartree(f"{path}: key {key!r} (units: auto)", np.concatenate(found))
     return Dataset(
         np.concatenate(species), np.concatenate(positions), np.asarray(ptr, dtype=np.int64),
         np.concatenate(molecule), names, {k: concat_labels(v) for k, v in labels.items()}, path.stem,
@@ -101,6 +111,7 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
     names: list[str] = []
     molecule = []
     for i, atoms in enumerate(frames):
+        _check_frame(path, i, atoms)
         formula = atoms.info.get("molecule", atoms.get_chemical_formula())
         if formula not in names:
             names.append(formula)
@@ -124,6 +135,32 @@ def _read_extxyz(path: Path, keys: Mapping[str, str], to_ev: float) -> Dataset:
          for k, v in labels.items()},
         path.stem, *_cells(path, frames),
     )
+
+
+def _check_frame(path: Path, i: int, atoms) -> None:
+    """Refuse a frame without atoms, with unknown elements, non-finite positions or two atoms (or images) closer
+    than ``MIN_DISTANCE``."""
+    from ase.neighborlist import neighbor_list
+
+    from .ani_layout import MIN_DISTANCE
+
+    where = f"{path}: frame {i}"
+    if not len(atoms):
+        raise DataError(f"{where}: no atoms (a configuration needs at least one atom; drop the frame)")
+    bad = sorted(set(atoms.numbers[(atoms.numbers < 1) | (atoms.numbers > 118)].tolist()))
+    if bad:
+        raise DataError(f"{where}: atomic numbers {bad} (valid: 1-118; X and ghost atoms are not read)")
+    if not np.isfinite(atoms.positions).all() or not atoms.pbc.any():
+        check_geometries(where, atoms.numbers, atoms.positions[None])
+        return
+    if (np.linalg.norm(atoms.cell.array, axis=1)[atoms.pbc] > 0).all():  # else _cells refuses the frame
+        first, second, d = neighbor_list("ijd", atoms, MIN_DISTANCE)
+        if len(d):
+            k = int(np.argmin(d))
+            a, b = int(first[k]), int(second[k])
+            symbols = atoms.get_chemical_symbols()
+            raise DataError(f"{where}: atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are {d[k]:.3g} Å apart"
+                            f"{' (periodic images)' if a == b else ''} (valid: at least {MIN_DISTANCE} Å; drop the frame)")
 
 
 def _cells(path: Path, frames) -> tuple[np.ndarray, np.ndarray]:
