@@ -16,6 +16,7 @@ def _run_stage(until: str):
         from .workflows.base import Run, load_config
 
         distributed.init()  # under torchrun: every rank runs the workflow, rank 0 writes and prints
+        run = None
         try:
             workflow, config = load_config(Path(args.config))
             run = Run(config, Path(args.config), workflow, progress=not args.quiet and distributed.is_main())
@@ -23,6 +24,8 @@ def _run_stage(until: str):
             if distributed.is_main():
                 print(text)
         finally:
+            if run is not None:
+                run.close()  # the run_dir's lock
             distributed.finish()
         return 0
 
@@ -147,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KdframeError as exc:
         print(f"kdframe: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a permission, read-only or full-disk failure outside kdframe's own writes
+        from .io import ENVIRONMENT_ERRNOS, FULL_DISK
+
+        if exc.errno not in ENVIRONMENT_ERRNOS:  # a bug, not the environment: keep the traceback
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        todo = ("free some space, then run the same command again" if exc.errno in FULL_DISK
+                else "check the permissions of that file and its folder")
+        print(f"kdframe: error: {where}{ENVIRONMENT_ERRNOS[exc.errno]}; {todo}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdframe: interrupted; run the same command again to resume", file=sys.stderr)

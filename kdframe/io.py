@@ -1,12 +1,48 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes (a temporary file beside the target, then a rename), run-state errors and notes.
+
+A write that fails for a reason of the environment (permissions, a read-only file system, a full disk) is
+one :class:`WriteError` naming the file, never a raw ``OSError`` traceback; the target is left as it was.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from .errors import KdframeError
+
+# errno values that are the environment's doing (not a bug): reported as one line naming the path
+ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                      errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the disk",
+                      errno.EDQUOT: "disk quota exceeded"}
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+class RunStateError(KdframeError):
+    """A file in a run directory that is damaged, does not belong to this run, or a run directory in use."""
+
+
+class WriteError(KdframeError):
+    """A file or folder that cannot be written (permissions, read-only file system, full disk)."""
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """One message naming ``path``, why it cannot be written and what to do."""
+    why = ENVIRONMENT_ERRNOS.get(exc.errno) or exc.strerror or str(exc)
+    if exc.errno in FULL_DISK:
+        todo = "free some space, then run the same command again (finished work is kept)"
+    else:
+        todo = "make it writable or write elsewhere (e.g. another run_dir)"
+    return WriteError(f"{path}: cannot write ({why}); {todo}")
+
+
+def is_environment_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
 
 
 def _new_file_mode() -> int:
@@ -16,11 +52,30 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def make_dir(path: str | os.PathLike) -> None:
+    """``mkdir -p``; a folder that cannot be made is a :class:`WriteError` naming it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if not is_environment_error(exc):
+            raise
+        raise write_error(path, exc) from None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file and rename it over ``path`` only if it succeeds."""
+    """Call ``write(f)`` on a temporary binary file and rename it over ``path`` only if it succeeds.
+
+    Permission, read-only and full-disk failures are a :class:`WriteError` naming ``path`` (or its folder);
+    ``path`` is then unchanged and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if not is_environment_error(exc):
+            raise
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; a file written in place would follow the umask
         with os.fdopen(fd, "wb") as f:
@@ -28,10 +83,88 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_environment_error(exc):
+            raise write_error(path, exc) from None
         raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def note(message: str, kind: str = "note") -> None:
+    """``kdframe: note: ...`` (or ``warning``) on stderr, once (by the main rank under torchrun)."""
+    from . import distributed
+
+    if distributed.is_main():
+        print(f"kdframe: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    note(message, "warning")
+
+
+LOCK_FILE = ".lock"
+_HELD: dict[Path, list] = {}  # run directory -> [open lock file, users in this process]
+
+
+def lock_directory(directory: str | os.PathLike) -> str | None:
+    """Take ``directory/.lock`` (an exclusive, non-blocking ``flock``) for this process; None when held, else why not.
+
+    Taking it again in the same process only counts a user (one process runs one workflow at a time, and tests
+    run several in one process). A directory that is read-only is not locked: nothing can be written there, so
+    a finished run can still print its table (what would write there fails with a :class:`WriteError`).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    directory = Path(directory).absolute()
+    if directory in _HELD:
+        _HELD[directory][1] += 1
+        return None
+    make_dir(directory)
+    path = directory / LOCK_FILE
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open while the run lasts
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None
+        if is_environment_error(exc):
+            raise write_error(path, exc) from None
+        raise
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        return (f"{directory}: this run_dir is in use by another kdframe process (PID {holder}, holding {path}); "
+                "wait for it to finish or stop it, or use another run_dir")
+    except OSError as exc:  # a file system without locks: run unlocked, as before
+        handle.close()
+        note(f"{path}: cannot lock the run directory ({exc.strerror}); make sure no other kdframe process uses it")
+        return None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError:
+        pass  # the lock holds; only the PID shown to a second process is missing
+    _HELD[directory] = [handle, 1]
+    return None
+
+
+def unlock_directory(directory: str | os.PathLike) -> None:
+    """Give back one use of the lock taken by :func:`lock_directory`; the last one releases it."""
+    directory = Path(directory).absolute()
+    held = _HELD.get(directory)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[directory]
+        held[0].close()  # closing the file releases the flock

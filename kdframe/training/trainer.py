@@ -3,7 +3,8 @@
 Adam; the learning rate is multiplied by ``lr_factor`` when the monitored validation
 error has not improved for ``lr_patience`` epochs; training stops after
 ``termination_patience`` epochs without improvement or at ``max_epochs``. A checkpoint
-is written atomically every epoch and training resumes from it; the shuffle order (and
+is written atomically every epoch and training resumes from it (the one before is kept as
+``checkpoint.prev.pt``: a damaged checkpoint is passed over for it, with a note); the shuffle order (and
 any fresh probe vectors) of epoch ``e`` depend only on (seed, e), so a resumed run ends
 with the same weights.
 
@@ -33,14 +34,14 @@ from .. import distributed
 from ..batch import Batch
 from ..data.dataset import Dataset
 from ..errors import ConfigError
-from ..io import atomic_write, atomic_write_text
+from ..io import RunStateError, atomic_write, atomic_write_text, is_environment_error, make_dir, note, write_error
 from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
 from ..probes import ProbeSettings, batch_probes, fresh_rng
 from ..teacher import Teacher
 from .loss import CURVATURE, NEEDS_FORCES, LossTerm, rmse_mae
 
-CHECKPOINT, METRICS = "checkpoint.pt", "metrics.csv"
+CHECKPOINT, PREVIOUS, METRICS = "checkpoint.pt", "checkpoint.prev.pt", "metrics.csv"
 
 
 class TrainSettings(pydantic.BaseModel):
@@ -118,6 +119,7 @@ class Trainer:
         self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
         self.best_state = state_copy(self.model)
         self.history: list[dict[str, float]] = []
+        self._checkpoint_good = False  # checkpoint.pt is known to be readable (so it may become checkpoint.prev.pt)
 
     # --- one step ----------------------------------------------------------------------------
     def _regularisation(self, prediction: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -206,7 +208,7 @@ class Trainer:
 
         ``stop_after`` ends this call after that many epochs, as an interruption would (tests).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.run_dir)
         self._resume()
         distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         finished = self.bad_epochs >= self.settings.termination_patience
@@ -243,7 +245,16 @@ class Trainer:
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "plateau": self.plateau.state_dict(), "best_metric": self.best_metric,
                  "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
-        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+        current = self.run_dir / CHECKPOINT
+        if self._checkpoint_good and current.is_file():  # keep the last good one (a damaged one is overwritten)
+            try:
+                current.replace(self.run_dir / PREVIOUS)
+            except OSError as exc:
+                if not is_environment_error(exc):
+                    raise
+                raise write_error(self.run_dir / PREVIOUS, exc) from None
+        atomic_write(current, lambda f: torch.save(state, f))
+        self._checkpoint_good = True
         buffer = io.StringIO()
         columns = list(dict.fromkeys(k for record in self.history for k in record))  # a resumed older run may lack some
         writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -252,12 +263,56 @@ class Trainer:
         atomic_write_text(self.run_dir / METRICS, buffer.getvalue())
 
     def _resume(self) -> None:
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
+        """Continue from ``checkpoint.pt``, or from ``checkpoint.prev.pt`` when that one is damaged (with a note).
+
+        A checkpoint that cannot be read or does not fit this model (another width, another architecture) and no
+        good one before it is a :class:`~kdframe.io.RunStateError` naming the file; nothing is written.
+        """
+        current = self.run_dir / CHECKPOINT
+        failed: list[tuple[Path, str]] = []
+        for path in (current, self.run_dir / PREVIOUS):
+            if not path.is_file():
+                continue
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever torch raises
+                if is_environment_error(exc):
+                    raise
+                failed.append((path, f"not a readable checkpoint, truncated or damaged: {_first_sentence(exc)}"))
+                continue
+            try:
+                self._restore(state)
+            except Exception as exc:  # noqa: BLE001 - a checkpoint of another model or another kdframe
+                failed.append((path, f"it does not fit this stage's model: {_first_sentence(exc)}"))
+                continue
+            self._checkpoint_good = path == current
+            if failed:
+                note(f"{failed[0][0]}: {failed[0][1]}; resumed from {path.name} (epoch {self.epoch}) instead")
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        if failed:
+            path, why = failed[0]
+            raise RunStateError(f"{path}: cannot resume training from it ({why}); delete the folder {self.run_dir} "
+                                "to train this stage again, or use a new run_dir")
+
+    def _restore(self, state: object) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}, not a kdframe checkpoint")
+        missing = [k for k in ("epoch", "model", "optimizer", "plateau", "best_metric", "bad_epochs", "best_state",
+                               "history") if k not in state]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)} in it")
+        self.model.load_state_dict(state["best_state"])  # the best weights must fit as well ...
+        self.model.load_state_dict(state["model"])  # ... and training continues from the last ones
         self.optimizer.load_state_dict(state["optimizer"])
         self.plateau.load_state_dict(state["plateau"])
         self.epoch, self.best_metric, self.bad_epochs = state["epoch"], state["best_metric"], state["bad_epochs"]
         self.best_state, self.history = state["best_state"], state["history"]
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """An exception's message, on one line, up to its first full stop (torch's run on for several sentences)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError) and text[:1] in "'\"":
+        text = text[1:-1]
+    head, dot, _ = text.partition(". ")
+    return (head + ("." if dot else "")).rstrip(".")

@@ -24,7 +24,7 @@ from ..data.reference import fit_reference_energies
 from ..data.splits import split
 from ..errors import ConfigError, DataError
 from ..evaluation import Metrics, evaluate
-from ..io import atomic_write_text
+from ..io import RunStateError, WriteError, atomic_write_text, lock_directory, note, unlock_directory, warn
 from ..knowledge import KnowledgeSource, offline_knowledge
 from ..plugins import registry
 from ..potential import Ensemble, Potential
@@ -33,8 +33,10 @@ from ..report import table, write_report
 from ..student import Model, Student, Sweep
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
+from ..training.trainer import CHECKPOINT, PREVIOUS
 
 MODEL_FILE, STAGE_FILE = "model.pt", "stage.json"
+MAX_SEED = 2**32 - 1
 
 
 class Workflow(ABC):
@@ -68,11 +70,22 @@ def device_for(name: str) -> torch.device:
 
 
 class Run:
-    """One run directory: data loaded and split once, models trained as resumable stages."""
+    """One run directory: data loaded and split once, models trained as resumable stages.
+
+    Setting up checks the whole config and reads the data; nothing is written then (not even the run directory).
+    The first stage, knowledge file or report takes ``run_dir/.lock`` (a second process on the same run_dir gets
+    one error naming the PID holding it); :meth:`close` (or ``with Run(...) as run``) gives it back.
+    """
 
     def __init__(self, config: Base, config_path: Path, workflow: Workflow, progress: bool = True):
         self.config, self.workflow, self.progress = config, workflow, progress
         self.config_dir = config_path.parent
+        self._locked = False
+        if not config.run_dir.strip():
+            raise ConfigError("run_dir", "empty; give the folder for this run's models and report (made if missing), "
+                              "e.g. runs/my_run")
+        if not 0 <= config.seed <= MAX_SEED:
+            raise ConfigError("seed", f"{config.seed} is out of range; give an integer from 0 to {MAX_SEED}")
         self.dir = resolve_path(config.run_dir, Path.cwd())
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError("run_dir", f"{self.dir} is a file; give a directory (made if missing)")
@@ -113,6 +126,33 @@ class Run:
                 periodic.append(f"data.evaluate[{i}] ({spec.path})")
         if periodic:
             self._check_periodic(periodic)
+
+    # --- the run directory ----------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take ``run_dir/.lock`` before the first write (idempotent); under torchrun rank 0 holds it for all ranks.
+
+        Every rank calls this at the same point (the first stage, knowledge or report), so all of them learn
+        whether rank 0 got the lock and stop together with the same error.
+        """
+        if self._locked:
+            return
+        problem = lock_directory(self.dir) if distributed.is_main() else None
+        if distributed.sum_all([float(problem is not None)])[0]:
+            raise RunStateError(problem or f"{self.dir}: this run_dir is in use by another kdframe process "
+                                "(see rank 0's message)")
+        self._locked = True
+
+    def close(self) -> None:
+        """Give back the run directory's lock (if this run took it)."""
+        if self._locked and distributed.is_main():
+            unlock_directory(self.dir)
+        self._locked = False
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_periodic(self, sources: Sequence[str]) -> None:
         """Periodic data needs architectures that handle cell images: said before any work, not mid-training."""
@@ -181,10 +221,13 @@ class Run:
             record["probes"] = {label: p.model_dump() for label, p in probes.items()}
         if online:
             record["online"] = {source.label: [source.describe(), teacher.fingerprint()] for source, teacher in online}
+        self.lock()
         with distributed.main_first():  # under torchrun rank 0 writes stage.json, the others then check it
             self._claim_stage(stage_dir, record)
         if (stage_dir / MODEL_FILE).is_file():
-            return Potential.load(stage_dir / MODEL_FILE).to(self.device)
+            finished = self._finished_model(stage_dir, student.model, heads)
+            if finished is not None:
+                return finished.to(self.device)
         model = self.build(student.model, heads, seed, energy_labels)
         trainer = Trainer(model, terms, data.subset(train_idx), data.subset(valid_idx), settings, stage_dir,
                           seed, self.device, online=online, probes=probes, progress=self.progress)
@@ -194,20 +237,54 @@ class Run:
         distributed.barrier()
         return model
 
+    def _finished_model(self, stage_dir: Path, spec: ModelSpec, heads: Sequence[str]) -> Potential | None:
+        """A finished stage's model.pt; None (with a note) when it is damaged and the stage's checkpoint can
+        rebuild it. A damaged one without a checkpoint, or a model that is not this stage's, is an error."""
+        path = stage_dir / MODEL_FILE
+        todo = f"delete the folder {stage_dir} to train this stage again, or use a new run_dir"
+        try:
+            model = Potential.load(path)
+        except DataError as exc:
+            checkpoints = [stage_dir / name for name in (CHECKPOINT, PREVIOUS) if (stage_dir / name).is_file()]
+            why = str(exc).removeprefix(f"{path}: ")
+            if not checkpoints:
+                raise RunStateError(f"{path}: the model of this finished stage cannot be loaded ({why}); {todo}") from None
+            note(f"{path}: cannot be loaded ({why}); rebuilding it from {checkpoints[0].name}")
+            return None
+        found = {"architecture": model.architecture.name, "hyperparameters": model.hyperparameters, "heads": model.heads}
+        wanted = {"architecture": spec.architecture, "hyperparameters": spec.hyperparameters(), "heads": list(heads)}
+        changed = [k for k in found if json.dumps(found[k], sort_keys=True, default=str)
+                   != json.dumps(wanted[k], sort_keys=True, default=str)]
+        if changed:
+            raise RunStateError(f"{path}: not the model this stage trains (its {', '.join(changed)} differ from "
+                                f"{stage_dir / STAGE_FILE}); the file was replaced: {todo}")
+        return model
+
     def _claim_stage(self, stage_dir: Path, record: dict[str, Any]) -> None:
         path = stage_dir / STAGE_FILE
+        todo = f"delete the folder {stage_dir} to train this stage again, or use a new run_dir"
+        if not path.is_file():
+            made = [name for name in (MODEL_FILE, CHECKPOINT, PREVIOUS) if (stage_dir / name).is_file()]
+            if made:
+                raise RunStateError(f"{stage_dir}: holds {', '.join(made)} but no {STAGE_FILE}, so the settings that "
+                                    f"made them are unknown; {todo}")
         if path.is_file():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+                if not isinstance(old, dict):
+                    raise ValueError(f"a JSON {type(old).__name__}, not an object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RunStateError(f"{path}: unreadable stage record, truncated or damaged ({exc}); {todo}") from None
             if old != json.loads(json.dumps(record, default=str)):
                 changed = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record.get(k), default=str)))
                 raise ConfigError(str(stage_dir), f"this stage was made with other settings (changed: {', '.join(changed)}); "
                                   "use a new run_dir or delete that folder")
             return
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))  # makes stage_dir
 
     def knowledge(self, source: KnowledgeSource, teacher: Teacher, dataset: Dataset) -> np.ndarray:
         """``source``'s labels from ``teacher`` for every configuration, cached in ``run_dir/knowledge``."""
+        self.lock()
         return offline_knowledge(source, teacher, dataset, self.dir / "knowledge", device=self.device,
                                  progress=self.progress)
 
@@ -230,9 +307,17 @@ class Run:
 
     def evaluate(self, models: Mapping[str, Potential | Ensemble | Scored], title: str, notes: str = "",
                  results: Mapping[str, Mapping[str, Metrics]] | None = None) -> str:
-        """Score the models (or take ``results`` from :meth:`scores`), write report.md, return the table."""
+        """Score the models (or take ``results`` from :meth:`scores`), write report.md, return the table.
+
+        A report that cannot be written (a read-only run_dir, a full disk) is a warning: the table is still returned.
+        """
         results = self.scores(models) if results is None else results
-        path = write_report(self.dir, title, results, notes)
+        self.lock()
+        try:
+            path = write_report(self.dir, title, results, notes)
+        except WriteError as exc:
+            warn(f"report.md could not be written ({exc}); the table below is not saved")
+            return table(results)
         return f"{table(results)}\n\nReport: {path}"
 
 
