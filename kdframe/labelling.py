@@ -157,14 +157,26 @@ def _locked(path: Path, blocking: bool = True) -> Iterator[None]:
 
 
 def read_items(path: str | os.PathLike) -> list[Item]:
-    """Every conformation of an ANI-layout file, in file order."""
+    """Every conformation of an ANI-layout file, in file order, checked (no NaN coordinates, no overlapping atoms);
+    padding atoms (atomic number 0) are not part of an item."""
+    from .data.ani_layout import molecule, molecule_groups, open_hdf5  # kdframe.data imports torch: not in workers
+    from .data.packed import is_packed
+
+    path = Path(path)
+    if path.suffix.lower() in (".xyz", ".extxyz"):
+        raise DataError(f"{path}: an extxyz file; kdframe data label labels ANI-layout HDF5 files (valid: a file from "
+                        "kdframe data sample, one group per molecule with 'atomic_numbers' and 'coordinates')")
+    if is_packed(path):
+        raise DataError(f"{path}: a packed file; label its ANI-layout source, then pack it again (valid: an "
+                        "ANI-layout HDF5 file, one group per molecule)")
     items = []
-    with h5py.File(path, "r") as f:
-        for name, group in f.items():
-            if not isinstance(group, h5py.Group) or "coordinates" not in group:
-                continue
-            numbers = np.asarray(group["atomic_numbers"][()], dtype=np.int64)
-            coords = np.asarray(group["coordinates"][()], dtype=np.float64)
+    with open_hdf5(path, "ANI-layout") as f:
+        groups = molecule_groups(f)
+        if not groups:
+            raise DataError(f"{path}: no molecule groups with 'coordinates' and 'atomic_numbers' found (valid: an "
+                            "ANI-layout HDF5 file, one group per molecule)")
+        for name, group in groups:
+            numbers, coords, _ = molecule(path, name, group)
             origins = json.loads(group.attrs.get("origins", "[]")) or [""] * len(coords)
             items.extend(Item(name, i, numbers, coords[i], origins[i]) for i in range(len(coords)))
     return items
@@ -184,6 +196,10 @@ def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, 
 
     The selection depends only on the file, never on what is done, so a rerun targets the same set.
     """
+    for option, value in (("--per-molecule", per_molecule), ("--limit", limit)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+            raise ConfigError(option, f"{value!r}: 0 or a negative count would label everything, or all but some",
+                              "a positive integer; omit the option for all")
     by_group: dict[str, list[Item]] = {}
     for item in items:
         if origin and not item.origin.startswith(origin):
@@ -192,8 +208,6 @@ def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, 
     if molecules:
         unknown = sorted(set(molecules) - set(by_group))
         if unknown:
-            from .errors import ConfigError
-
             raise ConfigError("--molecules", f"not in the file: {', '.join(unknown)}", by_group)
         by_group = {g: by_group[g] for g in by_group if g in set(molecules)}
     chosen: list[Item] = []
@@ -210,18 +224,18 @@ def select_items(items: Sequence[Item], molecules: Sequence[str] | None = None, 
             seen[it.group] = rank[it.key] + 1
         chosen.sort(key=lambda it: (rank[it.key], int(it.numbers.sum()), it.group))
     elif order != "file":
-        from .errors import ConfigError
-
         raise ConfigError("--order", f"unknown order {order!r}", ("size", "round-robin", "file"))
     return chosen[:limit] if limit else chosen
 
 
 def _labelled_in_file(path: str | os.PathLike, method: str, quantity: str = "energy") -> set[tuple[str, int]]:
+    from .data.ani_layout import molecule_groups, open_hdf5
+
     done = set()
-    with h5py.File(path, "r") as f:
-        for name, group in f.items():
+    with open_hdf5(path, "ANI-layout") as f:
+        for name, group in molecule_groups(f):
             key = f"{method}.{quantity}"
-            if isinstance(group, h5py.Group) and key in group:
+            if key in group:
                 value = group[key][()]
                 finite = np.isfinite(value.reshape(len(value), -1)).all(axis=1)
                 done.update((name, int(i)) for i in np.flatnonzero(finite))
@@ -238,12 +252,46 @@ def label_shape(quantity: str, n_conf: int, n_atoms: int) -> tuple[int, ...]:
 _WORKER_LABELER: Labeler | None = None
 
 
-def _init_worker(labeler: Labeler) -> None:
+def _init_worker(labeler: Labeler, parent: int | None = None) -> None:
     global _WORKER_LABELER
+    if parent is not None:
+        die_with_parent(parent)
     for var in THREAD_VARIABLES:
         os.environ[var] = "1"
     _WORKER_LABELER = labeler
     labeler.setup_worker()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """End this (worker) process when process ``parent`` ends, also by SIGKILL, so no worker outlives its run.
+
+    Linux: the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread
+    watches the parent id. A parent already gone before this call is caught by comparing ``os.getppid()``.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kdframe-parent-watch", daemon=True).start()
 
 
 def _compute(labeler: Labeler | None, item: Item) -> dict[str, Any]:
@@ -282,6 +330,8 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    items = read_items(path)  # refuses a file that is not ANI-layout HDF5, or bad geometries, before anything is written
+    select_items(items, molecules, per_molecule, limit, order, origin)  # likewise bad options
     labeler = labeler or get_labeler(method)
     if hessian:
         if "forces" not in labeler.provides:
@@ -293,7 +343,7 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
         merge(path, journals)
         runs, journal = read_journal(jpath)
         _check_settings(jpath, runs, labeler)
-        targets = select_items(read_items(path), molecules, per_molecule, limit, order, origin)
+        targets = select_items(items, molecules, per_molecule, limit, order, origin)
         finished = _labelled_in_file(path, method, labeler.provides[0])
         pending = []
         for item in targets:
@@ -366,7 +416,7 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
         import multiprocessing
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(labeler,)) as pool:
+                                 initializer=_init_worker, initargs=(labeler, os.getpid())) as pool:
             queue = iter(pending)
             running = {}
             for item in queue:  # keep a bounded number in flight so an interrupt stops quickly
@@ -430,8 +480,24 @@ def merge(path: str | os.PathLike, journals: str | os.PathLike | None = None) ->
     return written
 
 
+def _padded(value: np.ndarray, keep: np.ndarray | None, row: np.ndarray) -> np.ndarray:
+    """A label of a conformation without padding atoms, placed in the padded ``row``; padding entries are 0, as
+    padded files store them (NaN would mark the conformation unlabelled), and every reader drops them."""
+    if keep is None or value.ndim == 0 or value.shape == row.shape:
+        return value
+    out = np.zeros(row.shape)
+    if value.shape[0] == keep.sum():
+        out[keep] = value
+    else:  # a Hessian: rows and columns of the real atoms
+        rows = np.flatnonzero(np.repeat(keep, 3))
+        out[np.ix_(rows, rows)] = value
+    return out
+
+
 def _merge_method(f: h5py.File, job: str, runs: list[dict], items: dict[tuple[str, int], dict]) -> int:
     """Write one job's journal into ``f``: labels as ``<method>.<quantity>``, failures and provenance under the job."""
+    from .data.ani_layout import molecule_groups, molecule_species
+
     if not runs:
         return 0
     method = runs[-1].get("method", job)
@@ -439,12 +505,14 @@ def _merge_method(f: h5py.File, job: str, runs: list[dict], items: dict[tuple[st
     extras = runs[-1].get("extras", [])
     written = 0
     n_ok = n_failed = 0
-    for name, group in f.items():
-        if not isinstance(group, h5py.Group) or "coordinates" not in group:
-            continue
-        numbers = group["atomic_numbers"][()]
+    for name, group in molecule_groups(f):
+        padded = molecule_species(group)
+        keep = None if padded.all() else padded != 0
+        numbers = padded if keep is None else padded[keep]
         coords = group["coordinates"][()]
         n_conf, n_atoms = coords.shape[:2]
+        if keep is not None:
+            coords = coords[:, keep]
         arrays = {}
         for key in [*provides, *extras]:
             shape = label_shape(key, n_conf, n_atoms)
@@ -458,7 +526,7 @@ def _merge_method(f: h5py.File, job: str, runs: list[dict], items: dict[tuple[st
             if record["ok"]:
                 for key, value in record["values"].items():
                     if key in arrays:
-                        arrays[key][i] = np.asarray(value, dtype=np.float64)
+                        arrays[key][i] = _padded(np.asarray(value, dtype=np.float64), keep, arrays[key][i])
                 failures.pop(str(i), None)
                 n_ok += 1
                 written += 1

@@ -44,8 +44,8 @@ def molecule_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
             found.append((name, obj))
         elif has_xyz or has_z or any(isinstance(v, h5py.Dataset) and k.endswith(LABEL_ENDINGS) for k, v in obj.items()):
             missing = "atomic_numbers' (or 'species'" if has_xyz else "coordinates"
-            raise DataError(f"{f.filename}:/{name}: no '{missing}' key (keys: {', '.join(sorted(obj))}); "
-                            "every molecule group needs 'coordinates' and 'atomic_numbers' (or 'species')")
+            raise DataError(f"{f.filename}:/{name}: no '{missing}' key (keys: {', '.join(sorted(obj))}) (valid: every "
+                            "molecule group holds 'coordinates' and 'atomic_numbers' or 'species')")
 
     f.visititems(visit)
     return found
@@ -88,8 +88,8 @@ def molecule(path: str | os.PathLike, name: str, group: h5py.Group) -> tuple[np.
     keep = None if padded.all() else padded != 0
     z = padded if keep is None else padded[keep]
     if not len(z):
-        raise DataError(f"{path}:/{name}: a molecule without atoms ({len(padded)} atomic numbers, all 0 = padding); "
-                        "drop the group")
+        held = "'atomic_numbers' is empty" if not len(padded) else f"all {len(padded)} atomic numbers are 0 (padding)"
+        raise DataError(f"{path}:/{name}: a molecule without atoms: {held} (valid: at least one atom; drop the group)")
     xyz = unpad(xyz, keep, len(padded))
     check_geometries(f"{path}:/{name}", z, xyz)
     return z, xyz, keep
@@ -107,18 +107,23 @@ def unpad(value: np.ndarray, keep: np.ndarray | None, n_padded: int) -> np.ndarr
     return value
 
 
-def check_geometries(where: str, z: np.ndarray, xyz: np.ndarray, first: int = 0) -> None:
+def check_geometries(where: str, z: np.ndarray, xyz: np.ndarray, first: int = 0, frame: bool = False) -> None:
     """Refuse conformations (n_conf, n, 3) with non-finite coordinates or two atoms closer than ``MIN_DISTANCE``.
 
-    ``where`` names the molecule; conformations are numbered from ``first``.
+    ``where`` names the molecule; conformations are numbered from ``first``. ``frame``: ``where`` names one frame
+    (extxyz), ``xyz`` holds only it.
     """
+    def at(c: int) -> str:
+        return where if frame else f"{where}: conformation {first + c}"
+
+    drop = "frame" if frame else "conformation"
     from ase.data import chemical_symbols
 
     bad = np.argwhere(~np.isfinite(xyz).all(axis=2))
     if len(bad):
         c, a = bad[0]
-        raise DataError(f"{where}: conformation {first + c}: coordinates of atom {a} are {xyz[c, a].tolist()} "
-                        "(valid: finite positions in Å; drop the conformation)")
+        raise DataError(f"{at(c)}: coordinates of atom {a} are [{', '.join(f'{x:.4g}' for x in xyz[c, a])}] "
+                        f"(valid: finite positions in Å; drop the {drop})")
     n = xyz.shape[1]
     if n < 2:
         return
@@ -135,9 +140,9 @@ def check_geometries(where: str, z: np.ndarray, xyz: np.ndarray, first: int = 0)
             close = np.argwhere(exact < MIN_DISTANCE)
             if len(close):
                 i, j = close[0]
-                raise DataError(f"{where}: conformation {first + start + c}: atoms {i} ({chemical_symbols[z[i]]}) and "
-                                f"{j} ({chemical_symbols[z[j]]}) are {exact[i, j]:.3g} Å apart (valid: at least "
-                                f"{MIN_DISTANCE} Å; drop the conformation)")
+                raise DataError(f"{at(start + c)}: atoms {i} ({chemical_symbols[z[i]]}) and {j} "
+                                f"({chemical_symbols[z[j]]}) are {exact[i, j]:.3g} Å apart (valid: at least "
+                                f"{MIN_DISTANCE} Å; drop the {drop})")
 
 
 def free_atom_energy(z: np.ndarray) -> np.ndarray:

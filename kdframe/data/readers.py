@@ -151,7 +151,7 @@ def _check_frame(path: Path, i: int, atoms) -> None:
     if bad:
         raise DataError(f"{where}: atomic numbers {bad} (valid: 1-118; X and ghost atoms are not read)")
     if not np.isfinite(atoms.positions).all() or not atoms.pbc.any():
-        check_geometries(where, atoms.numbers, atoms.positions[None])
+        check_geometries(where, atoms.numbers, atoms.positions[None], frame=True)
         return
     if (np.linalg.norm(atoms.cell.array, axis=1)[atoms.pbc] > 0).all():  # else _cells refuses the frame
         first, second, d = neighbor_list("ijd", atoms, MIN_DISTANCE)
