@@ -196,7 +196,7 @@ def test_duplicate_yaml_key(tmp_path, ani_file, capsys):
 @pytest.mark.parametrize("changes, expected", [
     ({"run_dir": "c.yaml"}, "c.yaml is a file; give a directory"),
     ({"data.split": {"by": "molecule", "fractions": {"train": 0.9, "valid": 0.05, "test": 0.05}}},
-     "data.split.fractions.test: the test split gets none of the 4 molecules"),
+     "data.split.fractions.valid: the valid split gets none of the 4 molecules"),
     ({"data.train.energy": "all_nan"}, "data.train.energy: 'all_nan' has no value (all NaN) in the train split"),
 ], ids=["run_dir is a file", "empty split", "no energies"])
 def test_run_setup_errors(tmp_path, ani_file, capsys, changes, expected):
