@@ -156,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if exc.errno not in ENVIRONMENT_ERRNOS:  # a bug, not the environment: keep the traceback
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
+        import re
+
+        named = re.search(r"name = '([^']*)'", str(exc))  # h5py gives the errno, the file only in its message
+        filename = exc.filename or (named.group(1) if named else None)
+        where = f"{filename}: " if filename else ""
         todo = ("free some space, then run the same command again" if exc.errno in FULL_DISK
                 else "check the permissions of that file and its folder")
         print(f"kdframe: error: {where}{ENVIRONMENT_ERRNOS[exc.errno]}; {todo}", file=sys.stderr)

@@ -424,3 +424,20 @@ def test_setting_up_a_run_writes_nothing(tmp_path, ani_file):
     workflow, cfg = load_config(config)
     with Run(cfg, config, workflow, progress=False):
         assert not (tmp_path / "run").exists()
+
+
+def test_hdf5_file_without_write_permission(tmp_path, capsys, monkeypatch):
+    """h5py reports EACCES with the file named only in its message: the CLI still names it."""
+    import kdframe.workflows.base
+
+    def h5py_like(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, f"Unable to synchronously open file (unable to open file: name = "
+                                            f"'{path}', errno = 13, error message = 'Permission denied')")
+
+    monkeypatch.setattr(kdframe.workflows.base, "read_dataset", h5py_like)
+    data = tmp_path / "locked.h5"
+    data.write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text(textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=data, width=4)))
+    err = _error(capsys, "run", config)
+    assert err == f"kdframe: error: {data}: permission denied; check the permissions of that file and its folder\n"

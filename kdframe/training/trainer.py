@@ -311,7 +311,10 @@ class Trainer:
 
 def _first_sentence(exc: BaseException) -> str:
     """An exception's message, on one line, up to its first full stop (torch's run on for several sentences)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # the first mismatch says it
+    text = " ".join(" ".join(lines).split()) or type(exc).__name__
     if isinstance(exc, KeyError) and text[:1] in "'\"":
         text = text[1:-1]
     head, dot, _ = text.partition(". ")
