@@ -1,4 +1,5 @@
-"""Atomic file writes (a temporary file beside the target, then a rename), run-state errors and notes.
+"""Atomic file writes (a temporary file beside the target, then a rename), the run directory's lock, run-state
+errors and notes.
 
 A write that fails for a reason of the environment (permissions, a read-only file system, a full disk) is
 one :class:`WriteError` naming the file, never a raw ``OSError`` traceback; the target is left as it was.
@@ -121,7 +122,7 @@ def lock_directory(directory: str | os.PathLike) -> str | None:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    directory = Path(directory).absolute()
+    directory = Path(directory).resolve()
     if directory in _HELD:
         _HELD[directory][1] += 1
         return None
@@ -160,7 +161,7 @@ def lock_directory(directory: str | os.PathLike) -> str | None:
 
 def unlock_directory(directory: str | os.PathLike) -> None:
     """Give back one use of the lock taken by :func:`lock_directory`; the last one releases it."""
-    directory = Path(directory).absolute()
+    directory = Path(directory).resolve()
     held = _HELD.get(directory)
     if held is None:
         return
