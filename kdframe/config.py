@@ -111,7 +111,7 @@ def _error(loc: tuple[str | int, ...], message: str, value: Any) -> dict[str, An
 class Base(Strict):
     workflow: str
     run_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1)  # numpy's seed range
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSpec
     training: TrainSettings = TrainSettings()

@@ -26,3 +26,11 @@ class DataError(KdframeError):
 class ArchitectureError(KdframeError):
     """An architecture plugin broke its contract at run time (e.g. an output of the wrong type or shape): a bug in
     the plugin, not in the data or the configuration. ``python -m kdframe.testing NAME`` runs the conformance kit."""
+
+
+class RunStateError(KdframeError):
+    """A file in a run directory that is damaged, does not belong to this run, or a run directory in use."""
+
+
+class WriteError(KdframeError):
+    """A file or folder that cannot be written (permissions, read-only file system, full disk)."""

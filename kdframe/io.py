@@ -15,21 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .errors import KdframeError
+from .errors import WriteError
 
 # errno values that are the environment's doing (not a bug): reported as one line naming the path
 ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                       errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the disk",
                       errno.EDQUOT: "disk quota exceeded"}
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
-
-
-class RunStateError(KdframeError):
-    """A file in a run directory that is damaged, does not belong to this run, or a run directory in use."""
-
-
-class WriteError(KdframeError):
-    """A file or folder that cannot be written (permissions, read-only file system, full disk)."""
 
 
 def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:

@@ -14,7 +14,7 @@ from kdframe import distributed
 from kdframe.data import read_dataset
 from kdframe.data.packed import pack_ani
 from kdframe.knowledge import offline_knowledge
-from kdframe.knowledge.cache import cache_key
+from kdframe.knowledge.cache import cache_key, checksum
 from kdframe.knowledge.ensemble import EnsembleForces
 from kdframe.plugins import registry
 from kdframe.teacher import Teacher
@@ -59,7 +59,8 @@ def _worker(rank: int, world: int, port: int, ani_file, out) -> None:
                 (out / "interrupted").mkdir()
                 with h5py.File(out / "interrupted" / f"{stem}.shard1of2.h5", "w") as f:
                     # rank 1's block: batches 3..5 of 8 configurations = configurations 24..47
-                    f["value"] = np.zeros((len(data.species) - int(data.atom_ptr[24]), 3))
+                    f["value"] = zeros = np.zeros((len(data.species) - int(data.atom_ptr[24]), 3))
+                    f.attrs.update({"key": cache_key(SOURCE, teacher, data), "checksum": checksum(zeros)})
             distributed.barrier()
             result["interrupted"] = offline_knowledge(SOURCE, teacher, data, out / "interrupted", batch_size=8,
                                                       progress=False)

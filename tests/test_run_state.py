@@ -287,7 +287,7 @@ def test_lock_is_given_back_and_shared_within_a_process(tmp_path, ani_file, caps
 def test_only_rank_0_locks_and_every_rank_stops(tmp_path, ani_file, monkeypatch):
     """Under torchrun rank 0 takes the lock; the others learn its outcome (one all-reduce) and stop with it."""
     from kdframe import distributed
-    from kdframe.io import RunStateError
+    from kdframe.errors import RunStateError
     from kdframe.workflows.base import Run, load_config
 
     config = _config(tmp_path, ani_file)
@@ -400,8 +400,8 @@ def test_unreadable_data_file(tmp_path, ani_file, capsys, monkeypatch):
 
 # --- config values checked before anything is written ------------------------------------------------
 @pytest.mark.parametrize("old, new, expected", [
-    ("seed: 0", "seed: -1", "seed: -1 is out of range; give an integer from 0 to 4294967295"),
-    ("seed: 0", "seed: 4294967296", "seed: 4294967296 is out of range"),
+    ("seed: 0", "seed: -1", "seed: Input should be greater than or equal to 0"),
+    ("seed: 0", "seed: 4294967296", "seed: Input should be less than or equal to 4294967295"),
     ("run_dir: RUN", "run_dir: ''", "run_dir: empty; give the folder for this run's models and report"),
     ("run_dir: RUN", "run_dir: '  '", "run_dir: empty"),
 ], ids=["negative seed", "seed too large", "empty run_dir", "blank run_dir"])

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..data.dataset import Dataset
-from ..io import RunStateError, atomic_write, is_environment_error, note
+from ..errors import RunStateError
+from ..io import atomic_write, is_environment_error, note
 from ..potential import model_dtype
 from ..teacher import Teacher
 from .base import KnowledgeSource

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from .. import distributed
 from ..batch import Batch
 from ..data.dataset import Dataset
-from ..errors import ConfigError
-from ..io import RunStateError, atomic_write, atomic_write_text, is_environment_error, make_dir, note, write_error
+from ..errors import ConfigError, RunStateError
+from ..io import atomic_write, atomic_write_text, is_environment_error, make_dir, note, write_error
 from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
 from ..probes import ProbeSettings, batch_probes, fresh_rng

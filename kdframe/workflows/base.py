@@ -22,9 +22,9 @@ from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
 from ..data.reference import fit_reference_energies
 from ..data.splits import split
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunStateError, WriteError
 from ..evaluation import Metrics, evaluate
-from ..io import RunStateError, WriteError, atomic_write_text, lock_directory, note, unlock_directory, warn
+from ..io import atomic_write_text, lock_directory, note, unlock_directory, warn
 from ..knowledge import KnowledgeSource, offline_knowledge
 from ..plugins import registry
 from ..potential import Ensemble, Potential
@@ -36,7 +36,6 @@ from ..training import LossTerm, Trainer
 from ..training.trainer import CHECKPOINT, PREVIOUS
 
 MODEL_FILE, STAGE_FILE = "model.pt", "stage.json"
-MAX_SEED = 2**32 - 1
 
 
 class Workflow(ABC):
@@ -84,8 +83,6 @@ class Run:
         if not config.run_dir.strip():
             raise ConfigError("run_dir", "empty; give the folder for this run's models and report (made if missing), "
                               "e.g. runs/my_run")
-        if not 0 <= config.seed <= MAX_SEED:
-            raise ConfigError("seed", f"{config.seed} is out of range; give an integer from 0 to {MAX_SEED}")
         self.dir = resolve_path(config.run_dir, Path.cwd())
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError("run_dir", f"{self.dir} is a file; give a directory (made if missing)")

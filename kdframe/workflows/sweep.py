@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from matplotlib.ticker import NullFormatter
 
 from ..evaluation import Metrics
-from ..io import atomic_write
+from ..errors import WriteError
+from ..io import atomic_write, make_dir, warn
 from ..potential import Ensemble, Potential
 from ..report import plt
 from ..units import EV_TO_KCAL_MOL
@@ -53,7 +54,7 @@ def sweep_table(rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> str
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
@@ -110,9 +111,13 @@ def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
 def sweep_report(run: "Run", rows: Sequence[SweepRow], title: str) -> str:
     """Score the rows; the sweep table, error-vs-size plot and learning curves in report.md; the tables."""
     results = run.scores({row.name: row.model for row in rows})
-    size = size_plot(run.dir / "plots" / "force_error_vs_weights.png", rows, results["test"])
-    curves = learning_curves(run.dir / "plots" / "learning_curves.png", rows)
     sweep = sweep_table(rows, results["test"])
+    try:
+        size = size_plot(run.dir / "plots" / "force_error_vs_weights.png", rows, results["test"])
+        curves = learning_curves(run.dir / "plots" / "learning_curves.png", rows)
+    except WriteError as exc:  # a finished run in a read-only folder still prints its tables
+        warn(f"the sweep plots could not be written ({exc})")
+        size = curves = None
     notes = "\n\n".join([f"## Error vs trainable weights (test split)\n\n{sweep}",
                          *(f"![{p.stem}](plots/{p.name})" for p in (size, curves) if p is not None)])
     return f"{sweep}\n\n" + run.evaluate({}, title, notes, results)
