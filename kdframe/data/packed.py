@@ -9,6 +9,11 @@ one group at a time, so neither step ever holds the whole dataset:
 - per atom, on disk and read in blocks of ``BLOCK_CONFS`` configurations: ``species``,
   ``positions`` (Å) and the per-atom labels (forces, eV/Å; NaN = missing).
 
+Format 2 (``kdframe-packed-2``) adds, per configuration and only when some configuration has them:
+``cell`` (C, 3, 3) Å (rows are lattice vectors; zeros for an open configuration) with ``pbc`` (C, 3) bool,
+and an origin (how the configuration was made, e.g. ``conf``, ``rattle:0.1``, ``box:0.95``) as ``origin``
+(C,) int32 codes into the string table ``origins``. Files of format 1 (no cells, no origins) are still read.
+
 Shuffled epochs are block-shuffled, as streaming loaders do (webdataset, tf.data shuffle buffers):
 the order of the blocks is shuffled, then the configurations of each window of ``WINDOW`` blocks,
 so a batch touches only the blocks of (at most two) windows and at most ``2 * WINDOW`` blocks are held
@@ -34,7 +39,8 @@ from .ani_layout import (check_hartree, checked_label, energy_ratios, molecule a
                          molecule_species, open_hdf5, unpad)
 from .dataset import PER_ATOM, PER_CONF, Batching, atom_ranges
 
-FORMAT = "kdframe-packed-1"
+FORMAT = "kdframe-packed-2"
+FORMATS = ("kdframe-packed-1", FORMAT)  # read; FORMAT is written
 BLOCK_CONFS, WINDOW = 1024, 8
 CHUNK_ATOMS = 1 << 15
 SKIPPED = ("coordinates", "atomic_numbers", "species")
@@ -44,15 +50,20 @@ CONVERTED = ("energy", "energies", "forces")  # key endings converted to eV; oth
 def is_packed(path: str | os.PathLike) -> bool:
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == FORMAT
+            return f.attrs.get("format") in FORMATS
     except OSError:
         return False
 
 
 class PackedWriter:
-    """Appends molecules to a packed file; the file appears (atomically renamed) on :meth:`close`."""
+    """Appends molecules to a packed file; the file appears (atomically renamed) on :meth:`close`.
 
-    def __init__(self, path: str | os.PathLike, label_kinds: Mapping[str, str], source: str = ""):
+    ``attrs``: extra file attributes (strings or numbers, e.g. provenance), written on :meth:`close`.
+    Configurations added under a name already added belong to that molecule (one index per name).
+    """
+
+    def __init__(self, path: str | os.PathLike, label_kinds: Mapping[str, str], source: str = "",
+                 attrs: Mapping[str, object] | None = None):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +74,16 @@ class PackedWriter:
         self.counts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self.molecule: list[np.ndarray] = []
         self.names: list[str] = []
+        self.name_index: dict[str, int] = {}
+        self.attrs = dict(attrs or {})
+        self.cells: list[np.ndarray] = []  # (k, 3, 3) per add
+        self.pbcs: list[np.ndarray] = []  # (k, 3) per add
+        self.origin_codes: list[np.ndarray] = []
+        self.origin_table: dict[str, int] = {}
         self.conf_labels: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_CONF}
         self.present: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_ATOM}
         self.elements: list[np.ndarray] = []
+        self.file.create_group("labels")
         self._growing("species", (), np.int16)
         self._growing("positions", (3,), np.float64)
         for name in self.present:
@@ -83,9 +101,33 @@ class PackedWriter:
         self.hash.update(name.encode())
         self.hash.update(np.ascontiguousarray(rows).tobytes())
 
-    def add(self, name: str, species: np.ndarray, positions: np.ndarray, labels: Mapping[str, np.ndarray]) -> None:
-        """One molecule: ``species`` (n,), ``positions`` (k, n, 3) Å, labels (k,) eV or (k, n, 3) eV/Å (NaN = missing)."""
+    def add(self, name: str, species: np.ndarray, positions: np.ndarray, labels: Mapping[str, np.ndarray],
+            cell: np.ndarray | None = None, pbc: np.ndarray | None = None,
+            origin: str | Sequence[str] | None = None) -> None:
+        """One molecule: ``species`` (n,), ``positions`` (k, n, 3) Å, labels (k,) eV or (k, n, 3) eV/Å (NaN = missing).
+
+        ``cell``: (3, 3) or (k, 3, 3) Å, rows are lattice vectors, with ``pbc`` (3,) or (k, 3) bool (default all
+        True with a cell); none: open (molecular) configurations. ``origin``: one string for the k configurations,
+        or one each (e.g. ``"rattle:0.1"``).
+        """
+        positions = np.asarray(positions, dtype=np.float64)
         k, n = positions.shape[:2]
+        cells, pbcs = _cells_of(k, cell, pbc)
+        if pbcs.any():
+            self.hash.update(b"cell")
+            self.hash.update(cells.tobytes())
+            self.hash.update(pbcs.tobytes())
+        self.cells.append(cells)
+        self.pbcs.append(pbcs)
+        if origin is not None:
+            origins = [origin] * k if isinstance(origin, str) else list(origin)
+            if len(origins) != k:
+                raise ValueError(f"{name}: {len(origins)} origins for {k} configurations")
+            codes = np.array([self.origin_table.setdefault(o, len(self.origin_table)) for o in origins], dtype=np.int32)
+            self.hash.update(("origin:" + "\n".join(origins)).encode())
+        else:
+            codes = np.full(k, -1, dtype=np.int32)
+        self.origin_codes.append(codes)
         self._append("species", np.tile(species, k).astype(np.int16))
         self._append("positions", positions.reshape(-1, 3))
         for label, kind in self.kinds.items():
@@ -99,8 +141,10 @@ class PackedWriter:
                 self.present[label].append(~np.isnan(value).all(axis=(1, 2)))
                 self._append(f"labels/{label}", value.reshape(-1, 3))
         self.counts.append(np.full(k, n, dtype=np.int64))
-        self.molecule.append(np.full(k, len(self.names), dtype=np.int64))
-        self.names.append(name)
+        if name not in self.name_index:
+            self.name_index[name] = len(self.names)
+            self.names.append(name)
+        self.molecule.append(np.full(k, self.name_index[name], dtype=np.int64))
         self.elements.append(np.tile(np.bincount(species, minlength=128)[None, :], (k, 1)).astype(np.uint16))
 
     def abort(self) -> None:
@@ -111,9 +155,9 @@ class PackedWriter:
     def close(self) -> Path:
         f = self.file
         f["atom_ptr"] = np.cumsum(np.concatenate(self.counts))
-        f["molecule"] = np.concatenate(self.molecule)
+        f["molecule"] = np.concatenate(self.molecule) if self.molecule else np.zeros(0, dtype=np.int64)
         f["molecule_names"] = np.array(self.names, dtype=h5py.string_dtype())
-        counts = np.concatenate(self.elements)
+        counts = np.concatenate(self.elements) if self.elements else np.zeros((0, 128), dtype=np.uint16)
         present = np.flatnonzero(counts.sum(axis=0))
         f["element_counts"] = counts[:, present]
         f["elements"] = present
@@ -121,10 +165,35 @@ class PackedWriter:
             f[f"labels/{label}"] = np.concatenate(values)
         for label, values in self.present.items():
             f[f"present/{label}"] = np.concatenate(values)
+        pbc = np.concatenate(self.pbcs) if self.pbcs else np.zeros((0, 3), dtype=bool)
+        if pbc.any():
+            f["cell"] = np.concatenate(self.cells)
+            f["pbc"] = pbc
+        if self.origin_table:
+            codes = np.concatenate(self.origin_codes)
+            if (codes < 0).any():  # configurations added without an origin
+                codes[codes < 0] = self.origin_table.setdefault("", len(self.origin_table))
+            f["origin"] = codes
+            f["origins"] = np.array(list(self.origin_table), dtype=h5py.string_dtype())
+        f.attrs.update(self.attrs)
         f.attrs.update({"format": FORMAT, "source": self.source, "content_hash": self.hash.hexdigest()[:16]})
         f.close()
         os.replace(self.tmp, self.path)
         return self.path
+
+
+def _cells_of(k: int, cell: np.ndarray | None, pbc: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(k, 3, 3) cells and (k, 3) pbc of k configurations; zeros and False for open ones."""
+    if cell is None:
+        if pbc is not None and np.any(pbc):
+            raise ValueError("pbc without a cell")
+        return np.zeros((k, 3, 3)), np.zeros((k, 3), dtype=bool)
+    cell = np.asarray(cell, dtype=np.float64)
+    cells = np.broadcast_to(cell, (k, 3, 3)).copy() if cell.shape == (3, 3) else cell.reshape(k, 3, 3).copy()
+    pbc = np.ones(3, dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
+    pbcs = np.broadcast_to(pbc, (k, 3)).copy() if pbc.shape == (3,) else pbc.reshape(k, 3).copy()
+    cells[~pbcs.any(axis=1)] = 0.0  # an open configuration carries no cell
+    return cells, pbcs
 
 
 def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = "auto", overwrite: bool = False) -> Path:
@@ -198,10 +267,17 @@ class _Store:
             self.molecule_names = [s.decode() if isinstance(s, bytes) else s for s in f["molecule_names"][()]]
             self.element_counts = f["element_counts"][()]
             self.elements = f["elements"][()]
-            self.kinds = {k: (PER_ATOM if k in f.get("present", {}) else PER_CONF) for k in f["labels"]}
+            self.format = str(f.attrs["format"])
+            self.kinds = {k: (PER_ATOM if k in f.get("present", {}) else PER_CONF) for k in f.get("labels", {})}
             self.conf_labels = {k: f[f"labels/{k}"][()] for k, kind in self.kinds.items() if kind == PER_CONF}
             self.present = {k: f[f"present/{k}"][()] for k in f.get("present", {})}
             self.source, self.content_hash = str(f.attrs["source"]), str(f.attrs["content_hash"])
+            # (C, 3, 3) Å and (C, 3) bool, or None when no configuration is periodic (format 1: never)
+            self.cell = f["cell"][()] if "cell" in f else None
+            self.pbc = f["pbc"][()].astype(bool) if "pbc" in f else None
+            self.origin = f["origin"][()].astype(np.int64) if "origin" in f else None  # (C,) codes into origins
+            self.origins = ([s.decode() if isinstance(s, bytes) else s for s in f["origins"][()]]
+                            if "origins" in f else [])
         self.blocks: OrderedDict[tuple[int, tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
         self._file: h5py.File | None = None  # opened on first read, in the process that reads
 
@@ -228,8 +304,16 @@ def describe(path: str | os.PathLike) -> str:
     """Summary of a packed file: sizes and how many configurations carry each label (eV, eV/Å)."""
     store = _Store(Path(path))
     n_conf = len(store.molecule)
+    periodic = 0 if store.pbc is None else int(store.pbc.any(axis=1).sum())
     lines = [f"{path}: packed ({store.source}), {len(store.molecule_names)} molecules, {n_conf} conformations, "
-             f"{int(store.atom_ptr[-1])} atoms", f"  {'label':<28} {'conformations':>13}"]
+             f"{int(store.atom_ptr[-1])} atoms" + (f", {periodic} periodic" if periodic else "")]
+    if store.origin is not None:
+        kinds: dict[str, int] = {}
+        for code, count in zip(*np.unique(store.origin, return_counts=True)):
+            kind = store.origins[code].split(":", 1)[0] or "-"
+            kinds[kind] = kinds.get(kind, 0) + int(count)
+        lines.append("  origins: " + ", ".join(f"{kind} {count}" for kind, count in kinds.items()))
+    lines.append(f"  {'label':<28} {'conformations':>13}")
     for key in sorted(store.kinds):
         present = store.present[key] if key in store.present else ~np.isnan(store.conf_labels[key])
         lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}")
@@ -242,8 +326,6 @@ class PackedDataset(Batching):
     Per-configuration labels are arrays; a per-atom label is read from disk for the whole view when
     indexed (evaluation sets), while training batches read only the blocks they need.
     """
-
-    periodic = False  # packed from ANI-layout HDF5, which has no cells
 
     def __init__(self, store: _Store, keys: Mapping[str, str], confs: np.ndarray | None = None,
                  extra: Mapping[str, np.ndarray] | None = None):
@@ -263,6 +345,30 @@ class PackedDataset(Batching):
 
     def __len__(self) -> int:
         return len(self.confs)
+
+    @property
+    def periodic(self) -> bool:
+        """True when some configuration of this view has a cell (as :attr:`Dataset.periodic`)."""
+        if not hasattr(self, "_periodic"):
+            self._periodic = self.store.pbc is not None and bool(self.store.pbc[self.confs].any())
+        return self._periodic
+
+    @property
+    def cell(self) -> np.ndarray | None:
+        """(C, 3, 3) Å of this view (zeros for open configurations), or None when none is periodic."""
+        return self.store.cell[self.confs] if self.periodic else None
+
+    @property
+    def pbc(self) -> np.ndarray | None:
+        """(C, 3) bool of this view, or None when none is periodic."""
+        return self.store.pbc[self.confs] if self.periodic else None
+
+    @property
+    def origin(self) -> np.ndarray:
+        """(C,) origin string of each configuration of this view ("" where the file records none)."""
+        if self.store.origin is None:
+            return np.full(len(self), "", dtype=object)
+        return np.array(self.store.origins, dtype=object)[self.store.origin[self.confs]]
 
     @property
     def n_atoms(self) -> np.ndarray:
@@ -331,8 +437,11 @@ class PackedDataset(Batching):
                 out[key][rows] = array[local]
         batch_labels = {n: torch.from_numpy(out[self.keys[n]] if self.label_kind(n) == PER_ATOM
                                             else self._conf_label(n, confs)) for n in names}
+        periodic = self.periodic
         return Batch(species=torch.from_numpy(out["species"]), positions=torch.from_numpy(out["positions"]),
                      conf_index=torch.from_numpy(np.repeat(np.arange(len(confs)), counts)), n_conf=len(confs),
+                     cell=torch.from_numpy(self.store.cell[files]) if periodic else None,
+                     pbc=torch.from_numpy(self.store.pbc[files]) if periodic else None,
                      labels=batch_labels, index=torch.from_numpy(confs))
 
     def _conf_label(self, name: str, confs: np.ndarray) -> np.ndarray:
