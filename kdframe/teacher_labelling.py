@@ -1,0 +1,682 @@
+"""Teacher labelling at scale: every configuration of a file labelled by a teacher ensemble, resumably.
+
+``kdframe data teacher-label INPUT OUTPUT --pretrained NAME | --model FILE ...`` writes OUTPUT as a packed file
+(:mod:`kdframe.data.packed`) with the configurations of INPUT (a packed, ANI-layout or extxyz file) and:
+
+- ``teacher.energy`` (eV): the ensemble mean; with ``--align-to DATA --energy-key KEY`` shifted by per-element
+  offsets fitted by least squares to that data's energies (:func:`kdframe.teacher.align_reference_energies`),
+  so energies are on the ground truth's scale (offsets and source in the file's attributes);
+- ``teacher.forces`` (eV/Å): the ensemble-averaged forces;
+- ``teacher.energy_std`` (eV): the standard deviation of the members' energies, per configuration;
+- ``teacher.forces_std`` (eV/Å): sqrt(mean over atoms and members of |F_m,i - mean_m F_m,i|^2), per configuration;
+- with ``--per-atom-spread``, ``teacher.forces_std_atoms`` (eV/Å, per atom and component): the members' standard
+  deviation of each force component (its squares summed over components and averaged over atoms give
+  ``teacher.forces_std`` squared).
+
+A configuration with an element the teacher does not cover is skipped (its molecule is named on stderr, in the
+summary and in the file's ``teacher.skipped`` attribute), before any work starts.
+
+Scale and resumability: configurations are labelled in chunks (``CHUNK`` by default), each written as a shard
+``OUTPUT.parts/chunk-NNNNNN.npz`` (atomically) whose SHA-256 goes, with the chunk, into the journal
+``OUTPUT.parts/journal.jsonl`` (one fsynced line per finished chunk). Running the same command again after an
+interruption (even ``kill -9``) skips the chunks whose shard matches its checksum and gives the same values; a
+changed teacher, input or option is refused (the run key: the teacher's
+:meth:`~kdframe.teacher.Teacher.fingerprint`, the input's content hash and the options that change labels). The
+final merge writes OUTPUT through :class:`~kdframe.data.packed.PackedWriter` (temporary file, atomic rename);
+the shards are then removed (``keep_parts`` keeps them). ``workers`` > 0 labels chunks in that many spawned
+processes with one torch thread each (CPU); otherwise one process labels on ``device`` (a GPU, or the CPU with
+torch's threads). Fitted offsets are stored in the journal so a resumed run applies exactly the same ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.dataset import PER_ATOM, PER_CONF
+from .errors import ConfigError, DataError, KdframeError, RunStateError
+from .io import atomic_write, make_dir, note, warn
+from .teacher import Teacher, align_reference_energies
+
+CHUNK = 4096
+BATCH = 128
+FORMAT = "kdframe-teacher-labels-1"
+ENERGY, FORCES = "teacher.energy", "teacher.forces"
+ENERGY_STD, FORCES_STD, FORCES_STD_ATOMS = "teacher.energy_std", "teacher.forces_std", "teacher.forces_std_atoms"
+JOURNAL, LOCK = "journal.jsonl", "lock"
+
+
+class LabellingError(KdframeError):
+    """Labelling stopped (a worker process died); what is finished is kept for the next run."""
+
+
+# ----------------------------------------------------------------------------- the teacher
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """How to load a teacher (picklable: worker processes load their own copy)."""
+
+    pretrained: str | None = None
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if bool(self.pretrained) == bool(self.models):
+            raise ConfigError("teacher-label", "give --pretrained NAME or --model FILE (once, or several times for an "
+                                               "ensemble), not both and not neither")
+
+    @property
+    def name(self) -> str:
+        return self.pretrained or "+".join(Path(p).name for p in self.models)
+
+    def describe(self) -> str:
+        return f"pretrained:{self.pretrained}" if self.pretrained else "models:" + ",".join(map(str, self.models))
+
+    def load(self) -> Teacher:
+        from .potential import Ensemble, Potential
+
+        if self.pretrained:
+            from .plugins import registry
+
+            loaders = registry().pretrained
+            if self.pretrained not in loaders:
+                raise ConfigError("--pretrained", f"unknown pretrained model {self.pretrained!r}", loaders)
+            return Teacher(loaders[self.pretrained](), self.pretrained)
+        members = [Potential.load(p) for p in self.models]
+        heads = {tuple(m.heads) for m in members}
+        if len(heads) > 1:
+            raise ConfigError("--model", "the ensemble's models have different output heads", [",".join(h) for h in heads])
+        return Teacher(members[0] if len(members) == 1 else Ensemble(members), self.name)
+
+
+def apply_offsets(teacher: Teacher, offsets: np.ndarray, head: int = 0) -> None:
+    """Add per-element offsets (eV) to every member's reference energies, as
+    :func:`~kdframe.teacher.align_reference_energies` does after fitting them."""
+    with torch.no_grad():
+        for member in teacher.members:
+            n = min(len(offsets), member.reference_energies.shape[0])
+            member.reference_energies[:n, head] += torch.as_tensor(offsets[:n], device=member.reference_energies.device)
+
+
+def covered_species(teacher: Teacher) -> list[int]:
+    """Elements every member of the teacher covers."""
+    return sorted(set.intersection(*(set(m.species) for m in teacher.members)))
+
+
+class MemberPredictor:
+    """Each member's energies and forces for a batch, through the teacher's own forward (so an ensemble that shares
+    work between members, e.g. the AEV of ANI ensembles, still does): a forward hook on every member records its
+    energies, then one gradient per member gives its forces."""
+
+    def __init__(self, teacher: Teacher, head: int = 0, device: str | torch.device = "cpu"):
+        from .potential import model_dtype
+
+        self.teacher, self.head = teacher, head
+        self.model = teacher.model.to(device)
+        self.device, self.dtype = torch.device(device), model_dtype(self.model)
+        self.members = teacher.members
+        self._caught: list[torch.Tensor] = []
+        self.hooks = [member.register_forward_hook(lambda module, inputs, out: self._caught.append(out["energy"][:, self.head]))
+                      for member in self.members]
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def __call__(self, batch, spread: bool = True) -> dict[str, np.ndarray]:
+        """``energy``, ``energy_std`` (n_conf,); ``forces`` (n_atoms, 3); with ``spread`` also ``forces_dev``
+        (n_members, n_atoms, 3), each member's forces less the mean. Float64 numpy arrays."""
+        batch = batch.to(self.device, self.dtype)
+        batch.positions.requires_grad_(True)
+        self._caught.clear()
+        with torch.enable_grad():
+            out = self.model(batch, forces=False)
+            energies = torch.stack(list(self._caught)) if len(self._caught) == len(self.members) else None
+            if energies is None:
+                raise RuntimeError(f"teacher {self.teacher.name}: {len(self._caught)} member outputs recorded for "
+                                   f"{len(self.members)} members")
+            mean = out["energy"][:, self.head]
+            result = {"energy": mean.detach().double().cpu().numpy(),
+                      "energy_std": energies.detach().double().std(0, unbiased=False).cpu().numpy()}
+            if spread:
+                forces = torch.stack([-torch.autograd.grad(e.sum(), batch.positions, retain_graph=i < len(energies) - 1)[0]
+                                      for i, e in enumerate(energies)]).detach().double()
+                mean_forces = forces.mean(0)
+                result["forces"] = mean_forces.cpu().numpy()
+                result["forces_dev"] = (forces - mean_forces).cpu().numpy()
+            else:
+                result["forces"] = -torch.autograd.grad(mean.sum(), batch.positions)[0].detach().double().cpu().numpy()
+        self._caught.clear()
+        return result
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def open_input(path: str | os.PathLike):
+    """The configurations of a packed, ANI-layout or extxyz file (a packed file is read lazily)."""
+    from .data.readers import read_dataset
+
+    return read_dataset(path, {})
+
+
+def _cells_of(dataset) -> bool:
+    """Whether the dataset can have periodic configurations."""
+    return bool(getattr(dataset, "periodic", False))
+
+
+def _element_symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z)
+
+
+def uncovered(dataset, species: Sequence[int]) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """(C,) bool: configurations with an element outside ``species``; per molecule name: configurations and
+    elements."""
+    counts = dataset.element_counts()
+    outside = np.ones(counts.shape[1], dtype=bool)
+    outside[[z for z in species if z < len(outside)]] = False
+    outside[0] = False
+    bad = (counts[:, outside] > 0).any(axis=1)
+    report: dict[str, dict[str, Any]] = {}
+    names, molecule = dataset.molecule_names, dataset.molecule
+    for c in np.flatnonzero(bad):
+        entry = report.setdefault(names[int(molecule[c])], {"configurations": 0, "elements": set()})
+        entry["configurations"] += 1
+        entry["elements"].update(int(z) for z in np.flatnonzero((counts[c] > 0) & outside))
+    for entry in report.values():
+        entry["elements"] = [_element_symbol(z) for z in sorted(entry["elements"])]
+    return bad, report
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+
+def shard_name(index: int) -> str:
+    return f"chunk-{index:06d}.npz"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip: np.ndarray, batch_size: int,
+                spread: bool, per_atom: bool) -> dict[str, np.ndarray]:
+    """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard."""
+    n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
+    ptr = np.concatenate([[0], np.cumsum(n_atoms)])
+    n = stop - start
+    out = {"ok": ~skip[start:stop], "energy": np.full(n, np.nan), "energy_std": np.full(n, np.nan),
+           "forces": np.full((int(ptr[-1]), 3), np.nan)}
+    if spread:
+        out["forces_std"] = np.full(n, np.nan)
+    if per_atom and spread:
+        out["forces_std_atoms"] = np.full((int(ptr[-1]), 3), np.nan)
+    todo = np.flatnonzero(out["ok"])
+    for first in range(0, len(todo), batch_size):
+        local = todo[first:first + batch_size]
+        batch = dataset.batch(local + start, labels=())
+        result = predictor(batch, spread)
+        atoms = np.concatenate([np.arange(ptr[c], ptr[c + 1]) for c in local])
+        out["energy"][local] = result["energy"]
+        out["energy_std"][local] = result["energy_std"]
+        out["forces"][atoms] = result["forces"]
+        if spread:
+            dev = result["forces_dev"]  # (M, A, 3)
+            conf = np.repeat(np.arange(len(local)), n_atoms[local])
+            per_atom_sq = (dev ** 2).sum(-1).mean(0)  # (A,): mean over members of |dev|^2
+            out["forces_std"][local] = np.sqrt(np.bincount(conf, per_atom_sq, len(local)) / n_atoms[local])
+            if per_atom:
+                out["forces_std_atoms"][atoms] = np.sqrt((dev ** 2).mean(0))
+    return out
+
+
+def write_shard(path: Path, values: dict[str, np.ndarray]) -> str:
+    """Write the shard atomically; its checksum (of the bytes written)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **values)
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data))
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def read_shard(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+def parts_dir(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".parts")
+
+
+def read_journal(path: Path) -> tuple[dict | None, dict[int, dict]]:
+    """(the first run record, the last record of each finished chunk); a torn last line (kill -9) is ignored."""
+    header, chunks = None, {}
+    if not path.exists():
+        return header, chunks
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "run" and header is None:
+                header = record
+            elif record.get("type") == "chunk":
+                chunks[int(record["index"])] = record
+    return header, chunks
+
+
+def append_journal(path: Path, record: dict) -> None:
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        else:
+            torn = False
+        f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    make_dir(directory)
+    with open(directory / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunStateError(f"{directory}: another process is labelling into this output") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(teacher: Teacher, fingerprint: str, offsets: list[float] | None, head: int, input_path: str,
+                 parent: int) -> None:
+    """A worker: one thread; the parent's (unaligned) teacher, sent pickled, so that a teacher only the parent can
+    load (a model of an architecture registered at run time) labels in workers too."""
+    from .labelling import THREAD_VARIABLES, die_with_parent
+
+    die_with_parent(parent)
+    for var in THREAD_VARIABLES:
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
+    if teacher.fingerprint() != fingerprint:
+        raise RunStateError(f"teacher {teacher.name}: changed on its way to a worker process (fingerprint "
+                            f"{teacher.fingerprint()}, expected {fingerprint})")
+    if offsets is not None:
+        apply_offsets(teacher, np.asarray(offsets), head)
+    _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path))
+
+
+def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: str, batch_size: int, spread: bool,
+                  per_atom: bool) -> dict:
+    began = time.perf_counter()
+    values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, spread, per_atom)
+    checksum = write_shard(Path(shard), values)
+    return {"type": "chunk", "index": index, "file": Path(shard).name, "checksum": checksum, "start": start,
+            "stop": stop, "labelled": int(values["ok"].sum()), "seconds": time.perf_counter() - began}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Summary:
+    """What one :func:`teacher_label` call did."""
+
+    output: Path
+    configurations: int = 0
+    labelled: int = 0
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chunks: int = 0
+    resumed: int = 0
+    seconds: float = 0.0  # labelling only (not loading nor merging)
+    computed: int = 0  # configurations labelled by this call
+    offsets: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+    def skipped_line(self) -> str:
+        if not self.skipped:
+            return "skipped: none"
+        return "skipped (elements the teacher does not cover): " + ", ".join(
+            f"{name} ({e['configurations']} configurations; {', '.join(e['elements'])})"
+            for name, e in sorted(self.skipped.items()))
+
+
+def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec: TeacherSpec, *,
+                  align_to: str | os.PathLike | None = None, energy_key: str | None = None, head: str | None = None,
+                  chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
+                  spread: bool = True, per_atom: bool = False, force: bool = False, keep_parts: bool = False,
+                  progress: bool = False) -> Summary:
+    """Label every configuration of ``input_path`` with the teacher ``spec``; OUTPUT as a packed file. Resumable."""
+    from .data.packed import check_target
+
+    input_path, output = Path(input_path), Path(output)
+    for option, value in (("--chunk-size", chunk_size), ("--batch-size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(option, f"{value!r} is not a positive integer")
+    if not isinstance(workers, int) or workers < 0:
+        raise ConfigError("--workers", f"{workers!r} (valid: 0, 1, 2, ...)")
+    if workers and torch.device(device).type != "cpu":
+        raise ConfigError("--workers", f"worker processes label on the CPU; with --device {device} use one process "
+                                       "(--workers 0)")
+    if (align_to is None) != (energy_key is None):
+        raise ConfigError("--align-to", "give --align-to DATA together with --energy-key KEY (the ground truth's "
+                                        "energies the offsets are fitted to)")
+    if per_atom and not spread:
+        raise ConfigError("--per-atom-spread", "needs the members' forces (drop --no-force-spread)")
+    if not input_path.is_file():
+        raise DataError(f"{input_path}: data file not found")
+    check_target(input_path, output, overwrite=True)
+    parts = parts_dir(output)
+    if output.exists() and not force and not (parts / JOURNAL).exists():
+        raise DataError(f"{output}: exists (valid: another path, or --force to replace it)")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", f"{device}: no CUDA device available", ["cpu"])
+
+    dataset = open_input(input_path)
+    if len(dataset) == 0:
+        raise DataError(f"{input_path}: no configurations")
+    teacher = spec.load()
+    head_index = teacher.model.head_index(head, "--head") if head else 0
+    fingerprint = teacher.fingerprint()
+    if _cells_of(dataset):
+        flat = [m.architecture.name for m in teacher.members if not m.architecture.periodic]
+        if flat and getattr(dataset, "pbc", None) is not None and bool(np.asarray(dataset.pbc).any()):
+            raise DataError(f"{input_path}: periodic configurations, but the teacher's architecture {flat[0]!r} does "
+                            "not handle periodic cells")
+    species = covered_species(teacher)
+    skip, skipped = uncovered(dataset, species)
+    align_key = None
+    align_data = None
+    if align_to is not None:
+        from .data.readers import read_dataset
+
+        align_data = read_dataset(align_to, {"energy": energy_key})
+        align_key = {"path": str(Path(align_to).resolve()), "energy_key": energy_key,
+                     "content": align_data.content_hash(labels=["energy"])}
+    options = {"format": FORMAT, "input": input_path.name, "input_content": dataset.content_hash(labels=()),
+               "teacher": spec.describe(), "teacher_fingerprint": fingerprint, "head": head_index,
+               "align": align_key, "chunk_size": chunk_size, "batch_size": batch_size,
+               "device": torch.device(device).type, "spread": spread, "per_atom_spread": per_atom}
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    ranges = chunk_ranges(len(dataset), chunk_size)
+    summary = Summary(output, len(dataset), int((~skip).sum()), skipped, len(ranges))
+    for name, entry in sorted(skipped.items()):
+        note(f"{input_path}: molecule {name}: {entry['configurations']} configuration(s) skipped: element(s) "
+             f"{', '.join(entry['elements'])} not covered by the teacher {spec.name} (it covers "
+             f"{', '.join(_element_symbol(z) for z in species)})")
+
+    with locked(parts):
+        journal = parts / JOURNAL
+        header, done = read_journal(journal)
+        if header is not None and header.get("key") != key:
+            old = header.get("options", {})
+            changed = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
+            raise RunStateError(f"{parts}: an unfinished labelling with another teacher, input or options (changed: "
+                                f"{', '.join(changed) or 'the run key'}); run it again as it was, or delete {parts} "
+                                "to start over")
+        if header is None:
+            offsets = None
+            if align_data is not None:
+                if align_data.elements().tolist() and set(align_data.elements().tolist()) - set(species):
+                    raise DataError(f"{align_to}: elements {sorted(set(align_data.elements().tolist()) - set(species))} "
+                                    f"are outside the teacher's set {species}; align to data the teacher covers")
+                fitting = copy.deepcopy(teacher)  # offsets are applied below, the same way on a resumed run
+                fitting.model.to(device)
+                offsets = align_reference_energies(fitting, align_data, "energy", device, batch_size).tolist()
+                del fitting
+            header = {"type": "run", "key": key, "options": options, "offsets": offsets}
+            append_journal(journal, header)
+        offsets = header.get("offsets")
+        unaligned = copy.deepcopy(teacher) if workers else None  # sent to the worker processes
+        if offsets is not None:
+            apply_offsets(teacher, np.asarray(offsets), head_index)
+            summary.offsets = {int(z): float(v) for z, v in enumerate(offsets) if v != 0.0}
+            missing = sorted(set(dataset.elements().tolist()) - set(summary.offsets) - {0})
+            if missing:
+                warn(f"{input_path}: element(s) {', '.join(_element_symbol(z) for z in missing)} absent from "
+                     f"{align_to}: their energies keep the teacher's own reference energies")
+        todo = []
+        for index, (start, stop) in enumerate(ranges):
+            record = done.get(index)
+            path = parts / shard_name(index)
+            if record is not None and path.is_file() and sha256_file(path) == record["checksum"]:
+                summary.resumed += 1
+                continue
+            if record is not None:
+                note(f"{path}: missing or not matching its checksum; labelling chunk {index} again")
+            todo.append(index)
+
+        began = time.perf_counter()
+        for record in _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head_index, input_path,
+                                    dataset, skip, batch_size, device, workers, spread, per_atom, progress):
+            append_journal(journal, record)
+            summary.computed += record["labelled"]
+        summary.seconds = time.perf_counter() - began
+
+        _merge(output, dataset, ranges, parts, spec, teacher, options, summary, spread, per_atom)
+        if not keep_parts:
+            for index in range(len(ranges)):
+                (parts / shard_name(index)).unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+    if not keep_parts:
+        (parts / LOCK).unlink(missing_ok=True)
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    return summary
+
+
+def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head, input_path, dataset, skip,
+                  batch_size, device, workers, spread, per_atom, progress) -> Iterator[dict]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"labelling with {spec.name}", unit="chunk", disable=not progress, file=sys.stderr)
+    try:
+        if workers <= 0 or len(todo) <= 1:
+            predictor = MemberPredictor(teacher, head, device)
+            for index in todo:
+                start, stop = ranges[index]
+                began = time.perf_counter()
+                values = label_chunk(predictor, dataset, start, stop, skip, batch_size, spread, per_atom)
+                checksum = write_shard(parts / shard_name(index), values)
+                bar.update()
+                yield {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum,
+                       "start": start, "stop": stop, "labelled": int(values["ok"].sum()),
+                       "seconds": time.perf_counter() - began}
+            return
+        import multiprocessing
+
+        from .labelling import THREAD_VARIABLES
+
+        saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+        os.environ.update({var: "1" for var in THREAD_VARIABLES})  # inherited by the spawned workers
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(unaligned, fingerprint, offsets, head, str(input_path), os.getpid())) as pool:
+                queue = iter(todo)
+                running = {}
+
+                def submit(index: int) -> None:
+                    start, stop = ranges[index]
+                    running[pool.submit(_worker_chunk, index, start, stop, skip, str(parts / shard_name(index)),
+                                        batch_size, spread, per_atom)] = index
+
+                for index in queue:  # a bounded number in flight, so an interrupt stops soon
+                    submit(index)
+                    if len(running) >= 2 * workers:
+                        break
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        running.pop(future)
+                        try:
+                            record = future.result()
+                        except BrokenProcessPool:
+                            raise LabellingError(f"{parts}: a worker process ended unexpectedly (killed, out of memory, "
+                                                 "or its error is printed above); finished chunks are kept: run the "
+                                                 "same command again to resume") from None
+                        bar.update()
+                        yield record
+                        following = next(queue, None)
+                        if following is not None:
+                            submit(following)
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+    finally:
+        bar.close()
+
+
+def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teacher: Teacher, options: dict,
+           summary: Summary, spread: bool, per_atom: bool) -> None:
+    """Every shard, in order, into OUTPUT through the packed writer (atomic): consecutive configurations of one
+    molecule (same atoms) become one molecule of the packed file."""
+    import inspect
+
+    from .data.packed import PackedWriter
+
+    kinds = {ENERGY: PER_CONF, ENERGY_STD: PER_CONF, FORCES: PER_ATOM}
+    if spread:
+        kinds[FORCES_STD] = PER_CONF
+    if per_atom:
+        kinds[FORCES_STD_ATOMS] = PER_ATOM
+    writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}")
+    takes_cells = {"cell", "pbc"} <= set(inspect.signature(writer.add).parameters)
+    periodic = _cells_of(dataset)
+    if periodic and not takes_cells:
+        warn(f"{output}: the packed writer keeps no cells yet; the periodic cells of the input are not written")
+    names = dataset.molecule_names
+    pending: dict[str, Any] = {}
+
+    def flush() -> None:
+        if not pending:
+            return
+        labels = {ENERGY: np.array(pending[ENERGY]), ENERGY_STD: np.array(pending[ENERGY_STD]),
+                  FORCES: np.stack(pending[FORCES])}
+        if spread:
+            labels[FORCES_STD] = np.array(pending[FORCES_STD])
+        if per_atom:
+            labels[FORCES_STD_ATOMS] = np.stack(pending[FORCES_STD_ATOMS])
+        extra = {}
+        if periodic and takes_cells:
+            extra = {"cell": np.stack(pending["cell"]), "pbc": np.stack(pending["pbc"])}
+        writer.add(names[pending["molecule"]], pending["species"], np.stack(pending["positions"]), labels, **extra)
+        pending.clear()
+
+    try:
+        for index, (start, stop) in enumerate(ranges):
+            shard = read_shard(parts / shard_name(index))
+            ok = np.flatnonzero(shard["ok"])
+            if not len(ok):
+                continue
+            n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
+            ptr = np.concatenate([[0], np.cumsum(n_atoms)])
+            batch = dataset.batch(np.arange(start, stop), labels=())
+            species, positions = batch.species.numpy(), batch.positions.detach().double().numpy()
+            molecule = dataset.molecule[start:stop]
+            for c in ok:
+                atoms = slice(ptr[c], ptr[c + 1])
+                z = species[atoms]
+                if not pending or pending["molecule"] != molecule[c] or not np.array_equal(pending["species"], z):
+                    flush()
+                    pending.update({"molecule": int(molecule[c]), "species": z, "positions": [], ENERGY: [],
+                                    ENERGY_STD: [], FORCES: [], FORCES_STD: [], FORCES_STD_ATOMS: [], "cell": [],
+                                    "pbc": []})
+                pending["positions"].append(positions[atoms])
+                pending[ENERGY].append(shard["energy"][c])
+                pending[ENERGY_STD].append(shard["energy_std"][c])
+                pending[FORCES].append(shard["forces"][atoms])
+                if spread:
+                    pending[FORCES_STD].append(shard["forces_std"][c])
+                if per_atom:
+                    pending[FORCES_STD_ATOMS].append(shard["forces_std_atoms"][atoms])
+                if periodic and batch.cell is not None:
+                    pending["cell"].append(batch.cell[c].numpy())
+                    pending["pbc"].append(batch.pbc[c].numpy())
+        flush()
+        writer.file.attrs.update({
+            "teacher.format": FORMAT, "teacher.name": spec.name, "teacher.source": spec.describe(),
+            "teacher.fingerprint": options["teacher_fingerprint"], "teacher.members": len(teacher.members),
+            "teacher.species": json.dumps(covered_species(teacher)), "teacher.head": options["head"],
+            "teacher.input": options["input"], "teacher.input_content": options["input_content"],
+            "teacher.aligned_to": json.dumps(options["align"]),
+            "teacher.offsets": json.dumps({str(z): v for z, v in summary.offsets.items()}),
+            "teacher.skipped": json.dumps(summary.skipped, sort_keys=True),
+            "teacher.options": json.dumps(options, sort_keys=True),
+            "teacher.units": "eV (energies), eV/Å (forces)",
+            "teacher.spread": "energy_std: std of the members' energies; forces_std: sqrt(mean over atoms and "
+                              "members of |F_m - mean F|^2); forces_std_atoms: members' std per force component",
+        })
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def summary_text(summary: Summary) -> str:
+    lines = [f"{summary.output}: {summary.labelled}/{summary.configurations} configurations labelled "
+             f"({summary.chunks} chunks, {summary.resumed} already done)"
+             + (f"; {summary.computed} in {summary.seconds:.1f} s, {summary.throughput:.1f} configurations/s"
+                if summary.computed else ""),
+             summary.skipped_line()]
+    if summary.offsets:
+        lines.append("aligned: per-element offsets (eV) " + ", ".join(
+            f"{_element_symbol(z)} {v:+.6f}" for z, v in sorted(summary.offsets.items())))
+    return "\n".join(lines)
+
+
+def spread_of(forces: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """``teacher.forces_std`` from members' forces (M, A, 3) of configurations of ``n_atoms`` atoms (for tests)."""
+    dev = forces - forces.mean(0)
+    conf = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    return np.sqrt(np.bincount(conf, (dev ** 2).sum(-1).mean(0), len(n_atoms)) / n_atoms)
+
+
+__all__ = ["TeacherSpec", "Summary", "teacher_label", "summary_text", "apply_offsets", "MemberPredictor"]

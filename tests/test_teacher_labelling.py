@@ -1,0 +1,200 @@
+"""``kdframe data teacher-label``: teacher ensembles label files at scale, sharded and resumable (toy models, tiny)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from kdframe.cli import main
+from kdframe.data.packed import PackedDataset
+from kdframe.data.readers import read_dataset
+from kdframe.evaluation import predict
+from kdframe.plugins import registry
+from kdframe.potential import Ensemble, Potential
+from kdframe.teacher_labelling import parts_dir, read_journal, spread_of
+from kdframe.units import HARTREE_TO_EV
+
+KEYS = {"energy": "teacher.energy", "forces": "teacher.forces", "energy_std": "teacher.energy_std",
+        "forces_std": "teacher.forces_std"}
+
+
+def _toy(seed: int, species=(1, 6, 7, 8)) -> Potential:
+    torch.manual_seed(seed)
+    return Potential(registry().architectures["toy"], {"width": 8}, list(species), ["energy"]).double()
+
+
+def _members(tmp_path, n: int = 3, species=(1, 6, 7, 8)) -> list[str]:
+    args = []
+    for i in range(n):
+        _toy(i, species).save(tmp_path / f"m{i}.pt")
+        args += ["--model", str(tmp_path / f"m{i}.pt")]
+    return args
+
+
+def _label(*argv) -> int:
+    return main(["data", "teacher-label", *map(str, argv), "--no-progress"])
+
+
+def _packed(path: Path, keys=KEYS) -> dict[str, np.ndarray]:
+    data = PackedDataset.open(path, keys)
+    batch = data.batch(np.arange(len(data)))
+    return {"species": batch.species.numpy(), "positions": batch.positions.numpy(), "molecule": data.molecule,
+            **{k: batch.labels[k].numpy() for k in keys}}
+
+
+def _error(capsys, *argv) -> str:
+    assert _label(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdframe: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_labels_are_the_ensembles_own_predictions_with_spreads(tmp_path, ani_file, capsys):
+    out = tmp_path / "labelled.h5"
+    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--batch-size", 7, "--per-atom-spread") == 0
+    printed = capsys.readouterr().out
+    assert "48/48 configurations labelled (5 chunks, 0 already done)" in printed and "skipped: none" in printed
+    assert not parts_dir(out).exists()
+
+    members = [Potential.load(tmp_path / f"m{i}.pt") for i in range(3)]
+    data = read_dataset(ani_file, {})
+    preds = [predict(m, data) for m in members]
+    energies, forces = np.stack([p.energy for p in preds]), np.stack([p.forces for p in preds])
+    ensemble = predict(Ensemble(members), data)
+    got = _packed(out, {**KEYS, "atoms": "teacher.forces_std_atoms"})
+    assert np.array_equal(got["species"], data.species) and np.array_equal(got["positions"], data.positions)
+    assert PackedDataset.open(out, {}).molecule_names == data.molecule_names
+    assert np.allclose(got["energy"], ensemble.energy, rtol=0, atol=1e-9)
+    assert np.allclose(got["energy"], energies.mean(0), rtol=0, atol=1e-9)
+    assert np.allclose(got["forces"], ensemble.forces, rtol=0, atol=1e-9)
+    assert np.allclose(got["energy_std"], energies.std(0), rtol=1e-9, atol=1e-12) and got["energy_std"].min() > 1e-4
+    assert np.allclose(got["forces_std"], spread_of(forces, data.n_atoms), rtol=1e-9, atol=1e-12)
+    assert np.allclose(got["atoms"], forces.std(0), rtol=1e-9, atol=1e-12)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["teacher.members"] == 3 and json.loads(f.attrs["teacher.skipped"]) == {}
+        assert json.loads(f.attrs["teacher.aligned_to"]) is None
+
+
+def test_alignment_recovers_known_offsets(tmp_path, ani_file, capsys, monkeypatch):
+    members = [_toy(0), _toy(1)]
+    monkeypatch.setitem(registry().pretrained, "toy2", lambda: Ensemble([_toy(0), _toy(1)]))
+    data = read_dataset(ani_file, {})
+    predicted = predict(Ensemble(members), data, forces=False).energy
+    shift = {1: -0.5, 6: -38.0, 7: -54.6, 8: -75.1}  # Hartree
+    with h5py.File(ani_file, "a") as f:
+        start = 0
+        for name in f:
+            z, n = f[name]["atomic_numbers"][()], f[name]["coordinates"].shape[0]
+            f[name]["other.energy"] = (predicted[start:start + n] + sum(shift[int(a)] for a in z) * HARTREE_TO_EV) \
+                / HARTREE_TO_EV
+            start += n
+    out = tmp_path / "aligned.h5"
+    assert _label(ani_file, out, "--pretrained", "toy2", "--align-to", ani_file, "--energy-key", "other.energy",
+                  "--chunk-size", 20) == 0
+    assert "aligned: per-element offsets (eV) H " in capsys.readouterr().out
+    truth = read_dataset(ani_file, {"energy": "other.energy"}).labels["energy"]
+    assert np.allclose(_packed(out)["energy"], truth, rtol=0, atol=1e-6)
+    with h5py.File(out, "r") as f:
+        offsets = json.loads(f.attrs["teacher.offsets"])
+        assert json.loads(f.attrs["teacher.aligned_to"])["energy_key"] == "other.energy"
+        assert f.attrs["teacher.source"] == "pretrained:toy2"
+    for z, hartree in shift.items():
+        assert offsets[str(z)] == pytest.approx(hartree * HARTREE_TO_EV, abs=1e-6)
+
+
+def test_uncovered_element_is_reported_by_name_and_skipped(tmp_path, ani_file, capsys):
+    out = tmp_path / "no_n.h5"
+    assert _label(ani_file, out, *_members(tmp_path, 2, species=(1, 6, 8)), "--chunk-size", 8) == 0
+    captured = capsys.readouterr()
+    assert "molecule ammonia: 12 configuration(s) skipped: element(s) N not covered" in captured.err
+    assert "36/48 configurations labelled" in captured.out and "ammonia (12 configurations; N)" in captured.out
+    labelled = PackedDataset.open(out, {})
+    assert len(labelled) == 36 and "ammonia" not in labelled.molecule_names
+    assert 7 not in labelled.elements()
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["teacher.skipped"])["ammonia"] == {"configurations": 12, "elements": ["N"]}
+
+
+def test_changed_teacher_or_options_refuse_to_resume(tmp_path, ani_file, capsys):
+    out = tmp_path / "t.h5"
+    models = _members(tmp_path, 2)
+    assert _label(ani_file, out, *models, "--chunk-size", 16, "--keep-parts") == 0
+    assert len(read_journal(parts_dir(out) / "journal.jsonl")[1]) == 3
+    _toy(7).save(tmp_path / "m1.pt")  # the same file name, other weights
+    err = _error(capsys, ani_file, out, *models, "--chunk-size", 16)
+    assert "another teacher, input or options (changed: teacher_fingerprint)" in err
+    err = _error(capsys, ani_file, out, "--model", tmp_path / "m0.pt", "--chunk-size", 8)
+    assert "changed: chunk_size, teacher, teacher_fingerprint" in err
+
+
+def test_bad_inputs_are_one_error_line(tmp_path, ani_file, capsys):
+    models = _members(tmp_path, 1)
+    assert "not found" in _error(capsys, tmp_path / "nope.h5", tmp_path / "o.h5", *models)
+    assert "not both" in _error(capsys, ani_file, tmp_path / "o.h5", *models, "--pretrained", "ani1x")
+    assert "--energy-key" in _error(capsys, ani_file, tmp_path / "o.h5", *models, "--align-to", ani_file)
+    assert "unknown pretrained model 'nope'" in _error(capsys, ani_file, tmp_path / "o.h5", "--pretrained", "nope")
+    assert "is the source file" in _error(capsys, ani_file, ani_file, *models)
+    assert "not found" in _error(capsys, ani_file, tmp_path / "o.h5", *models, "--align-to", ani_file,
+                                 "--energy-key", "nope.energy")
+    (tmp_path / "o.h5").write_text("")
+    assert "exists" in _error(capsys, ani_file, tmp_path / "o.h5", *models)
+    assert "worker processes label on the CPU" in _error(capsys, ani_file, tmp_path / "p.h5", *models,
+                                                         "--workers", "2", "--device", "cuda")
+
+
+def test_workers_match_one_process(tmp_path, ani_file):
+    models = [*_members(tmp_path, 2), "--align-to", ani_file, "--energy-key", "morse.energy"]
+    assert _label(ani_file, tmp_path / "one.h5", *models, "--chunk-size", 12) == 0
+    assert _label(ani_file, tmp_path / "two.h5", *models, "--chunk-size", 12, "--workers", 2) == 0
+    one, two = _packed(tmp_path / "one.h5"), _packed(tmp_path / "two.h5")
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+
+
+SLOW = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    import shared_fixtures  # noqa: F401 - registers the toy architecture, one torch thread
+    import kdframe.teacher_labelling as tl
+    from kdframe.cli import main
+
+    inner = tl.label_chunk
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return inner(*args, **kwargs)
+    tl.label_chunk = slow
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_kill_9_then_resume_gives_identical_values(tmp_path, ani_file):
+    models = _members(tmp_path, 2)
+    options = [*models, "--chunk-size", 4, "--batch-size", 3]
+    assert _label(ani_file, tmp_path / "reference.h5", *options) == 0
+    out = tmp_path / "resumed.h5"
+    journal = parts_dir(out) / "journal.jsonl"
+    argv = ["data", "teacher-label", str(ani_file), str(out), *map(str, options), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(Path(__file__).parent), *argv])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not journal.exists() or journal.read_text().count('"type": "chunk"') < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(read_journal(journal)[1])
+    assert 3 <= finished < 12 and not out.exists()
+    assert _label(ani_file, out, *options) == 0
+    reference, resumed = _packed(tmp_path / "reference.h5"), _packed(out)
+    assert all(np.array_equal(reference[k], resumed[k]) for k in reference)
+    with h5py.File(tmp_path / "reference.h5", "r") as a, h5py.File(out, "r") as b:
+        assert a.attrs["content_hash"] == b.attrs["content_hash"]
+    assert not parts_dir(out).exists() and not list(tmp_path.glob(".*.tmp"))
