@@ -107,3 +107,28 @@ class Batch:
             labels={k: move(v) for k, v in self.labels.items()},  # labels keep float64: energies are ~1e4 eV
             index=move(self.index),
         )
+
+
+def concatenate_batches(batches: Sequence[Batch]) -> Batch:
+    """One batch of the configurations of ``batches``, in order; every batch carries the same label names.
+    Molecular configurations beside periodic ones get a zero cell and no periodic direction."""
+    if len(batches) == 1:
+        return batches[0]
+    periodic = any(b.cell is not None for b in batches)
+
+    def cells(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if b.cell is not None:
+            return b.cell, b.pbc
+        return b.positions.new_zeros((b.n_conf, 3, 3)), torch.zeros((b.n_conf, 3), dtype=torch.bool)
+
+    offsets = torch.cumsum(torch.tensor([0] + [b.n_conf for b in batches[:-1]]), 0)
+    return Batch(
+        species=torch.cat([b.species for b in batches]),
+        positions=torch.cat([b.positions for b in batches]),
+        conf_index=torch.cat([b.conf_index + int(o) for b, o in zip(batches, offsets)]),
+        n_conf=sum(b.n_conf for b in batches),
+        cell=torch.cat([cells(b)[0] for b in batches]) if periodic else None,
+        pbc=torch.cat([cells(b)[1] for b in batches]) if periodic else None,
+        labels={name: torch.cat([b.labels[name] for b in batches]) for name in batches[0].labels},
+        index=torch.cat([b.index for b in batches]) if all(b.index is not None for b in batches) else None,
+    )

@@ -10,11 +10,12 @@ may name), so a mistake is reported before any work, with its YAML path.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Optional
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import pydantic
 
-from .config import ModelSpec, Strict, invalid
+from .config import ModelSpec, Strict, invalid, resolve_path
 from .errors import ConfigError
 from .schedule import make_schedule
 from .training import LossTerm
@@ -51,12 +52,58 @@ class Model(Strict):
         return TrainSettings.model_validate({**base.model_dump(), **self.training.model_dump(exclude_none=True)})
 
 
+class Source(Strict):
+    """Labelled configurations from another file (e.g. teacher-labelled by ``kdframe data teacher-label``),
+    trained on beside the run's data with their own loss weights and a fixed share of every batch.
+
+    Their energies must be on the run's energy scale (``teacher-label --align-to`` the run's data).
+    """
+
+    path: str  # ANI-layout HDF5, extxyz or a packed file (streamed from disk)
+    energy: str | None = None  # keys in that file
+    forces: str | None = None
+    units: Literal["auto", "hartree", "ev"] = "auto"
+    weights: dict[str, Any] = {"energy": 1.0, "forces": 1.0}
+    share: float = pydantic.Field(gt=0, lt=1)  # fraction of every training batch drawn from this file
+    valid_fraction: float = pydantic.Field(0.05, gt=0, lt=1)  # held out for validation (reported, not monitored)
+
+    @pydantic.model_validator(mode="after")
+    def _usable(self, info: pydantic.ValidationInfo) -> "Source":
+        check_weights(self.weights, {"energy": 0, "forces": 0})
+        for name in self.weights:
+            if getattr(self, name) is None:
+                raise invalid(("weights", name), f"this source has no {name}: name their key as '{name}'")
+        config_dir = (info.context or {}).get("config_dir", Path.cwd())
+        if not resolve_path(self.path, config_dir).is_file():
+            raise invalid(("path",), f"file not found: {self.path} (relative paths are relative to the YAML file)")
+        return self
+
+    def keys(self) -> dict[str, str]:
+        """Label name -> key in the file for the quantities this source trains on."""
+        return {quantity: getattr(self, quantity) for quantity in self.weights}
+
+
 class Student(Model):
     """A model trained on loss terms; subclasses name the terms their role may use (``LABELS``)."""
 
     LABELS: ClassVar[Mapping[str, tuple[str, ...]]] = TRUE_LABELS
     FIRST: ClassVar[tuple[str, ...]] = ()  # terms put first, in this order (the first term is monitored)
     weights: dict[str, Any] = {"energy": 1.0}
+    # More training data by name, each with its loss weights and share of every batch (the run's data gets the rest).
+    sources: dict[str, Source] = {}
+
+    @pydantic.field_validator("sources")
+    @classmethod
+    def _shares(cls, sources: dict[str, Source]) -> dict[str, Source]:
+        total = sum(s.share for s in sources.values())
+        if total >= 1:
+            raise ValueError(f"the sources' shares sum to {total:g}: leave some of every batch to the run's data")
+        return sources
+
+    def source_terms(self) -> list[LossTerm]:
+        """The loss terms of every source, on labels named ``SOURCE.QUANTITY``."""
+        return [LossTerm(quantity, f"{name}.{quantity}", make_schedule(weight, f"sources.{name}.weights.{quantity}"))
+                for name, source in self.sources.items() for quantity, weight in source.weights.items()]
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -75,8 +122,8 @@ class Student(Model):
         return terms
 
     def with_weights(self, weights: dict[str, Any]) -> "Student":
-        """The same model and training with other loss weights (a control of the same size)."""
-        return self.model_copy(update={"weights": weights})
+        """The same model and training on the run's data alone, with other loss weights (a control of its size)."""
+        return self.model_copy(update={"weights": weights, "sources": {}})
 
 
 class Sweep(Strict):

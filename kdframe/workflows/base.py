@@ -18,6 +18,7 @@ import torch
 from .. import distributed
 from ..config import Base, DataFile, ModelSpec, resolve_path, validate
 from ..data.dataset import Dataset
+from ..data.mixture import Mixture
 from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
 from ..data.reference import fit_reference_energies
@@ -180,7 +181,7 @@ class Run:
         arch = registry().architectures[spec.architecture]
         return Potential(arch, spec.hyperparameters(), self.species, heads, self.reference_for(heads, energy_labels))
 
-    def fit(self, stage: str, student: Student, data: Dataset, seed: int, *, terms: Sequence[LossTerm] | None = None,
+    def fit(self, stage: str, student: Model, data: Dataset, seed: int, *, terms: Sequence[LossTerm] | None = None,
             train_idx: np.ndarray | None = None, valid_idx: np.ndarray | None = None,
             identity: Mapping[str, Any] | None = None, heads: Sequence[str] = ("energy",),
             energy_labels: Sequence[str] | None = None, probes: Mapping[str, ProbeSettings] | None = None,
@@ -208,10 +209,18 @@ class Run:
         labelled = data.labelled(used)
         used += [term.probe for term in terms if term.probe in data.labels]
         train_idx, valid_idx = train_idx[labelled[train_idx]], valid_idx[labelled[valid_idx]]
+        train, valid = data.subset(train_idx), data.subset(valid_idx)
+        sources = student.sources if isinstance(student, Student) else {}  # a multi-fidelity Model has none
+        if sources:
+            train, valid = self._with_sources(student, train, valid)
+            terms += student.source_terms()
         record = {"model": student.model.model_dump(), "training": settings.model_dump(), "seed": seed,
                   "heads": list(heads), "terms": [[t.quantity, t.label, t.head] for t in terms],
                   "weights": student.model_dump().get("weights"), "data": data.content_hash(labels=used),
                   "train": fingerprint(train_idx.tolist()), "valid": fingerprint(valid_idx.tolist()), **(identity or {})}
+        if sources:
+            record["sources"] = {name: [source.model_dump(), part.content_hash()] for (name, source), part
+                                 in zip(sources.items(), train.parts[1:])}
         if energy_labels is not None:
             record["reference_labels"] = list(energy_labels)
         if probes:
@@ -226,13 +235,31 @@ class Run:
             if finished is not None:
                 return finished.to(self.device)
         model = self.build(student.model, heads, seed, energy_labels)
-        trainer = Trainer(model, terms, data.subset(train_idx), data.subset(valid_idx), settings, stage_dir,
-                          seed, self.device, online=online, probes=probes, progress=self.progress)
+        trainer = Trainer(model, terms, train, valid, settings, stage_dir, seed, self.device, online=online,
+                          probes=probes, progress=self.progress)
         model = trainer.fit()
         if distributed.is_main():
             model.save(stage_dir / MODEL_FILE)
         distributed.barrier()
         return model
+
+    def _with_sources(self, student: Student, train: Dataset, valid: Dataset) -> tuple[Mixture, Mixture]:
+        """The run's train and validation configurations mixed with each source's own split of its file."""
+        train_parts, valid_parts = [train], [valid]
+        for name, source in student.sources.items():
+            where = f"sources.{name}"
+            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where,
+                             {f"{name}.{quantity}": key for quantity, key in source.keys().items()})
+            extra = sorted(set(data.elements().tolist()) - set(self.species))
+            if extra:
+                raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "
+                                f"data (elements there: {self.species})")
+            order = np.random.default_rng(self.config.seed).permutation(len(data))
+            cut = max(1, int(round(source.valid_fraction * len(data))))
+            valid_parts.append(data.subset(np.sort(order[:cut])))
+            train_parts.append(data.subset(np.sort(order[cut:])))
+        shares = [s.share for s in student.sources.values()]
+        return Mixture(train_parts, [1 - sum(shares), *shares]), Mixture(valid_parts)
 
     def _finished_model(self, stage_dir: Path, spec: ModelSpec, heads: Sequence[str]) -> Potential | None:
         """A finished stage's model.pt; None (with a note) when it is damaged and the stage's checkpoint can

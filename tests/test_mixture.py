@@ -1,0 +1,127 @@
+"""Training on several datasets at once: per-batch shares, NaN for a label a part lacks, unique indices."""
+
+import numpy as np
+import torch
+
+from kdframe.data.mixture import ID_SHIFT, Mixture, _apportion
+from kdframe.data.readers import read_dataset
+
+from toy import MOLECULES, write_ani_file
+
+
+def _parts(tmp_path):
+    write_ani_file(tmp_path / "truth.h5", n_conf=6)
+    write_ani_file(tmp_path / "sampled.h5", n_conf=30, seed=1)
+    truth = read_dataset(tmp_path / "truth.h5", {"energy": "morse.energy"})
+    sampled = read_dataset(tmp_path / "sampled.h5", {"s.energy": "morse.energy", "s.forces": "morse.forces"})
+    return truth, sampled
+
+
+def test_every_shuffled_batch_draws_its_shares(tmp_path):
+    truth, sampled = _parts(tmp_path)  # 24 and 120 configurations
+    mixture = Mixture([truth, sampled], [0.25, 0.75])
+    batches = list(mixture.batch_indices(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert len(batches) == 9  # (24 + 120) / 16
+    for confs in batches:
+        assert (confs < 24).sum() == 4 and (confs >= 24).sum() == 12
+    seen = np.concatenate(batches)
+    assert set(seen[seen < 24]) == set(range(24))  # the small part is cycled: every configuration, reshuffled
+    again = list(mixture.batch_indices(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    in_order = np.concatenate(list(mixture.batch_indices(16)))  # validation: every configuration once, in order
+    assert np.array_equal(in_order, np.arange(144))
+
+
+def test_a_label_a_part_lacks_is_nan_and_indices_stay_unique(tmp_path):
+    truth, sampled = _parts(tmp_path)
+    mixture = Mixture([truth, sampled], [0.5, 0.5])
+    batch = mixture.batch(np.array([0, 30, 1]), ["energy", "s.energy", "s.forces"])
+    assert batch.n_conf == 3 and batch.conf_index.max() == 2
+    energy, sampled_energy = batch.labels["energy"].numpy(), batch.labels["s.energy"].numpy()
+    assert np.isfinite(energy[:2]).all() and np.isnan(energy[2])  # grouped by part: truth's 0 and 1, then 30
+    assert np.isnan(sampled_energy[:2]).all() and np.isfinite(sampled_energy[2])
+    n_truth_atoms = int(truth.n_atoms[[0, 1]].sum())
+    assert batch.labels["s.forces"].shape == (batch.n_atoms, 3)
+    assert torch.isnan(batch.labels["s.forces"][:n_truth_atoms]).all()
+    assert torch.isfinite(batch.labels["s.forces"][n_truth_atoms:]).all()
+    assert batch.index.tolist() == [0, 1, (1 << ID_SHIFT) + 6]
+    assert mixture.labelled(["energy"]).sum() == 24 and mixture.labelled(["s.forces"]).sum() == 120
+    assert len(mixture.subset(np.array([1, 2, 40]))) == 3
+
+
+def test_apportion_keeps_every_positive_share():
+    assert _apportion(16, [0.25, 0.75]) == [4, 12]
+    assert sum(_apportion(7, [0.5, 0.3, 0.2])) == 7
+    assert _apportion(4, [0.99, 0.01])[1] == 1
+
+
+def test_a_toy_model_learns_a_sources_forces_through_the_mixture(tmp_path):
+    """Trained on a mixture, the sampled part's forces are learnt when (and only when) their term has weight."""
+    from kdframe.data.reference import fit_reference_energies
+    from kdframe.plugins import registry
+    from kdframe.potential import Potential
+    from kdframe.schedule import Constant
+    from kdframe.training import LossTerm, Trainer
+    from kdframe.training.trainer import TrainSettings
+
+    truth, sampled = _parts(tmp_path)
+    species = sorted({int(z) for zs, _ in MOLECULES.values() for z in zs})
+    reference = torch.as_tensor(fit_reference_energies(truth, "energy")[:, None])
+    train = Mixture([truth.subset(np.arange(20)), sampled.subset(np.arange(100))], [0.3, 0.7])
+    valid = Mixture([truth.subset(np.arange(20, 24)), sampled.subset(np.arange(100, 120))])
+    errors = {}
+    for force_weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = Potential(registry().architectures["toy"], {"width": 8}, species, reference_energies=reference)
+        terms = [LossTerm("energy", "energy", Constant(1.0)), LossTerm("forces", "s.forces", Constant(force_weight))]
+        trainer = Trainer(model, terms, train, valid, TrainSettings(max_epochs=10, batch_size=8, lr=0.01),
+                          tmp_path / f"stage{force_weight}", progress=False)
+        trainer.fit()
+        errors[force_weight] = trainer.validate()["valid_rmse[forces:s.forces]"]
+    assert np.isfinite(list(errors.values())).all()
+    assert errors[10.0] < 0.9 * errors[0.0], errors  # seeded and single-threaded: deterministic
+
+
+def _ekd_config(tmp_path, ani_file, sources: dict) -> str:
+    import yaml
+
+    raw = {"workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu",
+           "data": {"train": {"path": str(ani_file), "energy": "morse.energy"}},
+           "training": {"batch_size": 8, "max_epochs": 2},
+           "teachers": {"train": {"count": 2, "model": {"architecture": "toy", "width": 4}}},
+           "student": {"model": {"architecture": "toy", "width": 4}, "sources": sources}}
+    path = tmp_path / "ekd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_an_ekd_student_trains_on_a_teacher_labelled_source_streamed_from_a_packed_file(tmp_path, ani_file, capsys):
+    from kdframe.cli import main
+    from kdframe.data.packed import pack_ani
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=20, seed=5)
+    pack_ani(tmp_path / "sampled.h5", tmp_path / "sampled_packed.h5")
+    sources = {"sampled": {"path": "sampled_packed.h5", "energy": "morse.energy", "forces": "morse.forces",
+                           "weights": {"energy": 1, "forces": 10}, "share": 0.5}}
+    assert main(["run", _ekd_config(tmp_path, ani_file, sources), "--quiet"]) == 0, capsys.readouterr().err
+    student = (tmp_path / "run" / "student" / "metrics.csv").read_text().splitlines()[0]
+    control = (tmp_path / "run" / "control" / "metrics.csv").read_text().splitlines()[0]
+    assert "valid_rmse[forces:sampled.forces]" in student and "valid_rmse[energy:sampled.energy]" in student
+    assert "sampled" not in control  # the control learns the run's energies alone
+
+
+def test_bad_sources_are_refused_before_any_work(tmp_path, ani_file, capsys):
+    from kdframe.cli import main
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=4)
+    cases = [({"s": {"path": "nowhere.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5}},
+              "student.sources.s.path: file not found: nowhere.h5"),
+             ({"s": {"path": "sampled.h5", "energy": "morse.energy", "share": 0.5}},
+              "student.sources.s.weights.forces: this source has no forces"),
+             ({"a": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.6},
+               "b": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5}},
+              "student.sources: the sources' shares sum to 1.1")]
+    for sources, message in cases:
+        assert main(["run", _ekd_config(tmp_path, ani_file, sources), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
