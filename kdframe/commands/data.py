@@ -1,6 +1,6 @@
 """``kdframe data``: sample geometries from SMILES, label them with a level of theory, inspect files.
 
-Subcommands of ``kdframe data``: sample, label, merge, pack, info.
+Subcommands of ``kdframe data``: sample, generate, label, merge, pack, info.
 """
 
 from __future__ import annotations
@@ -51,6 +51,35 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("generate", help="teacher-free configurations at scale (RDKit conformers, rattles, torsion "
+                       "scans, close clusters, periodic liquid boxes) into a packed file; resumable")
+    p.add_argument("output", help="packed HDF5 file to write (atomically, after all chunks are done)")
+    p.add_argument("--smiles", nargs="+", default=[], metavar="NAME:SMILES", help="molecules, NAME:SMILES or SMILES")
+    p.add_argument("--smiles-file", help="text file with 'NAME SMILES' per line (# comments), e.g. "
+                   "data/molecules/organic_chno.smi")
+    p.add_argument("--conformers", type=non_negative_int, default=2, help="ETKDG conformers per molecule, MMFF-relaxed")
+    p.add_argument("--rattle", type=non_negative_int, default=8, help="rattled configurations per molecule")
+    p.add_argument("--rattle-amplitudes", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25], metavar="Å",
+                   help="RMS displacements per atom, cycled")
+    p.add_argument("--torsions", type=non_negative_int, default=4, help="torsion-scan configurations per molecule")
+    p.add_argument("--no-torsion-relax", action="store_true", help="rigid torsion scans (no constrained MMFF relaxation)")
+    p.add_argument("--clusters", type=non_negative_int, default=0, help="close-contact clusters of 2-4 molecules, in all")
+    p.add_argument("--cluster-scan", type=positive_int, default=4,
+                   help="configurations per cluster orientation (contact from 1.1 to 0.75 x the vdW sums)")
+    p.add_argument("--boxes", type=non_negative_int, default=0, help="periodic liquid boxes of mixtures, in all")
+    p.add_argument("--box-atoms", type=positive_int, default=200, help="about this many atoms per box")
+    p.add_argument("--densities", type=float, nargs=2, default=[0.8, 1.1], metavar=("LOW", "HIGH"),
+                   help="box densities drawn in this range (g/cm3)")
+    p.add_argument("--box-rattle", type=float, default=0.0, metavar="Å", help="RMS rattle per atom of the boxes")
+    p.add_argument("--elements", default="H,C,N,O", help="elements allowed; molecules with others are skipped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-molecules", type=positive_int, default=16, help="molecules per resumable chunk")
+    p.add_argument("--keep-parts", action="store_true", help="keep OUTPUT.parts/ (shards and journal) after merging")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUTPUT, or discard an unfinished run with other settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces, or .hessian); resumable")
     p.add_argument("file")
@@ -209,6 +238,44 @@ def write_sampled(path: Path, molecules: list, settings, labeler) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from ase.data import atomic_numbers
+
+    from ..generate import GenerateSettings, generate, report_path
+
+    pairs = parse_smiles(args.smiles, args.smiles_file)
+    symbols = [s.strip() for s in args.elements.split(",") if s.strip()]
+    unknown = [s for s in symbols if s not in atomic_numbers]
+    if unknown or not symbols:
+        raise ConfigError("--elements", f"unknown element(s) {', '.join(unknown) or '(none given)'} (valid: e.g. H,C,N,O)")
+    low, high = args.densities
+    if not 0 < low <= high:
+        raise ConfigError("--densities", f"{low} {high} (valid: 0 < LOW <= HIGH, g/cm3)")
+    if not args.rattle_amplitudes or min(args.rattle_amplitudes) <= 0 or args.box_rattle < 0:
+        raise ConfigError("--rattle-amplitudes", "amplitudes must be positive (and --box-rattle >= 0)")
+    settings = GenerateSettings(
+        conformers=args.conformers, rattle=args.rattle, rattle_amplitudes=tuple(args.rattle_amplitudes),
+        torsions=args.torsions, torsion_relax=not args.no_torsion_relax, clusters=args.clusters,
+        cluster_scan=args.cluster_scan, boxes=args.boxes, box_atoms=args.box_atoms, densities=(low, high),
+        box_rattle=args.box_rattle, elements=tuple(sorted(atomic_numbers[s] for s in symbols)), seed=args.seed,
+        chunk_molecules=args.chunk_molecules)
+    log = (lambda text: None) if args.no_progress else None
+    summary = generate(args.output, pairs, settings, force=args.force, keep_parts=args.keep_parts, log=log)
+    for name, reason in summary.skipped:
+        if args.no_progress:  # otherwise already reported as it happened
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(f"{summary.output}: {summary.configurations} configurations in {summary.seconds:.1f} s "
+          f"({summary.configurations / max(summary.seconds, 1e-9):.0f}/s; {summary.chunks_done} chunks made, "
+          f"{summary.chunks_skipped} resumed); {len(summary.skipped)} skipped"
+          + (f" (see {report_path(summary.output)})" if summary.skipped else ""))
+    return 0
 
 
 # ----------------------------------------------------------------------------- label, merge
