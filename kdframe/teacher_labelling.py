@@ -576,10 +576,9 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
 
 def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teacher: Teacher, options: dict,
            summary: Summary, spread: bool, per_atom: bool) -> None:
-    """Every shard, in order, into OUTPUT through the packed writer (atomic): consecutive configurations of one
-    molecule (same atoms) become one molecule of the packed file."""
-    import inspect
-
+    """Every shard, in order, into OUTPUT through the packed writer (atomic): runs of consecutive configurations of
+    one molecule with the same atoms are added together (the writer keeps one molecule per name); cells, pbc and
+    origins of the input are passed through."""
     from .data.packed import PackedWriter
 
     kinds = {ENERGY: PER_CONF, ENERGY_STD: PER_CONF, FORCES: PER_ATOM}
@@ -587,11 +586,22 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
         kinds[FORCES_STD] = PER_CONF
     if per_atom:
         kinds[FORCES_STD_ATOMS] = PER_ATOM
-    writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}")
-    takes_cells = {"cell", "pbc"} <= set(inspect.signature(writer.add).parameters)
+    attrs = {
+        "teacher.format": FORMAT, "teacher.name": spec.name, "teacher.source": spec.describe(),
+        "teacher.fingerprint": options["teacher_fingerprint"], "teacher.members": len(teacher.members),
+        "teacher.species": json.dumps(covered_species(teacher)), "teacher.head": options["head"],
+        "teacher.input": options["input"], "teacher.input_content": options["input_content"],
+        "teacher.aligned_to": json.dumps(options["align"]),
+        "teacher.offsets": json.dumps({str(z): v for z, v in summary.offsets.items()}),
+        "teacher.skipped": json.dumps(summary.skipped, sort_keys=True),
+        "teacher.options": json.dumps(options, sort_keys=True),
+        "teacher.units": "eV (energies), eV/Å (forces)",
+        "teacher.spread": "energy_std: std of the members' energies; forces_std: sqrt(mean over atoms and members of "
+                          "|F_m - mean F|^2); forces_std_atoms: members' std of each force component",
+    }
+    writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}", attrs=attrs)
     periodic = _cells_of(dataset)
-    if periodic and not takes_cells:
-        warn(f"{output}: the packed writer keeps no cells yet; the periodic cells of the input are not written")
+    origins = getattr(dataset, "origin", None)
     names = dataset.molecule_names
     pending: dict[str, Any] = {}
 
@@ -604,9 +614,11 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
             labels[FORCES_STD] = np.array(pending[FORCES_STD])
         if per_atom:
             labels[FORCES_STD_ATOMS] = np.stack(pending[FORCES_STD_ATOMS])
-        extra = {}
-        if periodic and takes_cells:
-            extra = {"cell": np.stack(pending["cell"]), "pbc": np.stack(pending["pbc"])}
+        extra: dict[str, Any] = {}
+        if periodic:
+            extra.update(cell=np.stack(pending["cell"]), pbc=np.stack(pending["pbc"]))
+        if origins is not None:
+            extra["origin"] = list(pending["origin"])
         writer.add(names[pending["molecule"]], pending["species"], np.stack(pending["positions"]), labels, **extra)
         pending.clear()
 
@@ -628,7 +640,7 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                     flush()
                     pending.update({"molecule": int(molecule[c]), "species": z, "positions": [], ENERGY: [],
                                     ENERGY_STD: [], FORCES: [], FORCES_STD: [], FORCES_STD_ATOMS: [], "cell": [],
-                                    "pbc": []})
+                                    "pbc": [], "origin": []})
                 pending["positions"].append(positions[atoms])
                 pending[ENERGY].append(shard["energy"][c])
                 pending[ENERGY_STD].append(shard["energy_std"][c])
@@ -637,23 +649,12 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                     pending[FORCES_STD].append(shard["forces_std"][c])
                 if per_atom:
                     pending[FORCES_STD_ATOMS].append(shard["forces_std_atoms"][atoms])
-                if periodic and batch.cell is not None:
-                    pending["cell"].append(batch.cell[c].numpy())
-                    pending["pbc"].append(batch.pbc[c].numpy())
+                if periodic:
+                    pending["cell"].append(batch.cell[c].numpy() if batch.cell is not None else np.zeros((3, 3)))
+                    pending["pbc"].append(batch.pbc[c].numpy() if batch.pbc is not None else np.zeros(3, dtype=bool))
+                if origins is not None:
+                    pending["origin"].append(str(origins[start + c]))
         flush()
-        writer.file.attrs.update({
-            "teacher.format": FORMAT, "teacher.name": spec.name, "teacher.source": spec.describe(),
-            "teacher.fingerprint": options["teacher_fingerprint"], "teacher.members": len(teacher.members),
-            "teacher.species": json.dumps(covered_species(teacher)), "teacher.head": options["head"],
-            "teacher.input": options["input"], "teacher.input_content": options["input_content"],
-            "teacher.aligned_to": json.dumps(options["align"]),
-            "teacher.offsets": json.dumps({str(z): v for z, v in summary.offsets.items()}),
-            "teacher.skipped": json.dumps(summary.skipped, sort_keys=True),
-            "teacher.options": json.dumps(options, sort_keys=True),
-            "teacher.units": "eV (energies), eV/Å (forces)",
-            "teacher.spread": "energy_std: std of the members' energies; forces_std: sqrt(mean over atoms and "
-                              "members of |F_m - mean F|^2); forces_std_atoms: members' std per force component",
-        })
     except BaseException:
         writer.abort()
         raise

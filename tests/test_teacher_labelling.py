@@ -198,3 +198,48 @@ def test_kill_9_then_resume_gives_identical_values(tmp_path, ani_file):
     with h5py.File(tmp_path / "reference.h5", "r") as a, h5py.File(out, "r") as b:
         assert a.attrs["content_hash"] == b.attrs["content_hash"]
     assert not parts_dir(out).exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+HIPNN = {"l_max": 1, "n_interaction_layers": 1, "width": 8, "n_atom_layers": 1, "n_sensitivities": 6,
+         "dist_soft_max": 4.0, "dist_hard_max": 5.0}
+
+
+def test_periodic_boxes_keep_their_cells(tmp_path, capsys):
+    import ase
+    import ase.io
+
+    cell = np.array([[7.0, 0.0, 0.0], [1.2, 6.8, 0.0], [-0.7, 0.9, 7.1]])
+    water = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
+    rng = np.random.default_rng(0)
+    boxes = []
+    for k in range(6):
+        centres = (np.array([[0.1, 0.1, 0.1], [0.6, 0.15, 0.45], [0.2, 0.6, 0.7]]) + rng.uniform(-0.03, 0.03, (3, 3)))
+        boxes.append(ase.Atoms("OH2" * 3, positions=np.concatenate([water + c @ cell for c in centres]), cell=cell,
+                               pbc=k < 5))
+    ase.io.write(tmp_path / "boxes.xyz", boxes, format="extxyz")
+    models = []
+    for i in range(2):
+        torch.manual_seed(i)
+        Potential(registry().architectures["hippynn"], HIPNN, [1, 8]).double().save(tmp_path / f"h{i}.pt")
+        models += ["--model", tmp_path / f"h{i}.pt"]
+    out = tmp_path / "boxes.h5"
+    assert _label(tmp_path / "boxes.xyz", out, *models, "--chunk-size", 4) == 0
+    data = read_dataset(tmp_path / "boxes.xyz", {})
+    labelled = PackedDataset.open(out, {"energy": "teacher.energy"})
+    assert labelled.periodic and np.array_equal(labelled.pbc, data.pbc) and np.allclose(labelled.cell[:5], data.cell[:5])
+    ensemble = predict(Ensemble([Potential.load(tmp_path / f"h{i}.pt") for i in range(2)]), data)
+    assert np.allclose(labelled.labels["energy"], ensemble.energy, rtol=0, atol=1e-9)
+    err = _error(capsys, tmp_path / "boxes.xyz", tmp_path / "toy.h5", *_members(tmp_path, 1, species=(1, 8)))
+    assert "periodic configurations" in err and "'toy'" in err
+
+
+def test_packed_input_gives_the_same_labels_as_its_source(tmp_path, ani_file):
+    from kdframe.data.packed import pack_ani
+
+    packed = pack_ani(ani_file, tmp_path / "packed.h5")
+    models = _members(tmp_path, 2)
+    assert _label(ani_file, tmp_path / "from_ani.h5", *models, "--chunk-size", 20) == 0
+    assert _label(packed, tmp_path / "from_packed.h5", *models, "--chunk-size", 7) == 0
+    a, b = _packed(tmp_path / "from_ani.h5"), _packed(tmp_path / "from_packed.h5")
+    assert all(np.allclose(a[k], b[k], rtol=0, atol=1e-12) for k in a)
+    assert PackedDataset.open(tmp_path / "from_packed.h5", {}).molecule_names == read_dataset(ani_file, {}).molecule_names
