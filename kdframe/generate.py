@@ -98,6 +98,8 @@ class Configurations:
     positions: np.ndarray
     origins: list[str]
     cell: np.ndarray | None = None  # (k, 3, 3)
+    molecule_of: np.ndarray | None = None  # (n,) which molecule each atom belongs to (as made; not in the file)
+    bonds: np.ndarray | None = None  # (m, 2) the bond graph (as made; not in the file)
 
 
 @dataclass
@@ -328,7 +330,7 @@ def molecule_configurations(name: str, smiles: str, settings: GenerateSettings) 
         if check(species, pos, one, bonds) is None:
             positions.append(pos)
             origins.append(f"torsion:{b}:{delta}")
-    return Configurations(name, species, np.stack(positions), origins)
+    return Configurations(name, species, np.stack(positions), origins, molecule_of=one, bonds=bonds)
 
 
 # ----------------------------------------------------------------------------- clusters
@@ -389,7 +391,8 @@ def cluster_configurations(index: int, monomers: Sequence[Monomer], settings: Ge
             origins.append(f"cluster:{size}:{ratio:g}")
     if not positions:
         raise Skip(f"cluster {index}: no sane configuration")
-    return Configurations("+".join(sorted(m.name for m in chosen)), species, np.stack(positions), origins)
+    return Configurations("+".join(sorted(m.name for m in chosen)), species, np.stack(positions), origins,
+                          molecule_of=molecule_of, bonds=bonds)
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -471,7 +474,8 @@ def box_configuration(index: int, monomers: Sequence[Monomer], settings: Generat
             reason = check(species, positions, molecule_of, bonds, cell)
             if reason is None:
                 name = "box:" + "+".join(sorted({m.name for m in members}))
-                return Configurations(name, species, positions[None], [f"box:{density:.2f}"], cell[None])
+                return Configurations(name, species, positions[None], [f"box:{density:.2f}"], cell[None],
+                                      molecule_of=molecule_of, bonds=bonds)
             last = reason
     raise Skip(f"box {index} ({', '.join(sorted({m.name for m in members}))}, {density} g/cm3): {last}")
 
@@ -567,16 +571,20 @@ def _read_shard(path: Path) -> list[Configurations]:
     return out
 
 
+def monomer(c: Configurations) -> Monomer | None:
+    """The molecule of ``c`` with its ``conf`` geometries (None without any); bonds from the first."""
+    confs = [p for p, o in zip(c.positions, c.origins) if o == "conf"]
+    return Monomer(c.name, c.species, confs, bonds_from_geometry(c.species, confs[0])) if confs else None
+
+
 def _monomers(shards: Sequence[Path]) -> list[Monomer]:
     """The embedded molecules (their ``conf`` geometries), sorted by name."""
     found: dict[str, Monomer] = {}
     for path in shards:
         for c in _read_shard(path):
-            confs = [p for p, o in zip(c.positions, c.origins) if o == "conf"]
-            if confs:
-                m = found.setdefault(c.name, Monomer(c.name, c.species, [],
-                                                     bonds_from_geometry(c.species, confs[0])))
-                m.conformers.extend(confs)
+            m = monomer(c)
+            if m is not None:
+                found.setdefault(c.name, Monomer(c.name, c.species, [], m.bonds)).conformers.extend(m.conformers)
     return [found[name] for name in sorted(found)]
 
 
