@@ -588,6 +588,35 @@ def _monomers(shards: Sequence[Path]) -> list[Monomer]:
     return [found[name] for name in sorted(found)]
 
 
+def _chunk_job(chunk: str, kind: str, items: list, settings: GenerateSettings, monomers: list[Monomer], parts: Path,
+               number: int) -> dict:
+    """Make one chunk and write its shard; its journal entry (also in a worker process)."""
+    made: list[Configurations] = []
+    skipped: list[tuple[str, str]] = []
+    for item in items:
+        try:
+            if kind == "molecules":
+                name, smiles = item
+                made.append(molecule_configurations(name, smiles, settings))
+            elif kind == "clusters":
+                c = cluster_configurations(item, monomers, settings)
+                keep = min(len(c.positions), settings.clusters - item * settings.cluster_scan)
+                c.positions, c.origins = c.positions[:keep], c.origins[:keep]
+                made.append(c)
+            else:
+                made.append(box_configuration(item, monomers, settings))
+        except Skip as exc:
+            skipped.append((item[0], f"{item[1]}: {exc}") if kind == "molecules" else (f"{kind[:-1]} {item}", str(exc)))
+        except Exception as exc:  # RDKit or numerical trouble with one item: reported, never fatal
+            what = f"{item[1]}: " if kind == "molecules" else ""
+            skipped.append((item[0] if kind == "molecules" else f"{kind[:-1]} {item}",
+                            f"{what}{type(exc).__name__}: {exc}"))
+    path = parts / f"{chunk}.h5"
+    _write_shard(path, made, number)
+    return {"chunk": chunk, "sha256": _sha256(path), "configurations": sum(len(c.positions) for c in made),
+            "skipped": skipped}
+
+
 def _settings_record(settings: GenerateSettings, pairs: Sequence[tuple[str, str]]) -> dict:
     from .data.packed import FORMAT
 
@@ -596,9 +625,12 @@ def _settings_record(settings: GenerateSettings, pairs: Sequence[tuple[str, str]
 
 
 def generate(output: str | os.PathLike, pairs: Sequence[tuple[str, str]], settings: GenerateSettings,
-             force: bool = False, keep_parts: bool = False,
+             force: bool = False, keep_parts: bool = False, workers: int = 1,
              log: Callable[[str], None] | None = None) -> Summary:
-    """Configurations of ``pairs`` ((name, SMILES)) into the packed file ``output`` (see the module docstring)."""
+    """Configurations of ``pairs`` ((name, SMILES)) into the packed file ``output`` (see the module docstring).
+
+    ``workers`` > 1: chunks made in that many processes; the output is the same (per-item random streams).
+    """
     from .data.packed import PackedWriter
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -626,92 +658,61 @@ def generate(output: str | os.PathLike, pairs: Sequence[tuple[str, str]], settin
     journal_file = parts / "journal.jsonl"
     done = _read_journal(journal_file)
     summary = Summary(output=output)
-    chunk_number = 0
 
-    def finished(chunk: str) -> bool:
-        entry = done.get(chunk)
-        path = parts / f"{chunk}.h5"
-        return bool(entry) and path.is_file() and _sha256(path) == entry["sha256"]
+    def run(jobs: list[tuple[str, str, list, int]], monomers: list[Monomer]) -> None:
+        """Make the chunks not finished yet (in ``workers`` processes), journal each once its shard is whole."""
+        todo = []
+        for chunk, kind, items, number in jobs:
+            entry, path = done.get(chunk), parts / f"{chunk}.h5"
+            if entry and path.is_file() and _sha256(path) == entry["sha256"]:
+                summary.chunks_skipped += 1
+                summary.skipped += [tuple(x) for x in entry["skipped"]]
+            else:
+                todo.append((chunk, kind, items, number))
 
-    def run_chunk(chunk: str, make: Callable[[], tuple[list[Configurations], list[tuple[str, str]]]]) -> None:
-        nonlocal chunk_number
-        chunk_number += 1
-        if finished(chunk):
-            summary.chunks_skipped += 1
-            summary.skipped += [tuple(s) for s in done[chunk]["skipped"]]
+        def record_entry(entry: dict) -> None:
+            for name, reason in entry["skipped"]:
+                log(f"skipped {name}: {reason}")
+            _append_journal(journal_file, entry)
+            done[entry["chunk"]] = entry
+            summary.chunks_done += 1
+            summary.skipped += [tuple(x) for x in entry["skipped"]]
+            log(f"{entry['chunk']}: {entry['configurations']} configurations "
+                f"({summary.chunks_done + summary.chunks_skipped}/{n_chunks} chunks, {time.perf_counter() - started:.1f} s)")
+
+        if workers <= 1 or len(todo) <= 1:
+            for chunk, kind, items, number in todo:
+                record_entry(_chunk_job(chunk, kind, items, settings, monomers, parts, number))
             return
-        items, skipped = make()
-        for name, reason in skipped:
-            log(f"skipped {name}: {reason}")
-        path = parts / f"{chunk}.h5"
-        _write_shard(path, items, chunk_number)
-        entry = {"chunk": chunk, "sha256": _sha256(path), "configurations": sum(len(c.positions) for c in items),
-                 "skipped": skipped}
-        _append_journal(journal_file, entry)
-        done[chunk] = entry
-        summary.chunks_done += 1
-        summary.skipped += skipped
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    # molecules
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_chunk_job, chunk, kind, items, settings, monomers, parts, number)
+                       for chunk, kind, items, number in todo]
+            for future in as_completed(futures):
+                record_entry(future.result())
+
     n_mol_chunks = -(-len(pairs) // settings.chunk_molecules)
-    for c in range(n_mol_chunks):
-        group = pairs[c * settings.chunk_molecules:(c + 1) * settings.chunk_molecules]
-
-        def make(group=group):
-            items, skipped = [], []
-            for name, smiles in group:
-                try:
-                    items.append(molecule_configurations(name, smiles, settings))
-                except Skip as exc:
-                    skipped.append((name, f"{smiles}: {exc}"))
-                except Exception as exc:  # RDKit or numerical trouble in one molecule: never fatal
-                    skipped.append((name, f"{smiles}: {type(exc).__name__}: {exc}"))
-            return items, skipped
-
-        run_chunk(f"molecules-{c:05d}", make)
-        log(f"molecules: chunk {c + 1}/{n_mol_chunks}")
+    # clusters: orientations of cluster_scan configurations each; the last one cut to the requested total
+    n_orient = -(-settings.clusters // settings.cluster_scan) if settings.clusters else 0
+    n_cluster_chunks = -(-n_orient // settings.chunk_clusters)
+    n_box_chunks = -(-settings.boxes // settings.chunk_boxes)
+    n_chunks = n_mol_chunks + n_cluster_chunks + n_box_chunks
+    size = settings.chunk_molecules
+    run([(f"molecules-{c:05d}", "molecules", list(pairs[c * size:(c + 1) * size]), c + 1)
+         for c in range(n_mol_chunks)], [])
     mol_shards = [parts / f"molecules-{c:05d}.h5" for c in range(n_mol_chunks)]
     monomers = _monomers(mol_shards) if settings.clusters or settings.boxes else []
     if (settings.clusters or settings.boxes) and not monomers:
         raise DataError("no molecule could be embedded: no clusters or boxes can be made")
-
-    # clusters: orientations of cluster_scan configurations each; the last one cut to the requested total
-    n_orient = -(-settings.clusters // settings.cluster_scan) if settings.clusters else 0
-    n_cluster_chunks = -(-n_orient // settings.chunk_clusters)
-    for c in range(n_cluster_chunks):
-        indices = range(c * settings.chunk_clusters, min((c + 1) * settings.chunk_clusters, n_orient))
-
-        def make(indices=indices):
-            items, skipped = [], []
-            for i in indices:
-                try:
-                    item = cluster_configurations(i, monomers, settings)
-                except Skip as exc:
-                    skipped.append((f"cluster {i}", str(exc)))
-                    continue
-                keep = min(len(item.positions), settings.clusters - i * settings.cluster_scan)
-                item.positions, item.origins = item.positions[:keep], item.origins[:keep]
-                items.append(item)
-            return items, skipped
-
-        run_chunk(f"clusters-{c:05d}", make)
-        log(f"clusters: chunk {c + 1}/{n_cluster_chunks}")
-
-    n_box_chunks = -(-settings.boxes // settings.chunk_boxes)
-    for c in range(n_box_chunks):
-        indices = range(c * settings.chunk_boxes, min((c + 1) * settings.chunk_boxes, settings.boxes))
-
-        def make(indices=indices):
-            items, skipped = [], []
-            for i in indices:
-                try:
-                    items.append(box_configuration(i, monomers, settings))
-                except Skip as exc:
-                    skipped.append((f"box {i}", str(exc)))
-            return items, skipped
-
-        run_chunk(f"boxes-{c:05d}", make)
-        log(f"boxes: chunk {c + 1}/{n_box_chunks}")
+    size = settings.chunk_clusters
+    jobs = [(f"clusters-{c:05d}", "clusters", list(range(c * size, min((c + 1) * size, n_orient))), n_mol_chunks + c + 1)
+            for c in range(n_cluster_chunks)]
+    size = settings.chunk_boxes
+    jobs += [(f"boxes-{c:05d}", "boxes", list(range(c * size, min((c + 1) * size, settings.boxes))),
+              n_mol_chunks + n_cluster_chunks + c + 1) for c in range(n_box_chunks)]
+    run(jobs, monomers)
 
     chunks = ([f"molecules-{c:05d}" for c in range(n_mol_chunks)] + [f"clusters-{c:05d}" for c in range(n_cluster_chunks)]
               + [f"boxes-{c:05d}" for c in range(n_box_chunks)])

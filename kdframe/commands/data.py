@@ -75,6 +75,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--elements", default="H,C,N,O", help="elements allowed; molecules with others are skipped")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-molecules", type=positive_int, default=16, help="molecules per resumable chunk")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes making chunks (same output)")
     p.add_argument("--keep-parts", action="store_true", help="keep OUTPUT.parts/ (shards and journal) after merging")
     p.add_argument("--force", action="store_true",
                    help="replace an existing OUTPUT, or discard an unfinished run with other settings")
@@ -267,7 +268,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         box_rattle=args.box_rattle, elements=tuple(sorted(atomic_numbers[s] for s in symbols)), seed=args.seed,
         chunk_molecules=args.chunk_molecules)
     log = (lambda text: None) if args.no_progress else None
-    summary = generate(args.output, pairs, settings, force=args.force, keep_parts=args.keep_parts, log=log)
+    summary = generate(args.output, pairs, settings, force=args.force, keep_parts=args.keep_parts,
+                       workers=args.workers, log=log)
     for name, reason in summary.skipped:
         if args.no_progress:  # otherwise already reported as it happened
             print(f"skipped {name}: {reason}", file=sys.stderr)
