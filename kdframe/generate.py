@@ -348,14 +348,18 @@ def approach(placed: np.ndarray, r_placed: np.ndarray, mol: np.ndarray, r_mol: n
     centre = placed.mean(axis=0)
     t_far = (np.linalg.norm(placed - centre, axis=1).max() + np.linalg.norm(mol, axis=1).max()
              + 2 * (r_placed.max() + r_mol.max()) * max(ratio, 1.0) + 1.0)
-    t_out, t = t_far, t_far
+    # no pair distance changes faster than t: a step of (ratio now - ratio) x the smallest vdW sum cannot pass
+    # the first contact (bar the 0.05 Å minimum step); bisection then finds it
+    smallest = float(r_placed.min() + r_mol.min())
+    t_out = t = t_far
     while t > 0:
-        t = t_out - 0.25
-        if _min_ratio(centre + t * direction + mol, r_mol, placed, r_placed) <= ratio:
+        now = _min_ratio(centre + t * direction + mol, r_mol, placed, r_placed)
+        if now <= ratio:
             break
         t_out = t
+        t = t - max(0.05, (now - ratio) * smallest)
     t_in = max(t, 0.0)
-    for _ in range(40):
+    for _ in range(24):
         mid = 0.5 * (t_in + t_out)
         if _min_ratio(centre + mid * direction + mol, r_mol, placed, r_placed) <= ratio:
             t_in = mid
@@ -398,86 +402,103 @@ def cluster_configurations(index: int, monomers: Sequence[Monomer], settings: Ge
 # ----------------------------------------------------------------------------- boxes
 
 
-def _box_fits(new: np.ndarray, need_new: np.ndarray, placed: np.ndarray, need_placed: np.ndarray, length: float,
-              self_need: np.ndarray) -> bool:
-    """``new`` against ``placed`` (minimum image, cubic box) and against its own images."""
-    if len(placed):
-        d = new[:, None] - placed[None]
-        d -= length * np.round(d / length)
-        if (np.linalg.norm(d, axis=-1) < need_new[:, None] + need_placed[None]).any():
-            return False
-    diff = new[:, None] - new[None]
-    for s in _SHIFTS:
-        if (np.linalg.norm(diff + s * length, axis=-1) < self_need).any():
-            return False
-    return True
+def random_rotations(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, 3, 3) uniformly distributed rotation matrices."""
+    q = rng.normal(size=(count, 4))
+    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+                     np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+                     np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
 
 
 _SHIFTS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
                    dtype=np.float64)
+INSERT_BATCH, INSERT_ROUNDS = 16, 48  # candidate poses tried at once, and how many times
+
+
+def insert(base: np.ndarray, need: np.ndarray, placed: np.ndarray, need_placed: np.ndarray, length: float,
+           rng: np.random.Generator) -> np.ndarray | None:
+    """``base`` (centred) at a random orientation and position in the cubic box of side ``length`` where every
+    pair with ``placed`` (minimum image) and with its own images is at least the sum of the two atoms' ``need``;
+    None when no candidate fits. Candidates are drawn in batches; the first that fits is taken."""
+    self_need = need[:, None] + need[None]
+    diameter = float(np.linalg.norm(base[:, None] - base[None], axis=-1).max())
+    images = length - diameter < self_need.max()  # otherwise no atom can come close to an image of its molecule
+    pair_need = need[:, None] + need_placed[None]
+    for _ in range(INSERT_ROUNDS):
+        rotations = random_rotations(rng, INSERT_BATCH)
+        candidates = np.einsum("nj,bij->bni", base, rotations) + rng.uniform(0, length, (INSERT_BATCH, 1, 3))
+        fits = np.ones(INSERT_BATCH, dtype=bool)
+        if len(placed):
+            d = candidates[:, :, None] - placed[None, None]
+            d -= length * np.round(d / length)
+            fits = ~(np.einsum("bnpk,bnpk->bnp", d, d) < pair_need[None] ** 2).any(axis=(1, 2))
+        if images:
+            diff = candidates[:, :, None] - candidates[:, None]
+            for shift in _SHIFTS:
+                fits &= ~(np.linalg.norm(diff + shift * length, axis=-1) < self_need[None]).any(axis=(1, 2))
+        if fits.any():
+            return candidates[int(np.argmax(fits))]
+    return None
 
 
 def box_configuration(index: int, monomers: Sequence[Monomer], settings: GenerateSettings) -> Configurations:
-    """One periodic box of a mixture at a random liquid density (see the module docstring)."""
+    """One periodic box of a mixture at a random liquid density (see the module docstring).
+
+    Random insertion, largest molecules first; when it keeps failing, the required contact is lowered step by
+    step (never to bonding distance nor below the hard floor), then other molecules are drawn at the same
+    density (dense liquids are rich in N and O; compressed alkanes do not pack).
+    """
     rng = rng_for(settings.seed, "box", index)
     density = round(float(rng.uniform(*settings.densities)), 2)
-    kinds = [monomers[int(m)] for m in rng.choice(len(monomers), int(rng.integers(1, settings.box_species + 1)),
-                                                  replace=False)]
-    members: list[Monomer] = []
-    total = 0
-    while total < settings.box_atoms:
-        m = kinds[int(rng.integers(len(kinds)))]
-        if total >= 0.85 * settings.box_atoms and total + len(m.species) > 1.15 * settings.box_atoms:
-            break
-        members.append(m)
-        total += len(m.species)
-    members.sort(key=lambda m: -len(m.species))  # the largest first
-    mass = sum(m.mass for m in members)
-    length = (mass * AMU_PER_A3_IN_G_CM3 / density) ** (1.0 / 3.0)
-    species = np.concatenate([m.species for m in members])
-    molecule_of = np.repeat(np.arange(len(members)), [len(m.species) for m in members])
-    offsets = np.cumsum([0] + [len(m.species) for m in members])
-    bonds = np.concatenate([m.bonds + o for m, o in zip(members, offsets)])
     last = "no attempt"
-    for contact in (settings.box_contact, 0.85 * settings.box_contact, 0.7 * settings.box_contact,
-                    0.55 * settings.box_contact):
-        for _restart in range(3):
-            placed = np.zeros((0, 3))
-            need_placed = np.zeros(0)
-            ok = True
-            for m in members:
-                need = np.maximum(contact * vdw_radii[m.species], covalent_radii[m.species] * BOND_SCALE)
-                need = np.maximum(need, MIN_DISTANCE / 2)
-                self_need = need[:, None] + need[None]
-                base = m.conformers[int(rng.integers(len(m.conformers)))]
-                base = base - base.mean(axis=0)
-                for _attempt in range(500):
-                    new = base @ random_rotation(rng).T + rng.uniform(0, length, 3)
-                    if _box_fits(new, need, placed, need_placed, length, self_need):
-                        placed = np.concatenate([placed, new])
-                        need_placed = np.concatenate([need_placed, need])
+    for _composition in range(4):
+        kinds = [monomers[int(m)] for m in rng.choice(len(monomers), min(len(monomers), int(rng.integers(
+            1, settings.box_species + 1))), replace=False)]
+        members: list[Monomer] = []
+        total = 0
+        while total < settings.box_atoms:
+            m = kinds[int(rng.integers(len(kinds)))]
+            if total >= 0.85 * settings.box_atoms and total + len(m.species) > 1.15 * settings.box_atoms:
+                break
+            members.append(m)
+            total += len(m.species)
+        members.sort(key=lambda m: -len(m.species))  # the largest first
+        length = (sum(m.mass for m in members) * AMU_PER_A3_IN_G_CM3 / density) ** (1.0 / 3.0)
+        species = np.concatenate([m.species for m in members])
+        molecule_of = np.repeat(np.arange(len(members)), [len(m.species) for m in members])
+        offsets = np.cumsum([0] + [len(m.species) for m in members])
+        bonds = np.concatenate([m.bonds + o for m, o in zip(members, offsets)])
+        names = ", ".join(sorted({m.name for m in members}))
+        for contact in (settings.box_contact * f for f in (1.0, 0.85, 0.7, 0.55)):
+            for _restart in range(2):
+                placed, need_placed = np.zeros((0, 3)), np.zeros(0)
+                for m in members:
+                    need = np.maximum.reduce([contact * vdw_radii[m.species], covalent_radii[m.species] * BOND_SCALE,
+                                              np.full(len(m.species), MIN_DISTANCE / 2)])
+                    base = m.conformers[int(rng.integers(len(m.conformers)))]
+                    new = insert(base - base.mean(axis=0), need, placed, need_placed, length, rng)
+                    if new is None:
                         break
+                    placed, need_placed = np.concatenate([placed, new]), np.concatenate([need_placed, need])
                 else:
-                    ok = False
-                    break
-            if not ok:
-                last = f"random insertion failed at contact {contact:.2f}"
-                continue
-            cell = np.eye(3) * length
-            positions = placed
-            if settings.box_rattle > 0:
-                for _ in range(RATTLE_DRAWS):
-                    trial = placed + rng.normal(0.0, settings.box_rattle / np.sqrt(3.0), placed.shape)
-                    if check(species, trial, molecule_of, bonds, cell) is None:
-                        positions = trial
-                        break
-            reason = check(species, positions, molecule_of, bonds, cell)
-            if reason is None:
-                name = "box:" + "+".join(sorted({m.name for m in members}))
-                return Configurations(name, species, positions[None], [f"box:{density:.2f}"], cell[None],
-                                      molecule_of=molecule_of, bonds=bonds)
-            last = reason
-    raise Skip(f"box {index} ({', '.join(sorted({m.name for m in members}))}, {density} g/cm3): {last}")
+                    cell = np.eye(3) * length
+                    positions = placed
+                    if settings.box_rattle > 0:
+                        for _ in range(RATTLE_DRAWS):
+                            trial = placed + rng.normal(0.0, settings.box_rattle / np.sqrt(3.0), placed.shape)
+                            if check(species, trial, molecule_of, bonds, cell) is None:
+                                positions = trial
+                                break
+                    reason = check(species, positions, molecule_of, bonds, cell)
+                    if reason is None:
+                        return Configurations("box:" + "+".join(sorted({m.name for m in members})), species,
+                                              positions[None], [f"box:{density:.2f}"], cell[None],
+                                              molecule_of=molecule_of, bonds=bonds)
+                    last = f"{names}: {reason}"
+                    continue
+                last = f"{names}: random insertion failed at contact {contact:.2f}"
+    raise Skip(f"box {index} ({density} g/cm3): {last}")
 
 
 # ----------------------------------------------------------------------------- chunks, journal, merge
