@@ -426,8 +426,15 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
         if flat and getattr(dataset, "pbc", None) is not None and bool(np.asarray(dataset.pbc).any()):
             raise DataError(f"{input_path}: periodic configurations, but the teacher's architecture {flat[0]!r} does "
                             "not handle periodic cells")
+    if head_index and align_to is not None:
+        raise ConfigError("--head", f"offsets are fitted to the first head's energies; --align-to with --head {head} "
+                                    "is not supported (valid: the first head, "
+                                    f"{teacher.members[0].heads[0]!r})")
     species = covered_species(teacher)
     skip, skipped = uncovered(dataset, species)
+    if skip.all():
+        raise DataError(f"{input_path}: no configuration has only elements the teacher {spec.name} covers "
+                        f"({', '.join(_element_symbol(z) for z in species)})")
     align_key = None
     align_data = None
     if align_to is not None:

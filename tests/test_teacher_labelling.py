@@ -35,6 +35,7 @@ def _toy(seed: int, species=(1, 6, 7, 8)) -> Potential:
 
 
 def _members(tmp_path, n: int = 3, species=(1, 6, 7, 8)) -> list[str]:
+    tmp_path.mkdir(exist_ok=True)
     args = []
     for i in range(n):
         _toy(i, species).save(tmp_path / f"m{i}.pt")
@@ -147,6 +148,8 @@ def test_bad_inputs_are_one_error_line(tmp_path, ani_file, capsys):
     assert "is the source file" in _error(capsys, ani_file, ani_file, *models)
     assert "not found" in _error(capsys, ani_file, tmp_path / "o.h5", *models, "--align-to", ani_file,
                                  "--energy-key", "nope.energy")
+    assert "no configuration has only elements the teacher" in _error(capsys, ani_file, tmp_path / "o.h5",
+                                                                      *_members(tmp_path / "co", 1, species=(6, 8)))
     (tmp_path / "o.h5").write_text("")
     assert "exists" in _error(capsys, ani_file, tmp_path / "o.h5", *models)
     assert "worker processes label on the CPU" in _error(capsys, ani_file, tmp_path / "p.h5", *models,
