@@ -20,8 +20,12 @@ sorted by name, each as one of its ``conf`` geometries):
 * ``box:<density>``: cubic periodic boxes of a mixture of 1-3 molecules at a liquid density drawn in
   0.8-1.1 g/cm³ (the cell is sized from the molecules' masses, so the density is exact), filled by random
   insertion with random orientations, each intermolecular pair (also through the periodic images) at least
-  ``box_contact`` times the sum of the van der Waals radii (lowered step by step when insertion keeps failing),
-  optionally rattled. Molecules are kept whole (centres of mass inside the cell).
+  ``box_contact`` (0.7) times the sum of the van der Waals radii (lowered step by step to 0.55 of that when
+  insertion keeps failing, never to bonding distance; then other molecules are drawn at the same density),
+  optionally rattled. Molecules are kept whole (centres of mass inside the cell); the ``box:`` name lists them.
+
+Rattles of the largest amplitudes break a bond of larger molecules often: after ``RATTLE_DRAWS`` draws that
+rattle is left out (about a quarter of those at 0.25 Å on the shipped list), so counts are upper bounds.
 
 Every configuration passes :func:`check`: no two atoms (periodic images included) closer than 0.7 Å, every
 bond of each molecule's graph present and no other pair within bonding distance, except the intermolecular
@@ -31,7 +35,9 @@ Resumable: the work is split into chunks (molecule chunks, then cluster and box 
 shard in ``OUTPUT.parts/`` and recorded in ``OUTPUT.parts/journal.jsonl`` once whole; a rerun of the same command
 skips recorded chunks, then everything is merged into OUTPUT (atomic rename) and the parts are removed. A
 molecule that cannot be used (invalid SMILES, element outside ``elements``, no embedding, no sane conformer) is
-reported by name on stderr and in ``OUTPUT.skipped.txt``, and skipped.
+reported by name on stderr and in ``OUTPUT.skipped.txt``, and skipped. The same command gives a byte-identical
+OUTPUT, interrupted or not, with any ``workers``. Measured on the shipped 751-molecule list, 1 core: about 330
+configurations per second (``--conformers 2 --rattle 8 --torsions 4 --clusters 500 --boxes 10``: 10,509 in 33 s).
 """
 
 from __future__ import annotations
