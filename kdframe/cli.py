@@ -88,6 +88,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                           [f"{BUNDLED_PREFIX}{p.name}" for p in sorted(BUNDLED_DIR.glob("*.h5"))])
     if args.out is not None and Path(args.out).is_dir():
         raise ConfigError("--out", f"{args.out} is a directory; give the markdown file to write")
+    if args.out is not None and Path(args.out).exists() and any(
+            Path(args.out).samefile(p) for p in [*args.model, data_path] if Path(p).exists()):
+        raise ConfigError("--out", f"{args.out} is an input of this evaluation (a --model or the --data file); "
+                          "give another markdown file to write")
     model, members, name, default_out = _evaluation_model(args)
     optional = {"forces": args.forces_key, "stress": args.stress_key}
     keys = {"energy": args.energy_key, **{label: key for label, key in optional.items() if key}}

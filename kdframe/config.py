@@ -89,6 +89,10 @@ class ModelSpec(pydantic.BaseModel):
             raise invalid(("architecture",), f"unknown architecture {self.architecture!r} "
                           f"(valid: {', '.join(sorted(archs)) or '(none)'})", self.architecture)
         hyperparameters = archs[self.architecture].Hyperparameters
+        for key, value in self.hyperparameters().items():  # pydantic would read true/false as 1/0
+            field = hyperparameters.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+                raise invalid((key,), f"{value!r} is not a number (valid: {field.annotation.__name__})", value)
         try:
             hyperparameters.model_validate(self.hyperparameters())
         except pydantic.ValidationError as exc:  # re-raised with each error at its key under this spec
@@ -147,7 +151,12 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(str(path), "config file not found")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a binary file, or text saved as Latin-1 / UTF-16
+        raise ConfigError(str(path), f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "give a YAML file saved as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -22,12 +22,17 @@ ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation
                       errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the disk",
                       errno.EDQUOT: "disk quota exceeded"}
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+#: Something not kdframe's own where it writes: a file where a folder goes, a folder where a file goes, a symlink loop.
+IN_THE_WAY = {errno.EEXIST: "a file is in the way of a folder", errno.ENOTDIR: "a file is in the way of a folder",
+              errno.EISDIR: "a folder is in the way of a file", errno.ELOOP: "a symlink loop is in the way"}
 
 
 def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
     """One message naming ``path``, why it cannot be written and what to do."""
-    why = ENVIRONMENT_ERRNOS.get(exc.errno) or exc.strerror or str(exc)
-    if exc.errno in FULL_DISK:
+    why = ENVIRONMENT_ERRNOS.get(exc.errno) or IN_THE_WAY.get(exc.errno) or exc.strerror or str(exc)
+    if exc.errno in IN_THE_WAY:
+        todo = "move that out of the way (kdframe keeps its own files and folders there), or use another run_dir"
+    elif exc.errno in FULL_DISK:
         todo = "free some space, then run the same command again (finished work is kept)"
     else:
         todo = "make it writable or write elsewhere (e.g. another run_dir)"
@@ -36,6 +41,11 @@ def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
 
 def is_environment_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """The environment, or something in the way (:data:`IN_THE_WAY`): one message, not a traceback."""
+    return is_environment_error(exc) or (isinstance(exc, OSError) and exc.errno in IN_THE_WAY)
 
 
 def _new_file_mode() -> int:
@@ -50,9 +60,9 @@ def make_dir(path: str | os.PathLike) -> None:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if not is_environment_error(exc):
+        if not _cannot_write(exc):
             raise
-        raise write_error(path, exc) from None
+        raise write_error(exc.filename if exc.errno in IN_THE_WAY and exc.filename else path, exc) from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -78,7 +88,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if is_environment_error(exc):
+        if _cannot_write(exc):
             raise write_error(path, exc) from None
         raise
 
@@ -125,7 +135,7 @@ def lock_directory(directory: str | os.PathLike) -> str | None:
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return None
-        if is_environment_error(exc):
+        if _cannot_write(exc):
             raise write_error(path, exc) from None
         raise
     try:

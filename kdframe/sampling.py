@@ -48,6 +48,18 @@ class SamplingSettings:
     seed: int = 0
     method: str = "xtb"
 
+    def __post_init__(self) -> None:
+        """Counts and temperatures checked before any work (RDKit and xTB fail on them with tracebacks)."""
+        from .errors import ConfigError
+
+        at_least = {"conformers": 1, "max_conformers": 1, "normal_modes": 0, "md_frames": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')}", f"{getattr(self, name)} (valid: {low}, {low + 1}, ...)")
+        for name in ("nms_temperatures", "md_temperatures"):
+            if not all(t > 0 for t in getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')}", f"{list(getattr(self, name))} (valid: temperatures > 0 K)")
+
 
 @dataclass
 class SampledMolecule:

@@ -35,7 +35,8 @@ def _all_optional(settings: type[pydantic.BaseModel]) -> type[pydantic.BaseModel
     for name, field in settings.model_fields.items():
         annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         fields[name] = (Optional[annotation], None)
-    return pydantic.create_model("TrainingOverrides", __base__=Strict, **fields)
+    finite = type("FiniteStrict", (Strict,), {"model_config": pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)})
+    return pydantic.create_model("TrainingOverrides", __base__=finite, **fields)
 
 
 TrainingOverrides = _all_optional(TrainSettings)

@@ -43,8 +43,8 @@ def molecule_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
         if has_xyz and has_z:
             found.append((name, obj))
         elif has_xyz or has_z or any(isinstance(v, h5py.Dataset) and k.endswith(LABEL_ENDINGS) for k, v in obj.items()):
-            missing = "atomic_numbers' (or 'species'" if has_xyz else "coordinates"
-            raise DataError(f"{f.filename}:/{name}: no '{missing}' key (keys: {', '.join(sorted(obj))}) (valid: every "
+            missing = "'atomic_numbers' (or 'species')" if has_xyz else "'coordinates'"
+            raise DataError(f"{f.filename}:/{name}: no {missing} key (keys: {', '.join(sorted(obj))}) (valid: every "
                             "molecule group holds 'coordinates' and 'atomic_numbers' or 'species')")
 
     f.visititems(visit)

@@ -45,7 +45,7 @@ CHECKPOINT, PREVIOUS, METRICS = "checkpoint.pt", "checkpoint.prev.pt", "metrics.
 
 
 class TrainSettings(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf would train on NaN
 
     batch_size: int = pydantic.Field(32, ge=1)
     max_epochs: int = pydantic.Field(400, ge=1)
@@ -54,7 +54,7 @@ class TrainSettings(pydantic.BaseModel):
     lr_patience: int = pydantic.Field(20, ge=1)
     termination_patience: int = pydantic.Field(40, ge=1)
     weight_l2: float = pydantic.Field(1e-4, ge=0)  # w_L2 on weight matrices (not biases)
-    regularisers: dict[str, float] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
+    regularisers: dict[str, pydantic.NonNegativeFloat] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
     dtype: Literal["float32", "float64"] = "float32"
     eval_batch_size: int = pydantic.Field(128, ge=1)
 

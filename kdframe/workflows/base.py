@@ -85,6 +85,9 @@ class Run:
             raise ConfigError("run_dir", "empty; give the folder for this run's models and report (made if missing), "
                               "e.g. runs/my_run")
         self.dir = resolve_path(config.run_dir, Path.cwd())
+        if self.dir.is_symlink() and not self.dir.exists():
+            raise ConfigError("run_dir", f"{self.dir} is a symlink to nothing (a loop, or its target is gone); "
+                              "give a directory (made if missing)")
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError("run_dir", f"{self.dir} is a file; give a directory (made if missing)")
         self.device = device_for(config.device)
@@ -124,6 +127,12 @@ class Run:
                 periodic.append(f"data.evaluate[{i}] ({spec.path})")
         if periodic:
             self._check_periodic(periodic)
+        # Every student block's extra sources are read now: a missing key or element is an error before any work.
+        self._sources: dict[str, Dataset] = {}
+        for where, block in blocks_in(config, (Student, Sweep)):
+            for student in (block.students() if isinstance(block, Sweep) else [block]):
+                for name, source in student.sources.items():
+                    self._source(name, source, f"{where}.sources.{name}")
 
     # --- the run directory ----------------------------------------------------------------------
     def lock(self) -> None:
@@ -247,19 +256,26 @@ class Run:
         """The run's train and validation configurations mixed with each source's own split of its file."""
         train_parts, valid_parts = [train], [valid]
         for name, source in student.sources.items():
-            where = f"sources.{name}"
-            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where,
-                             {f"{name}.{quantity}": key for quantity, key in source.keys().items()})
-            extra = sorted(set(data.elements().tolist()) - set(self.species))
-            if extra:
-                raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "
-                                f"data (elements there: {self.species})")
+            data = self._source(name, source, f"sources.{name}")
             order = np.random.default_rng(self.config.seed).permutation(len(data))
             cut = max(1, int(round(source.valid_fraction * len(data))))
             valid_parts.append(data.subset(np.sort(order[:cut])))
             train_parts.append(data.subset(np.sort(order[cut:])))
         shares = [s.share for s in student.sources.values()]
         return Mixture(train_parts, [1 - sum(shares), *shares]), Mixture(valid_parts)
+
+    def _source(self, name: str, source: Any, where: str) -> Dataset:
+        """One ``sources`` entry's file with its labels named ``NAME.QUANTITY``; read once per run."""
+        key = json.dumps([name, source.model_dump()], sort_keys=True, default=str)
+        if key not in self._sources:
+            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where,
+                             {f"{name}.{quantity}": key for quantity, key in source.keys().items()})
+            extra = sorted(set(data.elements().tolist()) - set(self.species))
+            if extra:
+                raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "
+                                f"data (elements there: {self.species})")
+            self._sources[key] = data
+        return self._sources[key]
 
     def _finished_model(self, stage_dir: Path, spec: ModelSpec, heads: Sequence[str]) -> Potential | None:
         """A finished stage's model.pt; None (with a note) when it is damaged and the stage's checkpoint can
