@@ -100,3 +100,14 @@ def test_hessian_workflow_table_with_hessian_errors(tmp_path, hessian_file, caps
     config.write_text(config.read_text().replace("  teacher: E-F-H\n", "  teacher: E-F-X\n"))
     assert main(["run", str(config), "--quiet"]) == 2
     assert "distillation.teacher: not a variant" in capsys.readouterr().err
+
+
+def test_a_student_on_fresh_teacher_probes_trains(tmp_path, hessian_file, capsys, monkeypatch):
+    """Teacher HVPs along fresh probes come online, not from the data (the shipped config's case)."""
+    monkeypatch.setattr("kdframe.report.parity_plot", lambda *args: False)
+    text = textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file))
+    config = tmp_path / "h.yaml"
+    config.write_text(text.replace("probes: {kind: one_hot, regime: fixed}", "probes: {kind: rademacher, regime: fresh}"))
+    assert main(["run", str(config), "--quiet"]) == 0, capsys.readouterr().err
+    assert "student (E-F-H HVPs)" in capsys.readouterr().out
+    assert not list((tmp_path / "run" / "knowledge").glob("teacher_hvp-*.h5"))  # online: nothing cached

@@ -206,7 +206,7 @@ class Run:
         terms = student.terms() if terms is None else list(terms)
         train_idx = self.splits["train"] if train_idx is None else train_idx
         valid_idx = self.splits["valid"] if valid_idx is None else valid_idx
-        missing = sorted({t.label for t in terms} - set(data.labels))
+        missing = sorted({t.label for t in terms} - set(data.labels) - {s.label for s, _ in online})
         if missing:
             raise ConfigError(stage, f"the loss names labels the data does not have: {', '.join(missing)}; "
                               "name their keys under data.train or drop those loss weights")
@@ -214,7 +214,7 @@ class Run:
         settings = student.settings(self.config.training)
         # Configurations carrying none of the terms' labels (e.g. no CC energy yet) only cost time.
         # The stage depends on the labels its terms use, not on others the file gains later.
-        used = [term.label for term in terms]
+        used = [term.label for term in terms if term.label in data.labels]  # not online knowledge
         labelled = data.labelled(used)
         used += [term.probe for term in terms if term.probe in data.labels]
         train_idx, valid_idx = train_idx[labelled[train_idx]], valid_idx[labelled[valid_idx]]
