@@ -213,3 +213,36 @@ def test_a_group_without_atomic_numbers_is_named_with_balanced_quotes(tmp_path, 
     with pytest.raises(DataError, match=r"edited.h5:/water: no 'atomic_numbers' \(or 'species'\) key \(keys: "
                                         r"coordinates, morse.energy, morse.forces\)"):
         read_dataset(copy, {"energy": "morse.energy"})
+
+
+def _odd_energies(path, values):
+    import h5py
+
+    from toy import write_ani_file
+
+    write_ani_file(path, n_conf=3)
+    with h5py.File(path, "a") as f:
+        for group in f.values():
+            del group["morse.energy"]
+            group["morse.energy"] = values
+    return path
+
+
+@pytest.mark.parametrize("values", [np.array([1 + 1j, 2 + 0j, 3 + 0j]), np.array([b"-1.0", b"-2.0", b"-3.0"])],
+                         ids=["complex", "bytes"])
+def test_data_pack_and_info_refuse_energies_that_are_not_real_numbers(tmp_path, capsys, values):
+    from kdframe.cli import main
+
+    path = _odd_energies(tmp_path / "odd.h5", values)
+    for argv in (["data", "pack", str(path), str(tmp_path / "p.h5")], ["data", "info", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "'morse.energy' holds" in err and "(valid: real numbers" in err, err
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_data_sample_refuses_a_bad_smiles_before_its_progress_bar(tmp_path, capsys):
+    from kdframe.cli import main
+
+    assert main(["data", "sample", str(tmp_path / "s.h5"), "--smiles", "x:C1CC"]) == 2
+    assert capsys.readouterr().err == "kdframe: error: x: invalid SMILES 'C1CC'\n"

@@ -20,7 +20,7 @@ from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
-from ..data.ani_layout import check_hartree, energy_ratios, molecule_groups, molecule_species, open_hdf5
+from ..data.ani_layout import check_hartree, energy_ratios, molecule_groups, molecule_species, open_hdf5, real_numbers
 from ..data.packed import describe as describe_packed, is_packed
 from ..io import atomic_write
 
@@ -206,10 +206,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                 include_optimized=not args.no_optimized, seed=args.seed, method=args.method)
     labeler = get_labeler(args.method)
     todo = [(n, s) for n, s in pairs if n not in existing]
+    _check_smiles(todo)  # before the progress bar, so an error is its own line
     sampled = [sample_molecule(n, s, settings, labeler) for n, s in tqdm(todo, desc="sampling", unit="mol")]
     write_sampled(out, sampled, settings, labeler)
     print(f"{out}: {len(sampled)} molecules, {sum(len(m.coordinates) for m in sampled)} conformations added")
     return 0
+
+
+def _check_smiles(molecules: Sequence[tuple[str, str]]) -> None:
+    """Every SMILES parses (RDKit), or one error naming the first that does not."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    for name, smiles in molecules:
+        if Chem.MolFromSmiles(smiles) is None:
+            raise DataError(f"{name}: invalid SMILES {smiles!r}")
 
 
 def write_sampled(path: Path, molecules: list, settings, labeler) -> None:
@@ -344,7 +355,7 @@ def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str 
             row = [name, str(g.attrs.get("smiles", "")), na, nc]
             for key in sorted(k for k in g if "." in k):
                 method, quantity = key.rsplit(".", 1)
-                data = g[key][()]
+                data = real_numbers(f"{path}:/{name}/{key}", key, g[key][()])
                 ok = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
                 s = stats.setdefault(key, {"n": 0, "mols": 0, "min": np.inf, "max": -np.inf, "spread": 0.0, "failed": 0})
                 s["n"] += int(ok.sum())

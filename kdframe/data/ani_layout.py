@@ -193,3 +193,13 @@ def checked_label(where: str, label: str, value: np.ndarray, n_conf: int, n_atom
         raise DataError(f"{where}: infinite value at conformation {bad[0][0]} (NaN marks a missing value; a failed "
                         "QC job?)")
     return value
+
+
+def real_numbers(where: str, label: str, value) -> np.ndarray:
+    """``value`` as float64; text, complex numbers or other non-numbers are refused, not parsed or cut."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "iuf":
+        shown = value.reshape(-1)[0].tolist() if value.size else value.dtype
+        raise DataError(f"{where}: {label!r} holds {value.dtype} values such as {shown!r} (valid: real numbers, "
+                        "NaN for a missing one)")
+    return value.astype(np.float64)

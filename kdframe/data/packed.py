@@ -36,7 +36,7 @@ from ..batch import Batch
 from ..errors import DataError
 from ..units import HARTREE_TO_EV
 from .ani_layout import (check_hartree, checked_label, energy_ratios, molecule as ani_molecule, molecule_groups,
-                         molecule_species, open_hdf5, unpad)
+                         molecule_species, open_hdf5, real_numbers, unpad)
 from .dataset import PER_ATOM, PER_CONF, Batching, atom_ranges
 
 FORMAT = "kdframe-packed-2"
@@ -225,7 +225,8 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                     kinds.setdefault(key, PER_CONF)
                     if units == "auto" and key.endswith(("energy", "energies")):
                         z = molecule_species(group)
-                        ratios.setdefault(key, []).append(energy_ratios(value[()], z[z > 0]))
+                        ratios.setdefault(key, []).append(energy_ratios(
+                            real_numbers(f"{source}:/{name}/{key}", key, value[()]), z[z > 0]))
                 elif value.shape == (k, n, 3):
                     kinds.setdefault(key, PER_ATOM)
         for key, found in ratios.items():
@@ -236,7 +237,8 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                 z, xyz, keep = ani_molecule(source, name, group)
                 k, n = group["coordinates"].shape[:2]
                 labels = {key: unpad(checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else "forces",
-                                                   np.asarray(group[key][()], dtype=np.float64), k, n), keep, n)
+                                                   real_numbers(f"{source}:/{name}/{key}", key, group[key][()]), k, n),
+                                      keep, n)
                           * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
                 writer.add(name, z, xyz, labels)
         except BaseException:

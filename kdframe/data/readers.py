@@ -28,7 +28,7 @@ from ..units import HARTREE_TO_EV
 from ..derivatives import pack_hessians
 from .dataset import Dataset, concat_labels
 from .ani_layout import (check_geometries, check_hartree, checked_label, energy_ratios, molecule as ani_molecule,
-                         molecule_groups, open_hdf5, unpad)
+                         molecule_groups, open_hdf5, real_numbers, unpad)
 from .packed import PackedDataset, is_packed
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -76,7 +76,7 @@ def _read_ani_hdf5(path: Path, keys: Mapping[str, str], units: str) -> Dataset:
                 if key not in group:
                     available = sorted(k for k in group.keys() if k not in ("coordinates", "atomic_numbers", "species"))
                     raise DataError(f"{path}:/{name}: key {key!r} (for {label!r}) not found (available: {', '.join(available)})")
-                raw = checked_label(f"{path}:/{name}/{key}", label, _real_numbers(f"{path}:/{name}/{key}", label,
+                raw = checked_label(f"{path}:/{name}/{key}", label, real_numbers(f"{path}:/{name}/{key}", label,
                                                                                   group[key][()]), n_conf, n_padded)
                 if units == "auto" and (label == "energy" or key.endswith(("energy", "energies"))) and raw.ndim == 1:
                     ratios.setdefault(key, []).append(energy_ratios(raw, z))
@@ -188,24 +188,14 @@ def _stress(path: Path, i: int, atoms, key: str) -> np.ndarray:
                     "(Voigt: xx yy zz yz xz xy), 9 or 3x3 values")
 
 
-def _real_numbers(where: str, label: str, value) -> np.ndarray:
-    """``value`` as float64; text, complex numbers or other non-numbers are refused, not parsed or cut."""
-    value = np.asarray(value)
-    if value.dtype.kind not in "iuf":
-        shown = value.reshape(-1)[0].tolist() if value.size else value.dtype
-        raise DataError(f"{where}: {label!r} holds {value.dtype} values such as {shown!r} (valid: real numbers, "
-                        "NaN for a missing one)")
-    return value.astype(np.float64)
-
-
 def _frame_value(path: Path, i: int, atoms, key: str) -> np.ndarray:
     where = f"{path}: frame {i}: key {key!r}"
     if key in atoms.info:
-        return _real_numbers(where, key, atoms.info[key])
+        return real_numbers(where, key, atoms.info[key])
     if key in atoms.arrays:
-        return _real_numbers(where, key, atoms.arrays[key])
+        return real_numbers(where, key, atoms.arrays[key])
     calc = atoms.calc
     if calc is not None and key in getattr(calc, "results", {}):
-        return _real_numbers(where, key, calc.results[key])
+        return real_numbers(where, key, calc.results[key])
     available = sorted(set(atoms.info) | set(atoms.arrays) | set(getattr(calc, "results", {}) if calc else ()))
     raise DataError(f"{path}: frame {i}: key {key!r} not found (available: {', '.join(available)})")
