@@ -61,6 +61,9 @@ class Source(Strict):
     """
 
     path: str  # ANI-layout HDF5, extxyz or a packed file (streamed from disk)
+    # "file": its own labels (the keys below); "teachers": the run's (aligned) teachers label it first (EKD), into
+    # a packed file in run_dir/knowledge, resumable, so unlabelled configurations (kdframe data generate) will do.
+    labelled_by: Literal["file", "teachers"] = "file"
     energy: str | None = None  # keys in that file
     forces: str | None = None
     units: Literal["auto", "hartree", "ev"] = "auto"
@@ -71,8 +74,12 @@ class Source(Strict):
     @pydantic.model_validator(mode="after")
     def _usable(self, info: pydantic.ValidationInfo) -> "Source":
         check_weights(self.weights, {"energy": 0, "forces": 0})
+        if self.labelled_by == "teachers":
+            given = [k for k in ("energy", "forces") if getattr(self, k) is not None]
+            if given:
+                raise invalid((given[0],), "the teachers label this source (labelled_by: teachers): drop the key")
         for name in self.weights:
-            if getattr(self, name) is None:
+            if self.labelled_by == "file" and getattr(self, name) is None:
                 raise invalid(("weights", name), f"this source has no {name}: name their key as '{name}'")
         config_dir = (info.context or {}).get("config_dir", Path.cwd())
         if not resolve_path(self.path, config_dir).is_file():

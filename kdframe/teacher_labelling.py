@@ -388,8 +388,11 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                   align_to: str | os.PathLike | None = None, energy_key: str | None = None, head: str | None = None,
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
                   spread: bool = True, per_atom: bool = False, force: bool = False, keep_parts: bool = False,
-                  progress: bool = False) -> Summary:
-    """Label every configuration of ``input_path`` with the teacher ``spec``; OUTPUT as a packed file. Resumable."""
+                  progress: bool = False, offsets: Sequence[float] | None = None) -> Summary:
+    """Label every configuration of ``input_path`` with the teacher ``spec``; OUTPUT as a packed file. Resumable.
+
+    ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
+    alignment), used instead of fitting them to ``align_to``."""
     from .data.packed import check_target
 
     input_path, output = Path(input_path), Path(output)
@@ -401,6 +404,8 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     if workers and torch.device(device).type != "cpu":
         raise ConfigError("--workers", f"worker processes label on the CPU; with --device {device} use one process "
                                        "(--workers 0)")
+    if offsets is not None and align_to is not None:
+        raise ConfigError("--align-to", "give fitted offsets or --align-to, not both")
     if (align_to is None) != (energy_key is None):
         raise ConfigError("--align-to", "give --align-to DATA together with --energy-key KEY (the ground truth's "
                                         "energies the offsets are fitted to)")
@@ -445,7 +450,8 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                      "content": align_data.content_hash(labels=["energy"])}
     options = {"format": FORMAT, "input": input_path.name, "input_content": dataset.content_hash(labels=()),
                "teacher": spec.describe(), "teacher_fingerprint": fingerprint, "head": head_index,
-               "align": align_key, "chunk_size": chunk_size, "batch_size": batch_size,
+               "align": align_key, "given_offsets": None if offsets is None else [float(v) for v in offsets],
+               "chunk_size": chunk_size, "batch_size": batch_size,
                "device": torch.device(device).type, "spread": spread, "per_atom_spread": per_atom}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     ranges = chunk_ranges(len(dataset), chunk_size)
@@ -465,7 +471,7 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                                 f"{', '.join(changed) or 'the run key'}); run it again as it was, or delete {parts} "
                                 "to start over")
         if header is None:
-            offsets = None
+            offsets = None if offsets is None else [float(v) for v in offsets]
             if align_data is not None:
                 if align_data.elements().tolist() and set(align_data.elements().tolist()) - set(species):
                     raise DataError(f"{align_to}: elements {sorted(set(align_data.elements().tolist()) - set(species))} "
@@ -484,7 +490,7 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             missing = sorted(set(dataset.elements().tolist()) - set(summary.offsets) - {0})
             if missing:
                 warn(f"{input_path}: element(s) {', '.join(_element_symbol(z) for z in missing)} absent from "
-                     f"{align_to}: their energies keep the teacher's own reference energies")
+                     f"{align_to or 'the offsets given'}: their energies keep the teacher's own reference energies")
         todo = []
         for index, (start, stop) in enumerate(ranges):
             record = done.get(index)

@@ -125,3 +125,58 @@ def test_bad_sources_are_refused_before_any_work(tmp_path, ani_file, capsys):
         assert main(["run", _ekd_config(tmp_path, ani_file, sources), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+def test_the_runs_aligned_teachers_label_an_unlabelled_source(tmp_path, ani_file, monkeypatch, capsys):
+    """``labelled_by: teachers``: the pretrained ensemble, aligned to the run's energies, labels the file once
+    (into run_dir/knowledge); the student trains on those labels, which sit on the run's energy scale."""
+    import h5py
+
+    from kdframe.cli import main
+    from kdframe.data.packed import PackedDataset
+    from kdframe.plugins import registry
+    from kdframe.potential import Ensemble, Potential
+
+    def shifted_zoo() -> Ensemble:  # another level of theory: 50 eV per atom off the run's energies
+        torch.manual_seed(1)
+        members = [Potential(registry().architectures["toy"], {"width": 4}, [1, 6, 7, 8]) for _ in range(2)]
+        with torch.no_grad():
+            for m in members:
+                m.reference_energies += 50.0
+        return Ensemble(members)
+
+    monkeypatch.setitem(registry().pretrained, "toyzoo", shifted_zoo)
+    write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=7)
+    with h5py.File(tmp_path / "sampled.h5", "a") as f:  # unlabelled configurations, as data generate writes
+        for group in f.values():
+            del group["morse.energy"], group["morse.forces"]
+    config = _ekd_config(tmp_path, ani_file, {"sampled": {"path": "sampled.h5", "labelled_by": "teachers",
+                                                          "weights": {"energy": 1, "forces": 10}, "share": 0.5}})
+    raw = __import__("yaml").safe_load(open(config))
+    raw["teachers"] = {"pretrained": "toyzoo"}
+    open(config, "w").write(__import__("yaml").safe_dump(raw))
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    labelled = list((tmp_path / "run" / "knowledge").glob("teacher_labels-sampled-*.h5"))
+    assert len(labelled) == 1
+    energies = PackedDataset.open(labelled[0], {"e": "teacher.energy"}).labels["e"]
+    truth = read_dataset(ani_file, {"energy": "morse.energy"}).labels["energy"]
+    assert abs(np.mean(energies) - np.mean(truth)) < 5.0  # aligned: not 50 eV x atoms away
+    assert "valid_rmse[forces:sampled.forces]" in (tmp_path / "run" / "student" / "metrics.csv").read_text()
+    mtime = labelled[0].stat().st_mtime
+    assert main(["run", config, "--quiet"]) == 0 and labelled[0].stat().st_mtime == mtime  # labelled once
+
+
+def test_a_workflow_without_teachers_refuses_teacher_labelled_sources(tmp_path, ani_file, capsys):
+    import yaml
+
+    from kdframe.cli import main
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=4)
+    raw = {"workflow": "train", "run_dir": str(tmp_path / "run"), "data": {"train": {"path": str(ani_file),
+                                                                                    "energy": "morse.energy"}},
+           "potential": {"model": {"architecture": "toy"}, "sources": {"s": {"path": "sampled.h5",
+                                                                             "labelled_by": "teachers",
+                                                                             "weights": {"energy": 1}, "share": 0.5}}}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["run", str(tmp_path / "t.yaml"), "--quiet"]) == 2
+    assert "potential.sources.s.labelled_by: workflow 'train' has no teachers" in capsys.readouterr().err

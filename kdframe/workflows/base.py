@@ -46,6 +46,7 @@ class Workflow(ABC):
     Config: ClassVar[type[Base]]
     stages: ClassVar[tuple[str, ...]] = ("train", "label", "run")  # what `kdframe train/label/run` stop after
     streams_data: ClassVar[bool] = False  # trains from a packed (larger than memory) data.train file
+    labels_sources: ClassVar[bool] = False  # has teachers that label student sources (``labelled_by: teachers``)
 
     @abstractmethod
     def run(self, run: "Run", until: str = "run") -> str:
@@ -132,6 +133,10 @@ class Run:
         for where, block in blocks_in(config, (Student, Sweep)):
             for student in (block.students() if isinstance(block, Sweep) else [block]):
                 for name, source in student.sources.items():
+                    if source.labelled_by == "teachers" and not workflow.labels_sources:
+                        raise ConfigError(f"{where}.sources.{name}.labelled_by", f"workflow {workflow.name!r} has no "
+                                          "teachers to label a source; label it first (kdframe data teacher-label)",
+                                          ["file"])
                     self._source(name, source, f"{where}.sources.{name}")
 
     # --- the run directory ----------------------------------------------------------------------
@@ -268,8 +273,8 @@ class Run:
         """One ``sources`` entry's file with its labels named ``NAME.QUANTITY``; read once per run."""
         key = json.dumps([name, source.model_dump()], sort_keys=True, default=str)
         if key not in self._sources:
-            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where,
-                             {f"{name}.{quantity}": key for quantity, key in source.keys().items()})
+            keys = {} if source.labelled_by == "teachers" else {f"{name}.{q}": k for q, k in source.keys().items()}
+            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where, keys)
             extra = sorted(set(data.elements().tolist()) - set(self.species))
             if extra:
                 raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "

@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 import pydantic
 
-from ..config import Base
+from ..config import Base, resolve_path
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
+from ..io import make_dir
 from ..potential import Ensemble, Potential
 from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
-from .base import Run, Workflow, compare_files, compared, knowledge_source
+from ..teacher_labelling import teacher_label
+from .base import Run, Workflow, compare_files, compared, fingerprint, knowledge_source
 from .teachers import TeacherSource
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
@@ -54,6 +56,7 @@ class EkdConfig(Base):
 class Ekd(Workflow):
     name = "ekd"
     Config = EkdConfig
+    labels_sources = True
 
     def check(self, config: EkdConfig, source: str) -> None:
         for name in config.compare:
@@ -72,13 +75,14 @@ class Ekd(Workflow):
         data = self.distil(run, ensemble, "teachers")
         if until == "label":
             return f"Ensemble forces of {len(ensemble.members)} teachers cached in {run.dir / 'knowledge'}"
+        block = self.labelled_sources(run, config, data[1])
         n_first = config.students_per_generation if config.generations == 2 else 1
-        first = [self.student(run, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
+        first = [self.student(run, block, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
                  for j in range(n_first)]
         models.update({("student" if n_first == 1 else f"student g1 #{j + 1}"): s for j, s in enumerate(first)})
         if config.generations == 2:
-            models["student g2"] = self.student(run, self.distil(run, Ensemble(first), "students_g1"), "student_g2",
-                                                n_first)
+            models["student g2"] = self.student(run, block, self.distil(run, Ensemble(first), "students_g1"),
+                                                "student_g2", n_first)
         if config.control:
             energy_only = config.student.with_weights({"energy": config.student.weights.get("energy", 1.0)})
             models["control"] = run.fit("control", energy_only, run.data, config.seed + 7)
@@ -97,9 +101,31 @@ class Ekd(Workflow):
         return run.data.with_labels(**knowledge), teacher.fingerprint()
 
     @staticmethod
-    def student(run: Run, distilled, stage: str, index: int) -> Potential:
+    def labelled_sources(run: Run, config: EkdConfig, teacher_fingerprint: str) -> EkdStudent:
+        """The student block with each ``labelled_by: teachers`` source replaced by the packed file the (aligned)
+        teachers labelled; labelled once into run_dir/knowledge, resumable, reused while teachers and file stay."""
+        block = config.student
+        todo = {name: s for name, s in block.sources.items() if s.labelled_by == "teachers"}
+        if not todo:
+            return block
+        spec, offsets = config.teachers.labelling_spec(run, "teacher")
+        sources = dict(block.sources)
+        for name, source in todo.items():
+            path = resolve_path(source.path, run.config_dir)
+            stat = path.stat()
+            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+            out = run.dir / "knowledge" / f"teacher_labels-{name}-{key}.h5"
+            if not out.is_file():
+                run.lock()
+                make_dir(out.parent)
+                teacher_label(path, out, spec, offsets=offsets, progress=run.progress, device=str(run.device))
+            sources[name] = source.model_copy(update={"path": str(out), "labelled_by": "file",
+                                                      "energy": "teacher.energy", "forces": "teacher.forces"})
+        return block.model_copy(update={"sources": sources})
+
+    @staticmethod
+    def student(run: Run, block: EkdStudent, distilled, stage: str, index: int) -> Potential:
         data, teacher_fingerprint = distilled
-        block: EkdStudent = run.config.student
         train, valid = run.splits["train"], run.splits["valid"]
         if block.configurations == "labelled":
             has_energy = data.labelled(["energy"])

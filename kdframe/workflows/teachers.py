@@ -21,6 +21,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..student import Student
 from ..teacher import Teacher, align_reference_energies
+from ..teacher_labelling import TeacherSpec
 
 if TYPE_CHECKING:
     from .base import Run
@@ -45,6 +46,7 @@ class TeacherSource(Strict):
     # Teachers from files or pretrained: refit per-element energy offsets on the training split
     # (their level of theory's atomic energies differ; forces and conformer energy differences are unchanged).
     align_energies: bool = True
+    _offsets: np.ndarray | None = pydantic.PrivateAttr(None)  # per-element shifts (eV) the alignment added
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -92,8 +94,19 @@ class TeacherSource(Strict):
                 raise ConfigError(where, f"{name} knows elements {member.species}, but the data also has {missing}")
         ensemble = Ensemble(members)
         if self.align_energies:
-            align_reference_energies(Teacher(ensemble, stage), run.train_set, energy_label, run.device)
+            self._offsets = align_reference_energies(Teacher(ensemble, stage), run.train_set, energy_label, run.device)
         return ensemble
+
+    def labelling_spec(self, run: "Run", stage: str) -> tuple[TeacherSpec, np.ndarray | None]:
+        """How :func:`kdframe.teacher_labelling.teacher_label` loads these teachers (after :meth:`ensemble`), and the
+        energy offsets their alignment added (None: none)."""
+        if self.pretrained is not None:
+            return TeacherSpec(pretrained=self.pretrained), self._offsets
+        if self.files:
+            return TeacherSpec(models=tuple(str(resolve_path(p, run.config_dir)) for p in self.files)), self._offsets
+        assert self.train is not None
+        names = [stage] if self.train.count == 1 else [f"{stage}_{i + 1}" for i in range(self.train.count)]
+        return TeacherSpec(models=tuple(str(run.dir / name / "model.pt") for name in names)), None
 
     def _trained(self, run: "Run", stage: str, seed: int, rename: Mapping[str, str] | None) -> list[Potential]:
         block = self.train
