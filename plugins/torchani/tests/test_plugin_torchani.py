@@ -298,18 +298,6 @@ def test_load_pretrained_names_the_fetch_command(tmp_path):
         pre.load_pretrained("ani9", root=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def ani_wheel(tmp_path_factory) -> Path:
-    """The torchani 2.0 wheel: from the user's kdframe cache if fetched before, else from PyPI."""
-    cached = pre.cache_root() / "downloads" / pre.WHEEL_FILE
-    if cached.is_file():
-        return cached
-    try:
-        return pre.download_wheel(tmp_path_factory.mktemp("wheel"))
-    except DataError as exc:
-        pytest.skip(f"torchani==2.0 wheel not obtainable from PyPI: {exc}")
-
-
 @pytest.mark.parametrize("name", ["ani1x", "ani1ccx"])
 def test_pretrained_members_reproduce_torchani(name, ani_wheel, tmp_path):
     from kdframe.units import HARTREE_TO_EV
