@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -122,26 +122,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or a negative count would select everything, or all but some)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 1, 2, ...)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} (valid: a positive integer, 1, 2, ...; omit the option for all)")
-    return value
+def _integer_at_least(minimum: int, hint: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+    valid = ", ".join(str(minimum + i) for i in range(3)) + ", ..."
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: {valid})") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} (valid: {valid}{hint})")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 0, 1, 2, ...)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} (valid: 0, 1, 2, ...)")
-    return value
+# 0 or a negative count would select everything, or all but some
+positive_int = _integer_at_least(1, "; omit the option for all")
+non_negative_int = _integer_at_least(0)
 
 
 # ----------------------------------------------------------------------------- sample

@@ -11,6 +11,7 @@ import os
 
 from .. import hookimpl
 from ..errors import ConfigError
+from .data import non_negative_int, positive_int
 
 HELP = ("label every configuration of a packed, ANI-layout or extxyz file with a teacher ensemble into a packed "
         "file (teacher.energy, teacher.forces and the ensemble spread); resumable")
@@ -24,26 +25,6 @@ def register_commands(subparsers) -> None:
         return
     actions = [a for a in data._actions if isinstance(a, argparse._SubParsersAction)]
     add_arguments(actions[0].add_parser("teacher-label", help=HELP))
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 1, 2, ...)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} (valid: a positive integer, 1, 2, ...)")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (valid: 0, 1, 2, ...)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} (valid: 0, 1, 2, ...)")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
