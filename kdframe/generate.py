@@ -57,6 +57,7 @@ import numpy as np
 from ase.data import atomic_masses, chemical_symbols, covalent_radii, vdw_radii
 
 from .errors import DataError
+from .io import append_journal, journal_records
 
 MIN_DISTANCE = 0.7  # Å, the hard floor between any two atoms (as kdframe.sampling)
 BOND_SCALE = 1.25  # bonded when d < BOND_SCALE·(r_i + r_j), ASE covalent radii (as kdframe.sampling)
@@ -537,22 +538,7 @@ def _sha256(path: Path) -> str:
 
 
 def _read_journal(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            done[entry["chunk"]] = entry
-    return done
-
-
-def _append_journal(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return {entry["chunk"]: entry for entry in journal_records(path)}
 
 
 def _write_shard(path: Path, items: Sequence[Configurations], chunk_number: int) -> None:
@@ -700,7 +686,7 @@ def generate(output: str | os.PathLike, pairs: Sequence[tuple[str, str]], settin
         def record_entry(entry: dict) -> None:
             for name, reason in entry["skipped"]:
                 log(f"skipped {name}: {reason}")
-            _append_journal(journal_file, entry)
+            append_journal(journal_file, entry)
             done[entry["chunk"]] = entry
             summary.chunks_done += 1
             summary.skipped += [tuple(x) for x in entry["skipped"]]

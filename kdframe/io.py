@@ -8,10 +8,11 @@ one :class:`WriteError` naming the file, never a raw ``OSError`` traceback; the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -171,3 +172,40 @@ def unlock_directory(directory: str | os.PathLike) -> None:
     if held[1] <= 0:
         del _HELD[directory]
         held[0].close()  # closing the file releases the flock
+
+
+# --- JSON-lines journals of resumable jobs (labelling, teacher labelling, generation) ---------------------------
+def journal_records(path: Path) -> Iterator[dict]:
+    """The records of a JSON-lines journal, in order; a torn line (a kill mid-write) is skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def open_journal(path: Path) -> IO[bytes]:
+    """``path`` opened for appending records, on a fresh line after a torn write."""
+    f = open(path, "a+b")
+    f.seek(0, os.SEEK_END)
+    if f.tell():
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+    return f
+
+
+def write_record(f: IO[bytes], record: dict) -> None:
+    """One journal record, flushed and fsynced."""
+    f.write((json.dumps(record) + "\n").encode())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def append_journal(path: Path, record: dict) -> None:
+    """Append one record to the journal at ``path`` (opened and closed: for journals written now and then)."""
+    with open_journal(path) as f:
+        write_record(f, record)

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, DataError
+from .io import journal_records, open_journal, write_record
 from .labeler import HessianLabeler, Labeler, LabelError, get_labeler
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -103,18 +104,11 @@ def read_journal(path: Path) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """(run records, last item record per (group, index)); a torn last line (kill -9) is ignored."""
     runs: list[dict] = []
     items: dict[tuple[str, int], dict] = {}
-    if not path.exists():
-        return runs, items
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "run":
-                runs.append(record)
-            elif record.get("type") == "item":
-                items[(record["group"], int(record["index"]))] = record
+    for record in journal_records(path):
+        if record.get("type") == "run":
+            runs.append(record)
+        elif record.get("type") == "item":
+            items[(record["group"], int(record["index"]))] = record
     return runs, items
 
 
@@ -123,17 +117,10 @@ class JournalWriter:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(path, "a+b")
-        self._f.seek(0, os.SEEK_END)
-        if self._f.tell():  # start on a fresh line after a torn write
-            self._f.seek(-1, os.SEEK_END)
-            if self._f.read(1) != b"\n":
-                self._f.write(b"\n")
+        self._f = open_journal(path)
 
     def append(self, record: dict) -> None:
-        self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        write_record(self._f, record)
 
     def close(self) -> None:
         self._f.close()

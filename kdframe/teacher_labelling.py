@@ -51,7 +51,7 @@ import torch
 
 from .data.dataset import PER_ATOM, PER_CONF
 from .errors import ConfigError, DataError, KdframeError, RunStateError
-from .io import atomic_write, make_dir, note, warn
+from .io import append_journal, atomic_write, journal_records, make_dir, note, warn
 from .teacher import Teacher, align_reference_energies
 
 CHUNK = 4096
@@ -281,32 +281,12 @@ def parts_dir(output: str | os.PathLike) -> Path:
 def read_journal(path: Path) -> tuple[dict | None, dict[int, dict]]:
     """(the first run record, the last record of each finished chunk); a torn last line (kill -9) is ignored."""
     header, chunks = None, {}
-    if not path.exists():
-        return header, chunks
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "run" and header is None:
-                header = record
-            elif record.get("type") == "chunk":
-                chunks[int(record["index"])] = record
+    for record in journal_records(path):
+        if record.get("type") == "run" and header is None:
+            header = record
+        elif record.get("type") == "chunk":
+            chunks[int(record["index"])] = record
     return header, chunks
-
-
-def append_journal(path: Path, record: dict) -> None:
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-        else:
-            torn = False
-        f.write((b"\n" if torn else b"") + (json.dumps(record) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @contextmanager
