@@ -8,33 +8,14 @@ import numpy as np
 import pytest
 import yaml
 
+import test_bad_inputs as bad_inputs
 from kdframe.cli import main
+from test_bad_inputs import _error
 
 
 def _config(tmp_path, ani_file, **changes):
-    config = {
-        "workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu",
-        "data": {"train": {"path": str(ani_file), "energy": "morse.energy", "forces": "morse.forces"}},
-        "training": {"max_epochs": 1, "batch_size": 8},
-        "teachers": {"train": {"model": {"architecture": "toy", "width": 4}}},
-        "student": {"model": {"architecture": "toy", "width": 4}},
-    }
-    for dotted, value in changes.items():
-        *path, last = dotted.split(".")
-        target = config
-        for key in path:
-            target = target.setdefault(key, {})
-        target[last] = value
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _error(capsys, *argv):
-    assert main(list(map(str, argv))) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("kdframe: error: ") and "Traceback" not in err
-    return err
+    """test_bad_inputs' config, with the data's forces named."""
+    return bad_inputs._config(tmp_path, ani_file, **{"data.train.forces": "morse.forces", **changes})
 
 
 # --- YAML -------------------------------------------------------------------------------------------------
