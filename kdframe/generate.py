@@ -57,7 +57,7 @@ import numpy as np
 from ase.data import atomic_masses, chemical_symbols, covalent_radii, vdw_radii
 
 from .errors import DataError
-from .io import append_journal, journal_records
+from .io import append_journal, file_sha256, journal_records
 
 MIN_DISTANCE = 0.7  # Å, the hard floor between any two atoms (as kdframe.sampling)
 BOND_SCALE = 1.25  # bonded when d < BOND_SCALE·(r_i + r_j), ASE covalent radii (as kdframe.sampling)
@@ -529,14 +529,6 @@ def report_path(output: Path) -> Path:
     return output.with_name(output.name + ".skipped.txt")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_journal(path: Path) -> dict[str, dict]:
     return {entry["chunk"]: entry for entry in journal_records(path)}
 
@@ -626,7 +618,7 @@ def _chunk_job(chunk: str, kind: str, items: list, settings: GenerateSettings, m
                             f"{what}{type(exc).__name__}: {exc}"))
     path = parts / f"{chunk}.h5"
     _write_shard(path, made, number)
-    return {"chunk": chunk, "sha256": _sha256(path), "configurations": sum(len(c.positions) for c in made),
+    return {"chunk": chunk, "sha256": file_sha256(path), "configurations": sum(len(c.positions) for c in made),
             "skipped": skipped}
 
 
@@ -677,7 +669,7 @@ def generate(output: str | os.PathLike, pairs: Sequence[tuple[str, str]], settin
         todo = []
         for chunk, kind, items, number in jobs:
             entry, path = done.get(chunk), parts / f"{chunk}.h5"
-            if entry and path.is_file() and _sha256(path) == entry["sha256"]:
+            if entry and path.is_file() and file_sha256(path) == entry["sha256"]:
                 summary.chunks_skipped += 1
                 summary.skipped += [tuple(x) for x in entry["skipped"]]
             else:

@@ -8,6 +8,7 @@ one :class:`WriteError` naming the file, never a raw ``OSError`` traceback; the 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -209,3 +210,12 @@ def append_journal(path: Path, record: dict) -> None:
     """Append one record to the journal at ``path`` (opened and closed: for journals written now and then)."""
     with open_journal(path) as f:
         write_record(f, record)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -51,7 +51,7 @@ import torch
 
 from .data.dataset import PER_ATOM, PER_CONF
 from .errors import ConfigError, DataError, KdframeError, RunStateError
-from .io import append_journal, atomic_write, journal_records, make_dir, note, warn
+from .io import append_journal, atomic_write, file_sha256, journal_records, make_dir, note, warn
 from .teacher import Teacher, align_reference_energies
 
 CHUNK = 4096
@@ -215,14 +215,6 @@ def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
 
 def shard_name(index: int) -> str:
     return f"chunk-{index:06d}.npz"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
 
 
 def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip: np.ndarray, batch_size: int,
@@ -475,7 +467,7 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
         for index, (start, stop) in enumerate(ranges):
             record = done.get(index)
             path = parts / shard_name(index)
-            if record is not None and path.is_file() and sha256_file(path) == record["checksum"]:
+            if record is not None and path.is_file() and f"sha256:{file_sha256(path)}" == record["checksum"]:
                 summary.resumed += 1
                 continue
             if record is not None:

@@ -32,7 +32,7 @@ import torch
 from ase.data import atomic_numbers
 
 from kdframe.errors import ConfigError, DataError
-from kdframe.io import atomic_write_text
+from kdframe.io import atomic_write_text, file_sha256
 from kdframe.potential import Potential
 from kdframe.units import HARTREE_TO_EV
 
@@ -81,18 +81,10 @@ def model_dir(name: str, root: Path | None = None) -> Path:
     return (root or cache_root()) / "models" / name
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def content_sha256(base: Path, stem: str) -> str:
     """sha256 of the sorted lines ``<relative path>  <sha256>`` of ``<stem>.info`` and every file under ``<stem>/``."""
     files = [base / f"{stem}.info", *(p for p in (base / stem).rglob("*") if p.is_file())]
-    lines = sorted(f"{p.relative_to(base).as_posix()}  {_sha256(p)}" for p in files if p.is_file())
+    lines = sorted(f"{p.relative_to(base).as_posix()}  {file_sha256(p)}" for p in files if p.is_file())
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -106,7 +98,7 @@ def download_wheel(dest: Path, source: Source = TORCHANI_2_0) -> Path:
     if run.returncode != 0 or not wheel.is_file():
         tail = (run.stderr or run.stdout).strip().splitlines()[-3:]
         raise DataError(f"could not download {source.requirement} with pip ({' | '.join(tail)})")
-    if _sha256(wheel) != source.sha256:
+    if file_sha256(wheel) != source.sha256:
         raise DataError(f"{wheel}: sha256 differs from the published {source.description}")
     return wheel
 
@@ -128,7 +120,7 @@ def cached_wheel(root: Path | None = None, source: Source = TORCHANI_2_0) -> Pat
     """The source file kept in ``<cache>/downloads``, downloaded on first use."""
     downloads = (root or cache_root()) / "downloads"
     path = downloads / source.file
-    if path.is_file() and (source.sha256 is None or _sha256(path) == source.sha256):
+    if path.is_file() and (source.sha256 is None or file_sha256(path) == source.sha256):
         return path
     downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".download-") as tmp:
@@ -265,7 +257,7 @@ def fetch(name: str, root: Path | None = None, wheel: Path | None = None, force:
         return target
     if wheel is not None and not wheel.exists():
         raise DataError(f"{wheel}: file not found")
-    if wheel is not None and source.sha256 is not None and (wheel.is_dir() or _sha256(wheel) != source.sha256):
+    if wheel is not None and source.sha256 is not None and (wheel.is_dir() or file_sha256(wheel) != source.sha256):
         raise DataError(f"{wheel}: not {source.description} (sha256 {source.sha256[:12]}...)")
     wheel = wheel or cached_wheel(root, source)
     target.parent.mkdir(parents=True, exist_ok=True)
