@@ -1,5 +1,7 @@
 """Training on several datasets at once: per-batch shares, NaN for a label a part lacks, unique indices."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -120,11 +122,35 @@ def test_bad_sources_are_refused_before_any_work(tmp_path, ani_file, capsys):
               "student.sources.s.weights.forces: this source has no forces"),
              ({"a": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.6},
                "b": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5}},
-              "student.sources: the sources' shares sum to 1.1")]
+              "student.sources: the sources' shares sum to 1.1"),
+             ({"s": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5,
+                     "limit": 99}}, "student.sources.s.limit: 99 is more than the 16 configurations of sampled.h5")]
     for sources, message in cases:
         assert main(["run", _ekd_config(tmp_path, ani_file, sources), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_source_limit_takes_nested_random_subsets(tmp_path, ani_file):
+    """``limit: N`` trains on N configurations of the file drawn by the run's seed; a smaller limit takes the
+    first of the same draw (learning curves compare nested sets)."""
+    from kdframe.workflows.base import Run, load_config
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=3)  # 40 configurations (4 molecules)
+    chosen = {}
+    for limit in (12, 30, None):
+        sources = {"s": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5,
+                         "limit": limit}}
+        path = _ekd_config(tmp_path, ani_file, sources)
+        workflow, config = load_config(path)
+        run = Run(config, Path(path), workflow, progress=False)
+        train, valid = run._with_sources(config.student, run.data.subset(run.splits["train"]),
+                                         run.data.subset(run.splits["valid"]))
+        part_train, part_valid = train.parts[1], valid.parts[1]
+        assert len(part_train) + len(part_valid) == (limit or 40)
+        chosen[limit] = {tuple(part_train.positions[part_train.atom_ptr[i]:part_train.atom_ptr[i + 1]].ravel().round(6))
+                         for i in range(len(part_train))}
+    assert len(chosen[12] - chosen[30]) <= 1 and len(chosen[30] - chosen[None]) <= 2  # nested, up to the valid cut
 
 
 def test_the_runs_aligned_teachers_label_an_unlabelled_source(tmp_path, ani_file, monkeypatch, capsys):

@@ -263,6 +263,7 @@ class Run:
         for name, source in student.sources.items():
             data = self._source(name, source, f"sources.{name}")
             order = np.random.default_rng(self.config.seed).permutation(len(data))
+            order = order[:source.limit]  # None: all (checked against the file's size when it was read)
             cut = max(1, int(round(source.valid_fraction * len(data))))
             valid_parts.append(data.subset(np.sort(order[:cut])))
             train_parts.append(data.subset(np.sort(order[cut:])))
@@ -279,6 +280,9 @@ class Run:
             if extra:
                 raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "
                                 f"data (elements there: {self.species})")
+            if source.limit is not None and source.limit > len(data):
+                raise ConfigError(f"{where}.limit", f"{source.limit} is more than the {len(data)} configurations "
+                                  f"of {source.path}")
             self._sources[key] = data
         return self._sources[key]
 
