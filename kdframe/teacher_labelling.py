@@ -52,6 +52,7 @@ import torch
 from .data.dataset import PER_ATOM, PER_CONF
 from .errors import ConfigError, DataError, KdframeError, RunStateError
 from .io import append_journal, atomic_write, file_sha256, journal_records, make_dir, note, warn
+from .members import forward_with_members, member_gradients
 from .teacher import Teacher, align_reference_energies
 
 CHUNK = 4096
@@ -121,8 +122,8 @@ def covered_species(teacher: Teacher) -> list[int]:
 
 class MemberPredictor:
     """Each member's energies and forces for a batch, through the teacher's own forward (so an ensemble that shares
-    work between members, e.g. the AEV of ANI ensembles, still does): a forward hook on every member records its
-    energies, then one gradient per member gives its forces."""
+    work between members, e.g. the AEV of ANI ensembles, still does): :func:`~kdframe.members.forward_with_members`,
+    then one gradient per member (:func:`~kdframe.members.member_gradients`)."""
 
     def __init__(self, teacher: Teacher, head: int = 0, device: str | torch.device = "cpu"):
         from .potential import model_dtype
@@ -131,38 +132,27 @@ class MemberPredictor:
         self.model = teacher.model.to(device)
         self.device, self.dtype = torch.device(device), model_dtype(self.model)
         self.members = teacher.members
-        self._caught: list[torch.Tensor] = []
-        self.hooks = [member.register_forward_hook(lambda module, inputs, out: self._caught.append(out["energy"][:, self.head]))
-                      for member in self.members]
 
     def close(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
+        """Nothing to release: the members' hooks live only during a call."""
 
     def __call__(self, batch, spread: bool = True) -> dict[str, np.ndarray]:
         """``energy``, ``energy_std`` (n_conf,); ``forces`` (n_atoms, 3); with ``spread`` also ``forces_dev``
         (n_members, n_atoms, 3), each member's forces less the mean. Float64 numpy arrays."""
         batch = batch.to(self.device, self.dtype)
         batch.positions.requires_grad_(True)
-        self._caught.clear()
+        out, energies = forward_with_members(self.model, batch, self.head)
+        mean = out["energy"][:, self.head]
+        result = {"energy": mean.detach().double().cpu().numpy(),
+                  "energy_std": energies.detach().double().std(0, unbiased=False).cpu().numpy()}
         with torch.enable_grad():
-            out = self.model(batch, forces=False)
-            energies = torch.stack(list(self._caught)) if len(self._caught) == len(self.members) else None
-            if energies is None:
-                raise RuntimeError(f"teacher {self.teacher.name}: {len(self._caught)} member outputs recorded for "
-                                   f"{len(self.members)} members")
-            mean = out["energy"][:, self.head]
-            result = {"energy": mean.detach().double().cpu().numpy(),
-                      "energy_std": energies.detach().double().std(0, unbiased=False).cpu().numpy()}
             if spread:
-                forces = torch.stack([-torch.autograd.grad(e.sum(), batch.positions, retain_graph=i < len(energies) - 1)[0]
-                                      for i, e in enumerate(energies)]).detach().double()
+                forces = -member_gradients(energies, [batch.positions])[0].detach().double()
                 mean_forces = forces.mean(0)
                 result["forces"] = mean_forces.cpu().numpy()
                 result["forces_dev"] = (forces - mean_forces).cpu().numpy()
             else:
                 result["forces"] = -torch.autograd.grad(mean.sum(), batch.positions)[0].detach().double().cpu().numpy()
-        self._caught.clear()
         return result
 
 

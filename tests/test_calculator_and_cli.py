@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
 
 from kdframe.calculator import KdframeCalculator
 from kdframe.cli import main
 from kdframe.errors import ConfigError, DataError
 from kdframe.plugins import registry
-from kdframe.potential import Potential
+from kdframe.potential import Ensemble, Potential
 
 from toy import MOLECULES
 
@@ -43,6 +44,82 @@ def test_calculator_rejects_unknown_heads_and_elements():
     atoms.calc = KdframeCalculator(_model())
     with pytest.raises(DataError, match=r"elements \[16\] are outside this model's set \[1, 6, 7, 8\]"):
         atoms.get_potential_energy()
+
+
+def _members(architecture: str, hyperparameters: dict, species: list[int], count: int = 3,
+             heads: tuple[str, ...] = ("dft", "cc")) -> list[Potential]:
+    members = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        members.append(Potential(registry().architectures[architecture], hyperparameters, species, heads).double())
+    return members
+
+
+def _spread_of(members: list[Potential], atoms: Atoms, head: str, properties: tuple[str, ...]) -> dict:
+    """Mean and population std over each member's own calculator results."""
+    per_member = {p: [] for p in properties}
+    for member in members:
+        calc = KdframeCalculator(member, head=head)
+        for p in properties:
+            per_member[p].append(calc.get_property(p, atoms.copy()))
+    return {p: (np.mean(v, axis=0), np.std(v, axis=0)) for p, v in per_member.items()}
+
+
+def test_ensemble_calculator_gives_the_members_mean_and_spread():
+    members = _members("toy", {"width": 4}, [1, 6, 7, 8])
+    z, xyz = MOLECULES["methanol"]
+    atoms = Atoms(numbers=z, positions=xyz)
+    expected = _spread_of(members, atoms, "cc", ("energy", "forces"))
+    assert expected["energy"][1] > 1e-3 and expected["forces"][1].max() > 1e-3  # the members really differ
+
+    atoms.calc = KdframeCalculator(Ensemble(members), head="cc")
+    assert {"energy_std", "forces_std"} <= set(atoms.calc.implemented_properties)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()  # energy_std comes with every calculation
+    assert energy == pytest.approx(expected["energy"][0], abs=1e-10)
+    np.testing.assert_allclose(forces, expected["forces"][0], rtol=0, atol=1e-10)
+    assert atoms.calc.results["energy_std"] == pytest.approx(expected["energy"][1], abs=1e-10)
+    assert "forces_std" not in atoms.calc.results  # one gradient per member: only when asked
+
+    forces_std = atoms.calc.get_property("forces_std", atoms)
+    assert forces_std.shape == (len(z), 3)
+    np.testing.assert_allclose(forces_std, expected["forces"][1], rtol=0, atol=1e-10)
+    assert atoms.calc.results["energy_std"] == pytest.approx(expected["energy"][1], abs=1e-10)
+    assert atoms.calc.results["energy"] == energy  # the same forward: the same mean energy
+    np.testing.assert_allclose(atoms.calc.results["forces"], forces, rtol=0, atol=1e-10)
+
+    watched = Atoms(numbers=z, positions=xyz)
+    watched.calc = KdframeCalculator(Ensemble(members), head="cc", forces_std=True)
+    watched.get_forces()
+    np.testing.assert_allclose(watched.calc.results["forces_std"], forces_std, rtol=0, atol=1e-12)
+
+
+def test_ensemble_calculator_stress_is_the_members_mean():
+    from test_stress import water_box
+    from test_periodic_data import HIPNN
+
+    members = _members("hippynn", HIPNN, [1, 8], count=2, heads=("energy",))
+    atoms = water_box()
+    expected = _spread_of(members, atoms, "energy", ("stress",))
+    assert expected["stress"][1].max() > 1e-3  # the members really differ
+    atoms.calc = KdframeCalculator(Ensemble(members))
+    np.testing.assert_allclose(atoms.get_stress(), expected["stress"][0], rtol=0, atol=1e-10)
+    atoms.calc.calculate(atoms, ["stress", "forces_std"])
+    np.testing.assert_allclose(atoms.calc.results["stress"], expected["stress"][0], rtol=0, atol=1e-10)
+
+
+def test_a_single_model_refuses_the_spread_clearly():
+    z, xyz = MOLECULES["methanol"]
+    atoms = Atoms(numbers=z, positions=xyz)
+    atoms.calc = KdframeCalculator(_model())
+    assert "energy_std" not in atoms.calc.implemented_properties
+    for name in ("energy_std", "forces_std"):
+        with pytest.raises(PropertyNotImplementedError, match=rf"{name} is the spread of an ensemble's members; this "
+                                                              "model is a single potential"):
+            atoms.calc.get_property(name, atoms)
+    with pytest.raises(PropertyNotImplementedError, match="single potential"):
+        KdframeCalculator(_model(), forces_std=True)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert "energy_std" not in atoms.calc.results
 
 
 def test_plugins_command_lists_the_builtin_architectures(capsys):
