@@ -25,7 +25,7 @@ from ..data.reference import fit_reference_energies
 from ..data.splits import split
 from ..errors import ConfigError, DataError, RunStateError, WriteError
 from ..evaluation import Metrics, evaluate
-from ..io import atomic_write_text, lock_directory, note, unlock_directory, warn
+from ..io import atomic_write_text, file_sha256, lock_directory, note, unlock_directory, warn
 from ..knowledge import KnowledgeSource, offline_knowledge
 from ..plugins import registry
 from ..potential import Ensemble, Potential
@@ -199,14 +199,15 @@ class Run:
             train_idx: np.ndarray | None = None, valid_idx: np.ndarray | None = None,
             identity: Mapping[str, Any] | None = None, heads: Sequence[str] = ("energy",),
             energy_labels: Sequence[str] | None = None, probes: Mapping[str, ProbeSettings] | None = None,
-            online: Sequence[tuple[KnowledgeSource, Teacher]] = ()) -> Potential:
+            online: Sequence[tuple[KnowledgeSource, Teacher]] = (), start: Path | None = None) -> Potential:
         """Train one Student block as a stage of this run, or load it if that stage already finished.
 
         ``terms`` default to the block's own; the splits to the run's. Everything that determines the
         result (the block, the data, the splits, ``identity`` such as teacher fingerprints) is recorded; a
         stage directory made with other settings is never silently reused. ``energy_labels`` (one per head)
         are what each head's reference energies are fitted on; ``probes`` and ``online`` go to the
-        :class:`~kdframe.training.Trainer` (and into the record).
+        :class:`~kdframe.training.Trainer` (and into the record). ``start``: a saved model (of this block's
+        architecture) to fine-tune instead of fresh weights; its checksum is recorded.
         """
         terms = student.terms() if terms is None else list(terms)
         train_idx = self.splits["train"] if train_idx is None else train_idx
@@ -239,6 +240,8 @@ class Run:
             record["reference_labels"] = list(energy_labels)
         if probes:
             record["probes"] = {label: p.model_dump() for label, p in probes.items()}
+        if start is not None:
+            record["start"] = file_sha256(start)
         if online:
             record["online"] = {source.label: [source.describe(), teacher.fingerprint()] for source, teacher in online}
         self.lock()
@@ -248,7 +251,7 @@ class Run:
             finished = self._finished_model(stage_dir, student.model, heads)
             if finished is not None:
                 return finished.to(self.device)
-        model = self.build(student.model, heads, seed, energy_labels)
+        model = self.build(student.model, heads, seed, energy_labels) if start is None else Potential.load(start)
         trainer = Trainer(model, terms, train, valid, settings, stage_dir, seed, self.device, online=online,
                           probes=probes, progress=self.progress)
         model = trainer.fit()

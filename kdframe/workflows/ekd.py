@@ -24,6 +24,7 @@ from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
 from ..teacher_labelling import teacher_label
 from .base import Run, Workflow, compare_files, compared, fingerprint, knowledge_source
+from .explore import Explore, explore, exploration_table
 from .teachers import TeacherSource
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
@@ -51,6 +52,7 @@ class EkdConfig(Base):
     compare: dict[str, list[str]] = {}  # extra table rows: name -> saved model files (an ensemble if several)
     generations: Literal[1, 2] = 1
     students_per_generation: int = pydantic.Field(4, ge=1)  # first-generation students teaching generation 2
+    explore: Explore | None = None  # on-policy rounds after the student is trained (workflows/explore.py)
 
 
 class Ekd(Workflow):
@@ -61,6 +63,8 @@ class Ekd(Workflow):
     def check(self, config: EkdConfig, source: str) -> None:
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
+        if config.explore is not None and config.generations == 2:
+            raise ConfigError("explore", "explores the first-generation student: use it with generations: 1")
 
     def run(self, run: Run, until: str = "run") -> str:
         config: EkdConfig = run.config
@@ -86,8 +90,16 @@ class Ekd(Workflow):
         if config.control:
             energy_only = config.student.with_weights({"energy": config.student.weights.get("energy", 1.0)})
             models["control"] = run.fit("control", energy_only, run.data, config.seed + 7)
+        notes = ""
+        if config.explore is not None:
+            final, rounds = explore(run, block, run.dir / "student" / "model.pt", ensemble, config.explore,
+                                    config.seed + 300, lambda stage, tuned, start: self.student(
+                                        run, tuned, data, stage, 0, start=start))
+            models.update({f"student, explored {s['round']}": Potential.load(s["model"]).to(run.device)
+                           for s in rounds if "model" in s})
+            notes = f"Exploration rounds (student MD watched by the teachers):\n\n{exploration_table(rounds)}\n"
         models.update(compared(config.compare, run.config_dir, run.device))
-        return run.evaluate(models, "Ensemble knowledge distillation")
+        return run.evaluate(models, "Ensemble knowledge distillation", notes)
 
     @staticmethod
     def distil(run: Run, ensemble: Ensemble, name: str):
@@ -124,14 +136,14 @@ class Ekd(Workflow):
         return block.model_copy(update={"sources": sources})
 
     @staticmethod
-    def student(run: Run, block: EkdStudent, distilled, stage: str, index: int) -> Potential:
+    def student(run: Run, block: EkdStudent, distilled, stage: str, index: int, start: Path | None = None) -> Potential:
         data, teacher_fingerprint = distilled
         train, valid = run.splits["train"], run.splits["valid"]
         if block.configurations == "labelled":
             has_energy = data.labelled(["energy"])
             train, valid = train[has_energy[train]], valid[has_energy[valid]]
         return run.fit(stage, block, data, run.config.seed + 100 + index, train_idx=train, valid_idx=valid,
-                       identity={"teacher": teacher_fingerprint})
+                       identity={"teacher": teacher_fingerprint}, start=start)
 
 
 @hookimpl

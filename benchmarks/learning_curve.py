@@ -1,0 +1,139 @@
+"""A student's errors against the number of teacher-labelled configurations it trained on (issue 22).
+
+    python benchmarks/learning_curve.py configs/scale/ani1ccx_to_hipnn_50k.yaml --sizes 1000 5000 20000 0 --seeds 0
+
+Each size is the config's run with ``student.sources.SOURCE.limit`` = size (0: the whole file), in its own
+run_dir under ``runs/curve/``; subsets are nested (one seeded draw). The control and the teacher ensemble do
+not depend on the size: the control is trained in the first size's run only. The teacher labels of the file
+are made once (in the first run) and copied into the others' ``knowledge/`` (same teacher and file: the
+cached file a run would make itself). Writes a markdown table and a plot of E, dE and F error vs size per
+evaluation set, with the teacher's and the control's errors as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
+from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
+from kdframe.potential import Potential  # noqa: E402
+from kdframe.report import plt  # noqa: E402
+from kdframe.workflows.base import Run, load_config  # noqa: E402
+
+COLUMNS = {"E": "E rmse (kcal/mol)", "dE": "dE rmse (kcal/mol)", "F": "F rmse (kcal/mol/Å)"}
+
+
+def one_run(config_path: Path, source: str, size: int, seed: int, run_root: Path, control: bool) -> dict:
+    """Scores (set -> model -> column -> value) of one size's run, and the number of configurations used."""
+    workflow, config = load_config(config_path)
+    block = config.student
+    sources = dict(block.sources)
+    sources[source] = sources[source].model_copy(update={"limit": size or None})
+    run_dir = run_root / f"n{size or 'all'}_seed{seed}"
+    first_knowledge = run_root / "knowledge"
+    if first_knowledge.is_dir():  # the teacher labels of the whole file, made by an earlier size's run
+        for path in first_knowledge.glob("teacher_labels-*.h5"):
+            if not (run_dir / "knowledge" / path.name).exists():
+                (run_dir / "knowledge").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, run_dir / "knowledge" / path.name)
+    config = config.model_copy(update={"seed": seed, "run_dir": str(run_dir), "control": control,
+                                       "student": block.model_copy(update={"sources": sources})})
+    run = Run(config, config_path, workflow, progress=False)
+    workflow.run(run)
+    for path in (run_dir / "knowledge").glob("teacher_labels-*.h5"):
+        if not (first_knowledge / path.name).exists():
+            first_knowledge.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, first_knowledge / path.name)
+    models = {"teacher ensemble": workflow.teachers(run, config),
+              "student": Potential.load(run_dir / "student" / "model.pt").to(run.device)}
+    if control:
+        models["control"] = Potential.load(run_dir / "control" / "model.pt").to(run.device)
+    used = len(run._source(source, sources[source], source))
+    scores = run.scores(models)
+    return {"size": min(size, used) if size else used,
+            "scores": {s: {m: {k: sc.values.get(c, np.nan) for k, c in COLUMNS.items()} for m, sc in by_model.items()}
+                       for s, by_model in scores.items()}}
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    sets = list(results[0]["scores"])
+    fig, axes = plt.subplots(len(sets), 3, figsize=(10, 3.2 * len(sets)), squeeze=False)
+    sizes = sorted({r["size"] for r in results})
+    for row, set_name in enumerate(sets):
+        for col, key in enumerate(COLUMNS):
+            ax = axes[row][col]
+            values = [[r["scores"][set_name]["student"][key] for r in results if r["size"] == n] for n in sizes]
+            ax.errorbar(sizes, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o",
+                        label="student")
+            for model, style in (("teacher ensemble", "--"), ("control", ":")):
+                level = [r["scores"][set_name][model][key] for r in results if model in r["scores"][set_name]]
+                if level:
+                    ax.axhline(np.mean(level), ls=style, color="k" if model == "control" else "C2", label=model)
+            ax.set_xscale("log")
+            ax.set_xlabel("teacher-labelled configurations")
+            ax.set_ylabel(f"{set_name}: {COLUMNS[key]}", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--source", default="sampled", help="the student source whose size varies")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000, 0], help="0: the whole file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--run-root", type=Path, default=ROOT / "runs" / "curve")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_curve.md")
+    args = parser.parse_args()
+    results = []
+    done = args.run_root / "results.jsonl"  # finished runs, so a restarted curve scores only what is missing
+    finished = {(r["requested"], r["seed"]): r for r in map(json.loads, done.read_text().splitlines())} \
+        if done.is_file() else {}
+    for seed in args.seeds:
+        for i, size in enumerate(args.sizes):
+            result = finished.get((size, seed))
+            if result is None:
+                result = {**one_run(args.config, args.source, size, seed, args.run_root, control=i == 0),
+                          "requested": size, "seed": seed}
+                args.run_root.mkdir(parents=True, exist_ok=True)
+                with open(done, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    rows = []
+    for r in results:
+        for set_name, by_model in r["scores"].items():
+            for model, v in by_model.items():
+                rows.append(f"| {r['size']} | {r['seed']} | {set_name} | {model} | "
+                            + " | ".join(f"{v[k]:.2f}" for k in COLUMNS) + " |")
+    figure = plot(results, args.out.with_suffix(".png"))
+    atomic_write_text(args.out, f"""# Learning curve: student errors vs teacher-labelled configurations
+
+- command: `{' '.join(sys.argv)}`
+- {provenance('cpu')}
+- config: `{args.config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
+  out for validation). Teacher ensemble and control do not depend on the size (control: first size's run).
+  RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule.
+
+| configurations | seed | set | model | E | dE | F |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Plot: `{figure.name}`
+""")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The ``explore`` stage: rounds of student MD, teacher-labelled frames and fine-tuning (on-policy distillation).
+
+Each round: the current student runs MD on the given systems (:mod:`kdframe.exploration`); the frames where it
+deviates most from its teachers (within the teachers' trusted spread) are labelled by the teachers (aligned
+energies, averaged forces) and added to every earlier round's frames; the student is fine-tuned from its current
+weights on its own data plus those frames (their own loss weights and share of every batch). Rounds end after
+``rounds``, at a round whose MD had no failure (``stop_when_stable``), or when nothing is selected.
+
+Every round is resumable: its frames and summary (``run_dir/exploration/round_N/``) are written atomically and
+reused while the student, teachers and settings they came from are unchanged; its fine-tuning is the stage
+``explored_N`` (checkpointed like any stage).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+
+from ..config import Strict, invalid, resolve_path
+from ..data.dataset import PER_ATOM, PER_CONF
+from ..data.packed import PackedDataset, PackedWriter
+from ..data.readers import read_dataset
+from ..errors import DataError
+from ..exploration import Dynamics, Selection, Trajectory, Watcher, run_trajectory, select_frames
+from ..io import atomic_write_text, file_sha256, make_dir, note
+from ..potential import Ensemble, Potential
+from ..student import Source, Student, TrainingOverrides, check_weights
+from ..teacher import Teacher
+
+FRAMES = "explored.h5"  # every round's selected frames so far, teacher-labelled
+SUMMARY = "round.json"
+LABELS = {"teacher.energy": PER_CONF, "teacher.forces": PER_ATOM, "teacher.forces_std": PER_CONF,
+          "student.deviation": PER_CONF}
+
+
+class Systems(Strict):
+    """Starting configurations: the first ``per_molecule`` of each molecule of a file (extxyz, ANI-layout or
+    packed, e.g. liquid boxes from ``kdframe data generate --boxes``), at most ``max_systems``."""
+
+    path: str
+    per_molecule: pydantic.PositiveInt = 1
+    max_systems: pydantic.PositiveInt | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _exists(self, info: pydantic.ValidationInfo) -> "Systems":
+        if not resolve_path(self.path, (info.context or {}).get("config_dir", Path.cwd())).is_file():
+            raise invalid(("path",), f"file not found: {self.path} (relative paths are relative to the YAML file)")
+        return self
+
+
+class Explore(Strict):
+    """The ``explore`` block of a run (after its student is trained)."""
+
+    rounds: int = pydantic.Field(3, ge=1, le=50)
+    systems: list[Systems] = pydantic.Field(min_length=1)
+    dynamics: Dynamics = Dynamics()
+    select: Selection = Selection()
+    weights: dict[str, Any] = {"energy": 1.0, "forces": 10.0}  # loss weights of the explored frames
+    share: float = pydantic.Field(0.25, gt=0, lt=1)  # of every fine-tuning batch
+    training: TrainingOverrides = TrainingOverrides(max_epochs=20)  # type: ignore[valid-type]  # fine-tuning
+    stop_when_stable: bool = True  # a round whose MD had no failure ends exploration (no fine-tuning)
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return check_weights(weights, {"energy": 0, "forces": 0})
+
+
+def starting_systems(explore: Explore, config_dir: Path, species: list[int]) -> list[tuple[str, Any]]:
+    """(name, ase.Atoms) of every system to run, checked against the run's elements."""
+    from ase import Atoms
+
+    systems = []
+    for i, block in enumerate(explore.systems):
+        data = read_dataset(resolve_path(block.path, config_dir), {})
+        taken: dict[int, int] = {}
+        for c in range(len(data)):
+            molecule = int(data.molecule[c])
+            if taken.get(molecule, 0) >= block.per_molecule:
+                continue
+            taken[molecule] = taken.get(molecule, 0) + 1
+            batch = data.batch(np.array([c]), [])
+            numbers = batch.species.numpy()
+            extra = sorted(set(numbers.tolist()) - set(species))
+            if extra:
+                raise DataError(f"explore.systems[{i}].path ({block.path}): {data.molecule_names[molecule]} has "
+                                f"elements {extra} that the run's training data lacks (elements there: {species})")
+            periodic = batch.cell is not None
+            atoms = Atoms(numbers=numbers, positions=batch.positions.numpy(),
+                          cell=batch.cell[0].numpy() if periodic else None, pbc=batch.pbc[0].numpy() if periodic else False)
+            systems.append((f"{data.molecule_names[molecule]}#{taken[molecule]}", atoms))
+            if sum(taken.values()) == block.max_systems:
+                break
+    return systems
+
+
+def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Explore, seed: int,
+            fit: Callable[[str, Student, Path], Potential]) -> tuple[Path, list[dict]]:
+    """Run the rounds from the student saved at ``start``; ``fit(stage, block, start)`` fine-tunes one round's
+    student. Returns the final student's file and each round's summary."""
+    systems = starting_systems(settings, run.config_dir, run.species)
+    teacher_print = Teacher(teachers, "teachers").fingerprint()
+    summaries, current, previous_frames = [], start, None
+    for r in range(1, settings.rounds + 1):
+        folder = run.dir / "exploration" / f"round_{r}"
+        identity = {"student": file_sha256(current), "teachers": teacher_print, "seed": seed + r,
+                    "previous": None if previous_frames is None else file_sha256(previous_frames),
+                    "settings": settings.model_dump(include={"systems", "dynamics", "select"})}
+        summary = _finished_round(folder, identity)
+        if summary is None:
+            summary = _explore_round(run, current, teachers, systems, settings, seed + r, folder, previous_frames)
+            summary = {"identity": identity, "round": r, **summary}
+            run.lock()
+            atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=1))
+        summaries.append(summary)
+        if (summary["failed"] == 0 and settings.stop_when_stable) or summary["selected"] == 0:
+            note(f"exploration round {r}: {summary['failed']} failed runs, {summary['selected']} frames selected; "
+                 "exploration ends")
+            break
+        previous_frames = folder / FRAMES
+        explored = Source(path=str(previous_frames), energy="teacher.energy", forces="teacher.forces", units="ev",
+                          weights=settings.weights, share=settings.share)
+        overrides = {**block.training.model_dump(exclude_none=True), **settings.training.model_dump(exclude_none=True)}
+        tuned = block.model_copy(update={"sources": {**block.sources, "explored": explored},
+                                         "training": TrainingOverrides(**overrides)})
+        fit(f"explored_{r}", tuned, current)
+        current = run.dir / f"explored_{r}" / "model.pt"
+        summary["model"] = str(current)
+    return current, summaries
+
+
+def _finished_round(folder: Path, identity: dict) -> dict | None:
+    """A round's summary if it was made from the same student, teachers and settings (else it is redone)."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    same = json.loads(json.dumps(identity)) == summary.get("identity")
+    return summary if same and (summary["selected"] == 0 or (folder / FRAMES).is_file()) else None
+
+
+def _explore_round(run, current: Path, teachers: Ensemble, systems: list, settings: Explore, seed: int,
+                   folder: Path, previous_frames: Path | None) -> dict:
+    """MD of every system x temperature x replica, frame selection, and the labelled frames file."""
+    student = Potential.load(current).to(run.device).eval()
+    watcher = Watcher(teachers, run.device)
+    trajectories: list[Trajectory] = []
+    try:
+        for name, atoms in systems:
+            for temperature in settings.dynamics.temperatures_K:
+                for replica in range(settings.dynamics.replicas):
+                    trajectories.append(run_trajectory(student, watcher, atoms, name, temperature,
+                                                       seed * 100_003 + len(trajectories), len(trajectories),
+                                                       settings.dynamics, run.device))
+    finally:
+        watcher.close()
+    chosen = select_frames(trajectories, settings.select, settings.dynamics.max_spread)
+    if chosen:
+        run.lock()
+        make_dir(folder)
+        write_frames(folder / FRAMES, chosen, trajectories, previous_frames)
+    failed = [t for t in trajectories if t.failure]
+    kept = [f for t in trajectories for f in t.frames]
+    return {"trajectories": len(trajectories), "failed": len(failed),
+            "failures": sorted({t.failure for t in failed}),
+            "median_fs_to_failure": float(np.median([t.failed_at_fs for t in failed])) if failed else None,
+            "simulated_fs": float(sum(t.simulated_fs for t in trajectories)),
+            "frames_kept": len(kept), "selected": len(chosen),
+            "mean_spread_kept": float(np.mean([f.spread for f in kept])) if kept else None,
+            "mean_deviation_kept": float(np.mean([f.deviation for f in kept])) if kept else None,
+            "mean_deviation_selected": float(np.mean([f.deviation for f in chosen])) if chosen else None,
+            "failed_systems": sorted({t.system for t in failed})}
+
+
+def write_frames(path: Path, chosen: list, trajectories: list[Trajectory], previous: Path | None) -> None:
+    """``previous`` frames (an earlier round's file) and the chosen ones, with their teacher labels, as a packed file."""
+    writer = PackedWriter(path, LABELS, source="exploration")
+    try:
+        if previous is not None:
+            data = PackedDataset.open(previous, {k: k for k in LABELS})
+            for c in range(len(data)):
+                batch = data.batch(np.array([c]), list(LABELS))
+                periodic = batch.cell is not None
+                writer.add(data.molecule_names[int(data.molecule[c])], batch.species.numpy(),
+                           batch.positions.numpy()[None], {k: v.numpy()[None] if LABELS[k] == PER_ATOM else v.numpy()
+                                                           for k, v in batch.labels.items()},
+                           cell=batch.cell[0].numpy() if periodic else None,
+                           pbc=batch.pbc[0].numpy() if periodic else None)
+        for frame in chosen:
+            atoms = frame.atoms
+            periodic = atoms.pbc.any()
+            writer.add(trajectories[frame.trajectory].system, atoms.numbers, atoms.positions[None],
+                       {"teacher.energy": np.array([frame.teacher_energy]), "teacher.forces": frame.teacher_forces[None],
+                        "teacher.forces_std": np.array([frame.spread]), "student.deviation": np.array([frame.deviation])},
+                       cell=atoms.cell.array if periodic else None, pbc=atoms.pbc if periodic else None)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def exploration_table(summaries: list[dict]) -> str:
+    """A markdown table of the rounds for the run's report."""
+    rows = ["| round | MD runs | failed | median fs to failure | frames kept | selected | mean deviation kept "
+            "(eV/Å) | mean teacher spread kept (eV/Å) |", "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        fs = "—" if s["median_fs_to_failure"] is None else f"{s['median_fs_to_failure']:.1f}"
+        dev = "—" if s["mean_deviation_kept"] is None else f"{s['mean_deviation_kept']:.3f}"
+        spread = "—" if s["mean_spread_kept"] is None else f"{s['mean_spread_kept']:.3f}"
+        rows.append(f"| {s['round']} | {s['trajectories']} | {s['failed']} | {fs} | {s['frames_kept']} | "
+                    f"{s['selected']} | {dev} | {spread} |")
+    return "\n".join(rows)

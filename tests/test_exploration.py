@@ -1,0 +1,128 @@
+"""On-policy exploration: frame selection, failures, and resumable rounds of an EKD run (tiny systems, few steps)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase import Atoms
+
+from kdframe.exploration import Dynamics, Frame, Selection, Trajectory, Watcher, run_trajectory, select_frames
+from kdframe.io import file_sha256
+from kdframe.plugins import registry
+from kdframe.potential import Ensemble, Potential
+
+from toy import MOLECULES
+
+
+def _frame(trajectory: int, index: int, deviation: float, spread: float = 0.1) -> Frame:
+    return Frame(trajectory, index, float(index), None, 0.0, np.zeros((1, 3)), spread, deviation)
+
+
+def test_selection_takes_the_largest_deviations_spaced_along_each_trajectory():
+    frames = [_frame(0, i, d) for i, d in enumerate([0.1, 0.9, 0.8, 0.2, 0.7])] + [_frame(1, 0, 0.5),
+                                                                                  _frame(1, 1, 5.0, spread=3.0)]
+    trajectories = [Trajectory("a", 300, 0, frames[:5]), Trajectory("b", 300, 1, frames[5:])]
+    chosen = select_frames(trajectories, Selection(top_k=3, min_spacing=2), max_spread=1.0)
+    # 5.0 is where the teachers disagree beyond trust; 0.8 sits next to 0.9; then 0.7 and 0.5
+    assert [(f.trajectory, f.index) for f in chosen] == [(0, 1), (0, 4), (1, 0)]
+    by_spread = select_frames(trajectories, Selection(rank_by="spread", top_k=1, min_spacing=0), max_spread=10.0)
+    assert [(f.trajectory, f.index) for f in by_spread] == [(1, 1)]
+    assert select_frames(trajectories, Selection(deviation_above=2.0), max_spread=1.0) == []
+
+
+def _toy(seed: int) -> Potential:
+    torch.manual_seed(seed)
+    return Potential(registry().architectures["toy"], {"width": 4}, [1, 6, 7, 8])
+
+
+def _methanol() -> Atoms:
+    numbers, positions = MOLECULES["methanol"]
+    return Atoms(numbers=numbers, positions=positions)
+
+
+@pytest.mark.parametrize("dynamics, failure, frames", [
+    (Dynamics(steps=20, every=5, min_distance=5.0), "atoms closer than 5.0 Å", 1),  # at once; the start is kept
+    (Dynamics(steps=20, every=5, max_spread=1e-9), "teacher force spread", 1),  # at the first kept frame
+    (Dynamics(steps=20, every=5, ensemble="nve"), None, 4),
+])
+def test_a_failure_stops_a_trajectory_and_keeps_its_frames(dynamics, failure, frames):
+    watcher = Watcher(Ensemble([_toy(1), _toy(2)]))
+    try:
+        result = run_trajectory(_toy(0), watcher, _methanol(), "methanol", 300.0, 0, 0, dynamics)
+    finally:
+        watcher.close()
+    assert len(result.frames) == frames
+    if failure is None:
+        assert result.failure is None and result.simulated_fs == 10.0
+    else:
+        assert result.failure.startswith(failure) and result.simulated_fs == result.failed_at_fs < 10.0
+    for frame in result.frames:
+        assert frame.teacher_forces.shape == (6, 3) and frame.spread > 0 and frame.deviation > 0
+
+
+def test_the_watcher_reports_the_members_spread_and_the_students_deviation():
+    members, student = [_toy(1), _toy(2)], _toy(0)
+    atoms = _methanol()
+    from kdframe.calculator import KdframeCalculator
+
+    forces = [KdframeCalculator(m).get_forces(atoms) for m in members]
+    mine = KdframeCalculator(student).get_forces(atoms)
+    watcher = Watcher(Ensemble(members))
+    _, mean, spread, deviation = watcher(atoms, mine)
+    watcher.close()
+    assert np.allclose(mean, np.mean(forces, axis=0), atol=1e-6)
+    assert np.isclose(spread, np.sqrt(((forces - mean) ** 2).sum(-1).mean()), rtol=1e-5)
+    assert np.isclose(deviation, np.sqrt(((mine - mean) ** 2).sum(-1).mean()), rtol=1e-5)
+
+
+def _config(tmp_path, ani_file, **explore) -> str:
+    raw = {"workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu", "seed": 0,
+           "data": {"train": {"path": str(ani_file), "energy": "morse.energy"}},
+           "training": {"batch_size": 8, "max_epochs": 2},
+           "teachers": {"train": {"count": 2, "model": {"architecture": "toy", "width": 4}}},
+           "student": {"model": {"architecture": "toy", "width": 4}, "weights": {"energy": 1, "forces": 1}},
+           "control": False,
+           "explore": {"rounds": 2, "systems": [{"path": str(ani_file), "max_systems": 2}],
+                       "dynamics": {"steps": 12, "every": 3, "temperatures_K": [300, 600]},
+                       "select": {"top_k": 4, "min_spacing": 1}, "training": {"max_epochs": 1},
+                       "stop_when_stable": False, **explore}}
+    path = tmp_path / "ekd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_exploration_rounds_fine_tune_the_student_and_resume_with_identical_results(tmp_path, ani_file, capsys):
+    from kdframe.cli import main
+
+    config = _config(tmp_path, ani_file)
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Exploration rounds" in report and "student, explored 2" in report
+    rounds = tmp_path / "run" / "exploration"
+    first = json.loads((rounds / "round_1" / "round.json").read_text())
+    assert first["trajectories"] == 4 and 0 < first["selected"] <= 4  # 2 systems x 2 temperatures
+    frames = {r: file_sha256(rounds / f"round_{r}" / "explored.h5") for r in (1, 2)}
+    tuned = file_sha256(tmp_path / "run" / "explored_2" / "model.pt")
+    from kdframe.data.packed import PackedDataset
+
+    second = PackedDataset.open(rounds / "round_2" / "explored.h5", {"e": "teacher.energy"})
+    assert len(second) == first["selected"] + json.loads((rounds / "round_2" / "round.json").read_text())["selected"]
+    # As after a kill -9 in round 2: its frames and its fine-tuning are lost; round 1's MD is redone from scratch.
+    for path in [rounds / "round_2", tmp_path / "run" / "explored_2", rounds / "round_1"]:
+        __import__("shutil").rmtree(path)
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    assert {r: file_sha256(rounds / f"round_{r}" / "explored.h5") for r in (1, 2)} == frames
+    assert file_sha256(tmp_path / "run" / "explored_2" / "model.pt") == tuned
+
+
+def test_a_bad_explore_block_is_refused_before_any_work(tmp_path, ani_file, capsys):
+    from kdframe.cli import main
+
+    for explore, message in [({"systems": [{"path": "nowhere.xyz"}]}, "explore.systems[0].path: file not found"),
+                             ({"weights": {"stress": 1}}, "explore.weights.stress: unknown loss term"),
+                             ({"select": {"rank_by": "energy"}}, "explore.select.rank_by")]:
+        assert main(["run", _config(tmp_path, ani_file, **explore), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
