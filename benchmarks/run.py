@@ -9,8 +9,11 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
 - ``cost``: trainable weights, energy + forces inference time and peak memory per atom on periodic boxes of
   small molecules (``--boundary open``: clusters in vacuum) of several sizes, test-split force error; Pareto
   plots of force error vs time and vs memory (methods.md §2). On a GPU it also finds the largest box that fits.
-- ``md``: ASE NVE of a condensed periodic box of small molecules per model at several time steps; a run fails when two atoms
-  come closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed vs time step.
+- ``md``: the MD acceptance suite (``md_acceptance.py``): ASE NVE of a condensed periodic box of small molecules
+  and of every extensibility molecule in vacuum, per model at several time steps; a run fails when two atoms come
+  closer than 0.5 Å or the energy is not finite (methods.md §1). Fraction failed and time to failure vs time step,
+  energy drift (meV/atom/ps), RDFs and their Jensen-Shannon distances to a reference model (``--reference``, e.g. a
+  ``--pretrained`` teacher ensemble), atom-steps per second.
 - ``labelling``: configurations per second of ensemble-averaged teacher forces for each k-member
   teacher ensemble of the cross runs (and pretrained ANI-1ccx), with GPU utilisation on a GPU.
 - ``overhead``, ``overhead-torchani``, ``overhead-mace``, ``hvp``, ``packed``, ``hipnn-kernels``, ``hipnn-pairs``: the
@@ -19,6 +22,7 @@ commit, device, date; default sizes run in minutes on a CPU, and at full size on
 
 Models are saved kdframe models (``--models NAME=PATH ...``); by default the students and controls of
 the cross-architecture EKD runs (``configs/cross/*.yaml``), whose shared test split scores force errors.
+``md`` also takes registered pretrained ensembles (``--pretrained NAME=KEY ...``, e.g. ``teacher=ani1ccx``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import math
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +64,8 @@ SCRIPTS = {"overhead": "hipnn_overhead.py", "overhead-torchani": "torchani_overh
            "packed": "packed_data.py", "hipnn-kernels": "hipnn_kernels.py", "hipnn-pairs": "hipnn_pairs.py"}
 # Default problem sizes: what runs in minutes on a 2-core CPU, and the full size on a GPU (boxes of tens of
 # thousands of atoms, methods.md §2); the largest-box search on a GPU goes on up to --max-atoms.
-CPU_SIZES = {"sizes": [200, 1000, 4000], "md_atoms": 200}  # boxes of 3³, 5³, 8³, 3³ molecules
-GPU_SIZES = {"sizes": [1000, 10_000, 50_000], "md_atoms": 1500}
+CPU_SIZES = {"sizes": [200, 1000, 4000], "md_atoms": 200, "steps": 200}  # boxes of 3³, 5³, 8³, 3³ molecules
+GPU_SIZES = {"sizes": [1000, 10_000, 50_000], "md_atoms": 1500, "steps": 1000}
 # Å between molecule centres on the grid (liquid-like packing, about 0.8 g/cm³ for the bundled molecules);
 # closest allowed intermolecular contact.
 SPACING, MIN_GAP = 4.5, 1.8
@@ -313,79 +316,23 @@ def pareto(points: dict[str, tuple[float, float, float]], stem: Path, size: int)
 
 
 # --- md ----------------------------------------------------------------------------------------------
-def nve(model: Potential, atoms, dt_fs: float, steps: int, seed: int,
-        device: torch.device) -> tuple[float | None, bool, float]:
-    """An NVE run from 300 K Maxwell-Boltzmann velocities: (fs simulated when it failed, None if it did not;
-    whether the first pair closer than 0.5 Å belongs to one molecule; |energy drift| per atom in meV, NaN if
-    it failed)."""
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
-    from ase.neighborlist import neighbor_list
-    from kdframe.calculator import KdframeCalculator
-
-    atoms = atoms.copy()
-    atoms.calc = KdframeCalculator(model, device=device)
-    with warnings.catch_warnings():  # deprecated in ASE 3.29 (thermalize_momenta, same numbers); older ASE lacks that
-        warnings.simplefilter("ignore", DeprecationWarning)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
-    start = atoms.get_total_energy()
-    dynamics = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
-    for step in range(1, steps + 1):
-        dynamics.run(1)
-        energy = atoms.get_total_energy()
-        close = neighbor_list("ij", atoms, 0.5)  # minimum image in a periodic box
-        if not np.isfinite(energy) or len(close[0]):
-            molecule = atoms.get_tags()
-            inside = bool(len(close[0])) and molecule[close[0][0]] == molecule[close[1][0]]
-            return step * dt_fs, inside, math.nan
-    return None, False, abs(energy - start) / len(atoms) * 1000
-
-
 def md_suite(args: argparse.Namespace, device: torch.device) -> str:
-    models = load_models(model_paths(args.models), device)
+    """The MD acceptance suite (md_acceptance.py) on --pretrained ensembles and --models (default: the cross runs)."""
+    from md_acceptance import load_pretrained, md_report
+
+    models = load_pretrained(args.pretrained or [], device)
+    if args.models or not models:
+        clash = set(models) & {e.split("=", 1)[0] for e in args.models or []}
+        if clash:
+            raise ConfigError("--models", f"name(s) {', '.join(sorted(clash))} also given to --pretrained",
+                              "distinct names")
+        models.update(load_models(model_paths(args.models), device))
+    reference = args.reference or next(iter(models))
+    if reference not in models:
+        raise ConfigError("--reference", f"{reference!r} is not a model name", models)
+    models = {reference: models[reference], **models}  # the reference first in every table
     atoms = molecular_box(args.md_atoms, seed=2, spacing=args.spacing, periodic=args.boundary == "periodic")
-    rows, curves = [], {}
-    for name, model in models.items():
-        failed_by_dt = []
-        for dt in args.timesteps:
-            runs = [nve(model, atoms, dt, args.steps, seed, device) for seed in range(args.replicas)]
-            failures = [t for t, _, _ in runs if t is not None]
-            inside = sum(i for t, i, _ in runs if t is not None)
-            drifts = [d for t, _, d in runs if t is None]
-            failed = len(failures) / len(runs)
-            failed_by_dt.append(failed)
-            rows.append(f"| {name} | {dt} | {failed:.2f} | {f'{np.median(failures):.1f}' if failures else '—'} | "
-                        f"{f'{inside}/{len(failures)}' if failures else '—'} | "
-                        f"{f'{np.median(drifts):.2f}' if drifts else '—'} |")
-            print(rows[-1], flush=True)
-        curves[name] = failed_by_dt
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for name, failed in curves.items():
-        ax.plot(args.timesteps, failed, marker="o", ls="-" if "student" in name else "--", label=name)
-    ax.set_xlabel("time step (fs)")
-    ax.set_ylabel("fraction of NVE runs failed")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    plot = Path(args.out).with_suffix(".png")
-    atomic_write(plot, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return f"""# MD stability: NVE runs failed vs time step
-
-- command: `{' '.join(sys.argv)}`
-- {provenance(device.type)}
-- system: {len(atoms)} atoms, {describe(atoms)}; ASE velocity Verlet, {args.steps} steps from 300 K Maxwell-Boltzmann velocities,
-  {args.replicas} velocity seeds per time step. A run fails when two atoms come closer than 0.5 Å or the
-  energy is not finite; time to failure: simulated fs until then, median over failed runs; bond collapses:
-  failed runs whose close pair lies inside one molecule (the rest: two molecules, or a non-finite energy).
-  Drift: |E_end - E_start| per atom (meV), median over runs that did not fail.
-
-| model | time step (fs) | fraction failed | time to failure (fs) | bond collapses | energy drift (meV/atom) |
-|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-Plot: `{plot.name}`
-"""
+    return md_report(args, models, reference, atoms, describe(atoms), device, provenance(device.type))
 
 
 # --- accuracy ------------------------------------------------------------------------------------
@@ -583,16 +530,30 @@ def main(argv: list[str] | None = None) -> None:
                         help="cost, md: Å between molecule centres (4.5: liquid-like; 5.5: dilute)")
     parser.add_argument("--boundary", choices=["periodic", "open"], default="periodic",
                         help="cost, md: periodic boxes (bulk, no surface) or open clusters in vacuum")
+    parser.add_argument("--pretrained", nargs="+", metavar="NAME=KEY",
+                        help="md: registered pretrained ensembles (e.g. teacher=ani1ccx; `kdframe models fetch KEY`)")
+    parser.add_argument("--reference", help="md: the model the others are compared with (default: the first "
+                                            "--pretrained, else the first --models)")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
-    parser.add_argument("--steps", type=int, default=200, help="md: steps per run")
-    parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step")
+    parser.add_argument("--steps", type=int, help=f"md: steps per box run (default: CPU {CPU_SIZES['steps']}, "
+                                                  f"GPU {GPU_SIZES['steps']})")
+    parser.add_argument("--gas-steps", type=int, help="md: steps per gas-phase run (0: no gas phase; default: --steps)")
+    parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step (and molecule)")
+    parser.add_argument("--rdf-timestep", type=float, metavar="FS", help="md: the RDFs' time step (default: the smallest)")
+    parser.add_argument("--rdf-every", type=int, default=5, help="md: steps between RDF frames")
+    parser.add_argument("--rdf-max", type=float, default=6.0, help="md: RDF range (Å)")
+    parser.add_argument("--rdf-bins", type=int, default=120, help="md: RDF bins")
+    parser.add_argument("--speed-steps", type=int, default=20, help="md: MD steps per timed segment")
+    parser.add_argument("--speed-repeats", type=int, default=5, help="md: timed segments per model")
+    parser.add_argument("--threads", type=int, help="torch threads (default: 1 on a CPU)")
     parser.add_argument("--out", help="result file (default: benchmarks/results/<suite>.md, <suite>_gpu.md on a GPU)")
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     for key, value in (GPU_SIZES if on_gpu else CPU_SIZES).items():
         setattr(args, key, getattr(args, key) or value)
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}{'_gpu' if on_gpu else ''}.md")
-    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    args.gas_steps = args.steps if args.gas_steps is None else args.gas_steps
+    torch.set_num_threads(args.threads or (1 if args.device == "cpu" else torch.get_num_threads()))
     device = torch.device(args.device)
     suites = {"accuracy": accuracy_suite, "cost": cost_suite, "md": md_suite, "labelling": labelling_suite}
     try:
