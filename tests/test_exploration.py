@@ -122,7 +122,9 @@ def test_a_bad_explore_block_is_refused_before_any_work(tmp_path, ani_file, caps
 
     for explore, message in [({"systems": [{"path": "nowhere.xyz"}]}, "explore.systems[0].path: file not found"),
                              ({"weights": {"stress": 1}}, "explore.weights.stress: unknown loss term"),
-                             ({"select": {"rank_by": "energy"}}, "explore.select.rank_by")]:
+                             ({"select": {"rank_by": "energy"}}, "explore.select.rank_by"),
+                             ({"systems": [{"path": str(ani_file), "names": "box:*"}]},
+                              "explore.systems[0]: no molecule of")]:
         assert main(["run", _config(tmp_path, ani_file, **explore), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
 from ..teacher_labelling import teacher_label
 from .base import Run, Workflow, compare_files, compared, fingerprint, knowledge_source
-from .explore import Explore, explore, exploration_table
+from .explore import Explore, exploration_table, explore, starting_systems
 from .teachers import TeacherSource
 
 # w_F by epoch from methods.md §1 (w_E = 1 throughout).
@@ -71,6 +71,7 @@ class Ekd(Workflow):
         if "stress" in config.student.weights and not (run.data.periodic and run.data.pbc.all(axis=1).any()):
             raise ConfigError("student.weights.stress", "data.train has no configuration periodic in all three "
                               "directions, so the teachers have no stress to teach; drop this weight")
+        systems = None if config.explore is None else starting_systems(config.explore, run.config_dir, run.species)
         ensemble = config.teachers.ensemble(run, "teachers", "teacher", config.seed + 1)
         models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(ensemble.members)}
         models["teacher ensemble"] = ensemble
@@ -92,9 +93,9 @@ class Ekd(Workflow):
             models["control"] = run.fit("control", energy_only, run.data, config.seed + 7)
         notes = ""
         if config.explore is not None:
-            final, rounds = explore(run, block, run.dir / "student" / "model.pt", ensemble, config.explore,
-                                    config.seed + 300, lambda stage, tuned, start: self.student(
-                                        run, tuned, data, stage, 0, start=start))
+            rounds = explore(run, block, run.dir / "student" / "model.pt", ensemble, config.explore, systems,
+                             config.seed + 300, lambda stage, tuned, start: self.student(run, tuned, data, stage, 0,
+                                                                                         start=start))
             models.update({f"student, explored {s['round']}": Potential.load(s["model"]).to(run.device)
                            for s in rounds if "model" in s})
             notes = f"Exploration rounds (student MD watched by the teachers):\n\n{exploration_table(rounds)}\n"

@@ -14,6 +14,7 @@ reused while the student, teachers and settings they came from are unchanged; it
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,11 @@ LABELS = {"teacher.energy": PER_CONF, "teacher.forces": PER_ATOM, "teacher.force
 
 class Systems(Strict):
     """Starting configurations: the first ``per_molecule`` of each molecule of a file (extxyz, ANI-layout or
-    packed, e.g. liquid boxes from ``kdframe data generate --boxes``), at most ``max_systems``."""
+    packed, e.g. liquid boxes from ``kdframe data generate --boxes``) whose name matches ``names``, at most
+    ``max_systems``."""
 
     path: str
+    names: str = "*"  # shell pattern on molecule names, e.g. "box:*" for the liquid boxes of a generated file
     per_molecule: pydantic.PositiveInt = 1
     max_systems: pydantic.PositiveInt | None = None
 
@@ -81,7 +84,7 @@ def starting_systems(explore: Explore, config_dir: Path, species: list[int]) -> 
         taken: dict[int, int] = {}
         for c in range(len(data)):
             molecule = int(data.molecule[c])
-            if taken.get(molecule, 0) >= block.per_molecule:
+            if taken.get(molecule, 0) >= block.per_molecule or not fnmatch(data.molecule_names[molecule], block.names):
                 continue
             taken[molecule] = taken.get(molecule, 0) + 1
             batch = data.batch(np.array([c]), [])
@@ -96,14 +99,16 @@ def starting_systems(explore: Explore, config_dir: Path, species: list[int]) -> 
             systems.append((f"{data.molecule_names[molecule]}#{taken[molecule]}", atoms))
             if sum(taken.values()) == block.max_systems:
                 break
+        if not taken:
+            raise DataError(f"explore.systems[{i}]: no molecule of {block.path} matches names: {block.names!r}")
     return systems
 
 
-def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Explore, seed: int,
-            fit: Callable[[str, Student, Path], Potential]) -> tuple[Path, list[dict]]:
-    """Run the rounds from the student saved at ``start``; ``fit(stage, block, start)`` fine-tunes one round's
-    student. Returns the final student's file and each round's summary."""
-    systems = starting_systems(settings, run.config_dir, run.species)
+def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Explore, systems: list, seed: int,
+            fit: Callable[[str, Student, Path], Potential]) -> list[dict]:
+    """Run the rounds on ``systems`` (:func:`starting_systems`, read before any work) from the student saved at
+    ``start``; ``fit(stage, block, start)`` fine-tunes one round's student. Returns each round's summary (with
+    ``model``, its fine-tuned student's file, for the rounds that fine-tuned)."""
     teacher_print = Teacher(teachers, "teachers").fingerprint()
     summaries, current, previous_frames = [], start, None
     for r in range(1, settings.rounds + 1):
@@ -131,7 +136,7 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
         fit(f"explored_{r}", tuned, current)
         current = run.dir / f"explored_{r}" / "model.pt"
         summary["model"] = str(current)
-    return current, summaries
+    return summaries
 
 
 def _finished_round(folder: Path, identity: dict) -> dict | None:
