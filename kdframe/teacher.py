@@ -70,6 +70,9 @@ def align_reference_energies(teacher: Teacher, dataset: Dataset, label: str, dev
     predicted = np.concatenate([teacher.predict(b.to(device, dtype), forces=False)["energy"][:, 0].cpu().numpy()
                                 for b in dataset.batches(batch_size, labels=())])
     offsets = fit_reference_energies(dataset.with_labels(residual=dataset.labels[label] - predicted), "residual")
+    # Rounded to 1e-6 eV: the fit differs in its last bits with torch's thread count, and the aligned teacher's
+    # fingerprint (which keys its cached knowledge and every stage it taught) must not.
+    offsets = np.round(offsets, 6)
     with torch.no_grad():
         for member in teacher.members:
             n = min(len(offsets), member.reference_energies.shape[0])
