@@ -2,15 +2,18 @@
 
     python benchmarks/student_speed.py --student runs/scale/ani1ccx_to_hipnn_10k/student/model.pt --pretrained ani1ccx
 
-Two workloads: every conformation of the bundled extensibility set as one batch (molecules), and the
-condensed periodic box of the MD suite (``molecular_box(196)`` of benchmarks/run.py). Calls alternate
-between the two models (noisy machines); the median of the repeats is reported, and the ratio.
+Workloads: every conformation of the bundled extensibility set as one batch (molecules), and condensed periodic
+boxes (``molecular_box(N)`` of benchmarks/run.py: the MD suite's 196, and a large one). Calls alternate between
+the two models (noisy machines); the median of the repeats is reported, and the ratio. Peak memory per atom of
+one energy + forces call: in a fresh process per model and workload, VmHWM - VmRSS around the first call after a
+warm-up on a small box (what the call adds: activations and autograd graph, not the weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import proc_status_kib  # noqa: E402
 from run import molecular_box  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
@@ -42,22 +46,53 @@ def timed(models: dict[str, torch.nn.Module], batch: Batch, repeats: int) -> dic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def load(kind: str, args: argparse.Namespace) -> torch.nn.Module:
+    return (Potential.load(args.student) if kind == "student" else registry().pretrained[args.pretrained]()).eval()
+
+
+def workloads(box_atoms: list[int]) -> dict[str, Batch]:
+    data = read_dataset(resolve_path("bundled:extensibility.h5", Path.cwd()), {})
+    out = {f"extensibility set ({len(data)} conformations, one batch)": data.batch(np.arange(len(data)), [])}
+    for n in box_atoms:
+        out[f"condensed periodic box (molecular_box({n}))"] = Batch.from_atoms([molecular_box(n)])
+    return out
+
+
+def peak_bytes(model: torch.nn.Module, batch: Batch) -> int:
+    """What one energy + forces call adds to the resident set at its peak (after a warm-up on a small box)."""
+    model(Batch.from_atoms([molecular_box(20, seed=3, periodic=False)]).to("cpu", model_dtype(model)), forces=True)
+    batch = batch.to("cpu", model_dtype(model))
+    Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
+    base = proc_status_kib("VmRSS")
+    model(batch, forces=True)
+    return (proc_status_kib("VmHWM") - base) * 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="the student's model.pt")
     parser.add_argument("--pretrained", required=True, help="its teacher: a registered pretrained ensemble")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--box-atoms", type=int, nargs="+", default=[196, 3791])
+    parser.add_argument("--memory-of", nargs=2, metavar=("MODEL", "WORKLOAD"), help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     torch.set_num_threads(1)
-    models = {"student": Potential.load(args.student).eval(), "teacher": registry().pretrained[args.pretrained]().eval()}
-    data = read_dataset(resolve_path("bundled:extensibility.h5", Path.cwd()), {})
-    workloads = {f"extensibility set ({len(data)} conformations, one batch)": data.batch(np.arange(len(data)), []),
-                 "condensed periodic box (MD suite, molecular_box(196))": Batch.from_atoms([molecular_box(196)])}
-    print(f"| workload | atoms | student ms | teacher ms | teacher / student |\n|---|---|---|---|---|")
-    for name, batch in workloads.items():
+    loads = workloads(args.box_atoms)
+    if args.memory_of:  # one measurement in this fresh process
+        kind, index = args.memory_of
+        print(peak_bytes(load(kind, args), list(loads.values())[int(index)]))
+        return
+    models = {kind: load(kind, args) for kind in ("student", "teacher")}
+    print("| workload | atoms | student ms | teacher ms | teacher / student | student KiB/atom | teacher KiB/atom "
+          "| student / teacher memory |\n|---|---|---|---|---|---|---|---|")
+    for index, (name, batch) in enumerate(loads.items()):
         t = timed(models, batch, args.repeats)
+        memory = {kind: int(subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-of", kind, str(index)],
+                                           check=True, capture_output=True, text=True).stdout.split()[-1]) / 1024
+                  / batch.n_atoms for kind in models}
         print(f"| {name} | {batch.n_atoms} | {1e3 * t['student']:.1f} | {1e3 * t['teacher']:.1f} | "
-              f"{t['teacher'] / t['student']:.2f} |")
+              f"{t['teacher'] / t['student']:.2f} | {memory['student']:.1f} | {memory['teacher']:.1f} | "
+              f"{memory['student'] / memory['teacher']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

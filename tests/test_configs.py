@@ -26,6 +26,10 @@ def test_extends_merges_mappings_and_empty_mapping_clears(tmp_path):
     (tmp_path / "run.yaml").write_text("extends: base.yaml\na: {y: 5}\nb: {}\n")
     assert load_yaml(tmp_path / "run.yaml") == {"a": {"x": 1, "y": 5}, "b": {}, "c": 3}
     assert deep_merge({"a": {"x": 1}}, {"a": 2}) == {"a": 2}
+    model = {"architecture": "hippynn", "width": 32}  # another architecture's model block replaces, its keys would not fit
+    assert deep_merge({"m": model}, {"m": {"architecture": "torchani", "hidden": [8]}}) == \
+        {"m": {"architecture": "torchani", "hidden": [8]}}
+    assert deep_merge({"m": model}, {"m": {"architecture": "hippynn", "width": 8}}) == {"m": {**model, "width": 8}}
 
 
 def test_extends_loop_and_missing_base(tmp_path):
