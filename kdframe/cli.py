@@ -93,16 +93,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--out", f"{args.out} is an input of this evaluation (a --model or the --data file); "
                           "give another markdown file to write")
     model, members, name, default_out = _evaluation_model(args)
-    optional = {"forces": args.forces_key, "stress": args.stress_key}
+    optional = {"forces": args.forces_key, "stress": args.stress_key, "hessian": args.hessian_key}
     keys = {"energy": args.energy_key, **{label: key for label, key in optional.items() if key}}
     data = read_dataset(data_path, keys)
     model.check_species(torch.from_numpy(data.elements()), str(data_path))
     head = model.head_index(args.head, "--head") if args.head else 0
     forces, stress = "forces" if args.forces_key else None, "stress" if args.stress_key else None
+    hessian = "hessian" if args.hessian_key else None
     if len(members) > 1:
-        metrics = evaluate_ensemble(members, data, "energy", forces, head=head, stress_label=stress, refit=True)
+        metrics = evaluate_ensemble(members, data, "energy", forces, head=head, stress_label=stress, refit=True,
+                                    hessian_label=hessian)
     else:
-        metrics = evaluate(model, data, "energy", forces, head=head, stress_label=stress, refit=True)
+        metrics = evaluate(model, data, "energy", forces, head=head, stress_label=stress, refit=True,
+                           hessian_label=hessian)
     set_name = args.data if args.data.startswith(BUNDLED_PREFIX) else data_path.name
     text = table({set_name: {name: metrics}})
     extra = summary_markdown(name, metrics)
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-key", default="energy", help="energy key in the file (default: energy)")
     p.add_argument("--forces-key", default=None, help="forces key in the file (default: no force metrics)")
     p.add_argument("--stress-key", default=None, help="stress key of an extxyz file, eV/Å³ (default: no stress metrics)")
+    p.add_argument("--hessian-key", default=None,
+                   help="Hessian key of an ANI file, e.g. xtb.hessian: Hessian-element errors and harmonic frequency "
+                        "errors (freq, cm-1) at the reference geometries (default: none; small molecules only)")
     p.add_argument("--head", default=None, help="output head (fidelity) to evaluate (default: the first)")
     p.add_argument("--out", default=None, help="markdown file for the metrics (default: beside the (first) model; "
                                                 "for --pretrained in the current directory)")

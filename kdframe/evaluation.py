@@ -1,6 +1,6 @@
-"""Errors of a model on a dataset: energies, per-atom energies, forces, stress, Hessians and conformer energy
-differences; for an ensemble also the members' spread; optionally energies after an in-sample per-element offset
-refit."""
+"""Errors of a model on a dataset: energies, per-atom energies, forces, stress, Hessians, harmonic frequencies
+(:mod:`kdframe.frequencies`) and conformer energy differences; for an ensemble also the members' spread; optionally
+energies after an in-sample per-element offset refit."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ import torch
 from . import derivatives
 from .data.dataset import Dataset
 from .data.reference import fit_reference_energies
+from .frequencies import frequency_pairs
 from .potential import Ensemble, Potential, model_dtype
 from .units import EV_TO_KCAL_MOL, shown_unit
 
 CONFORMER_WINDOW_KCAL_MOL = 100.0  # conformers this far above their molecule's minimum are left out of dE
 REFIT = "E (offsets refit)"  # metric prefix of energies after the per-element offset refit
+FREQUENCY_NOTE = ("Both Hessians are taken at the reference geometry (not re-optimised), mass-weighted, with "
+                  "translations and rotations projected out (3N-6 modes, 3N-5 if linear); imaginary frequencies count "
+                  "as negative.")
+FREQ = "freq"  # metric prefix of harmonic frequencies (cm-1) at the reference geometries, from Hessian labels
 
 
 @dataclass
@@ -127,7 +132,9 @@ def ensemble_spread(members: Sequence[Predictions]) -> dict[str, float]:
 def metrics_of(pred: Predictions, dataset: Dataset, energy_label: str | None = "energy",
                forces_label: str | None = None, hessian_label: str | None = None, stress_label: str | None = None,
                refit: bool = False) -> Metrics:
-    """Errors of given predictions; ``refit`` adds :data:`REFIT` errors after :func:`refit_offsets`."""
+    """Errors of given predictions; ``refit`` adds :data:`REFIT` errors after :func:`refit_offsets`; a Hessian label
+    adds Hessian-element errors and :data:`FREQ` errors (cm-1) of the sorted harmonic frequencies of every
+    configuration with a reference Hessian, at the reference geometry (:mod:`kdframe.frequencies`)."""
     out = Metrics()
     if energy_label is not None:
         ref = dataset.labels[energy_label]
@@ -148,6 +155,12 @@ def metrics_of(pred: Predictions, dataset: Dataset, energy_label: str | None = "
         ref = dataset.labels[hessian_label]
         inside = ~np.isnan(ref)  # padding past a configuration's atoms, and missing Hessians, are NaN
         _errors("H", ref[inside], pred.hessian[inside], "eV/Å²", out)
+        ptr = np.concatenate([[0], np.cumsum(dataset.n_atoms)])
+        *freqs, n_conf = frequency_pairs(ref, pred.hessian, dataset.species, dataset.positions, ptr)
+        _errors(FREQ, *freqs, "cm-1", out)
+        if n_conf:
+            out.values[f"{FREQ}: configurations"] = float(n_conf)
+            out.values[f"{FREQ}: modes"] = float(freqs[0].size)
     if stress_label is not None:
         _errors("S", dataset.labels[stress_label], pred.stress, "eV/Å³", out)
     return out
@@ -156,8 +169,9 @@ def metrics_of(pred: Predictions, dataset: Dataset, energy_label: str | None = "
 def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | None = "energy",
              forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu",
              hessian_label: str | None = None, stress_label: str | None = None, refit: bool = False) -> Metrics:
-    """Energy, per-atom energy, dE and (if their labels are given) force, Hessian-element and stress errors, in eV
-    and kcal/mol (stress: eV/Å³ and GPa); ``refit``: also energies after an in-sample per-element offset refit."""
+    """Energy, per-atom energy, dE and (if their labels are given) force, Hessian-element, harmonic-frequency and
+    stress errors, in eV and kcal/mol (frequencies: cm-1; stress: eV/Å³ and GPa); ``refit``: also energies after an
+    in-sample per-element offset refit."""
     width = dataset.labels[hessian_label].shape[2] if hessian_label is not None else None
     pred = predict(model, dataset, head, forces=forces_label is not None, device=device, hessian_width=width,
                    stress=stress_label is not None)
@@ -166,19 +180,22 @@ def evaluate(model: Potential | Ensemble, dataset: Dataset, energy_label: str | 
 
 def evaluate_ensemble(members: Sequence[Potential], dataset: Dataset, energy_label: str | None = "energy",
                       forces_label: str | None = None, head: int = 0, device: str | torch.device = "cpu",
-                      stress_label: str | None = None, refit: bool = False) -> Metrics:
-    """Errors of the members' mean (as :class:`~kdframe.potential.Ensemble` predicts) plus the members' spread
-    (:func:`ensemble_spread`: ``E spread``, ``F spread`` when forces are evaluated)."""
-    preds = [predict(m, dataset, head, forces=forces_label is not None, device=device, stress=stress_label is not None)
-             for m in members]
-    out = metrics_of(mean_predictions(preds), dataset, energy_label, forces_label, None, stress_label, refit)
+                      stress_label: str | None = None, refit: bool = False,
+                      hessian_label: str | None = None) -> Metrics:
+    """Errors of the members' mean (as :class:`~kdframe.potential.Ensemble` predicts; Hessians and frequencies from
+    the mean Hessian) plus the members' spread (:func:`ensemble_spread`: ``E spread``, ``F spread`` when forces are
+    evaluated)."""
+    width = dataset.labels[hessian_label].shape[2] if hessian_label is not None else None
+    preds = [predict(m, dataset, head, forces=forces_label is not None, device=device, hessian_width=width,
+                     stress=stress_label is not None) for m in members]
+    out = metrics_of(mean_predictions(preds), dataset, energy_label, forces_label, hessian_label, stress_label, refit)
     out.values.update(ensemble_spread(preds))
     return out
 
 
 def summary_markdown(name: str, metrics: Metrics) -> str:
     """Markdown for what the run table has no column for: raw energy errors beside those after the offset refit,
-    and the ensemble spread (each only if present), kcal/mol-based."""
+    the ensemble spread, and how the frequency errors were taken (each only if present), kcal/mol-based."""
     v = metrics.values
     lines = []
     if f"{REFIT} rmse (kcal/mol)" in v:
@@ -197,4 +214,9 @@ def summary_markdown(name: str, metrics: Metrics) -> str:
             text += (f"; members' force deviation {v['F spread (kcal/mol/Å)']:.3f} kcal/mol/Å "
                      "(per atom, mean over atoms)")
         lines += [text + ".", ""]
+    if f"{FREQ}: configurations" in v:
+        lines += [f"Harmonic frequencies (freq): RMSE {v[f'{FREQ} rmse (cm-1)']:.1f} cm-1, MAE "
+                  f"{v[f'{FREQ} mae (cm-1)']:.1f} cm-1 over {int(v[f'{FREQ}: modes'])} modes of "
+                  f"{int(v[f'{FREQ}: configurations'])} configurations with a reference Hessian, sorted frequencies "
+                  f"compared mode by mode. {FREQUENCY_NOTE}", ""]
     return "\n".join(lines)

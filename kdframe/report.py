@@ -11,12 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import distributed  # noqa: E402
-from .evaluation import Metrics  # noqa: E402
+from .evaluation import FREQ, FREQUENCY_NOTE, Metrics  # noqa: E402
 from .io import atomic_write, atomic_write_text  # noqa: E402
 from .units import shown_unit  # noqa: E402
 
 TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
-OPTIONAL_COLUMNS = ("H rmse", "H mae", "S rmse", "S mae")  # shown only when some row has them (Hessian, stress labels)
+# Shown only when some row has them (Hessian labels: element and harmonic-frequency errors; stress labels).
+OPTIONAL_COLUMNS = ("H rmse", "H mae", "freq rmse", "S rmse", "S mae")
 
 
 def _cell(metrics: Metrics, column: str) -> str:
@@ -26,7 +27,7 @@ def _cell(metrics: Metrics, column: str) -> str:
 
 def table(results: Mapping[str, Mapping[str, Metrics]]) -> str:
     """One markdown table: a row per (evaluation set, model); energies kcal/mol, forces kcal/mol/Å, Hessians kcal/mol/Å²,
-    stress GPa."""
+    harmonic frequencies cm-1, stress GPa."""
     present = {k.split(" (")[0] for per_model in results.values() for m in per_model.values() for k in m.values}
     columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)
     head = "| set | model | " + " | ".join(columns) + " |"
@@ -65,10 +66,13 @@ def write_report(run_dir: Path, title: str, results: Mapping[str, Mapping[str, M
     lines = [f"# {title}", "", table(results), "",
              "Energies in kcal/mol, forces in kcal/mol/Å, stress (S) in GPa; dE = within-molecule conformer energy differences "
              "(conformers > 100 kcal/mol above their molecule's minimum left out).", ""]
+    if any(f"{FREQ} rmse (cm-1)" in m.values for per_model in results.values() for m in per_model.values()):
+        lines += [f"Hessians (H) in kcal/mol/Å²; freq = harmonic vibrational frequencies, cm-1, sorted and compared "
+                  f"mode by mode per configuration with a reference Hessian. {FREQUENCY_NOTE}", ""]
     if notes:
         lines += [notes, ""]
     for set_name, per_model in results.items():
-        for quantity in ("E", "dE", "F", "H", "S"):
+        for quantity in ("E", "dE", "F", "H", FREQ, "S"):
             png = run_dir / "plots" / f"parity_{set_name}_{quantity.replace('/', '')}.png"
             if parity_plot(png, per_model, quantity, f"{set_name}: {quantity}"):
                 lines.append(f"![{set_name} {quantity}](plots/{png.name})")

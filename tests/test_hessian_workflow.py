@@ -89,10 +89,11 @@ def test_hessian_workflow_table_with_hessian_errors(tmp_path, hessian_file, caps
     config.write_text(textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file)))
     assert main(["run", str(config), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| H rmse | H mae |" in out and "| test | E-F-HVP fresh |" in out
+    assert "| H rmse | H mae | freq rmse |" in out and "| test | E-F-HVP fresh |" in out
+    header = next(x for x in out.splitlines() if x.startswith("| set |")).split("|")
     for row in ("E-F", "E-F-H", "student (E-F-H HVPs)", "control (student size, E-F)"):
-        line = next(x for x in out.splitlines() if x.startswith(f"| test | {row} |"))
-        assert float(line.split("|")[-3]) > 0  # H rmse
+        line = next(x for x in out.splitlines() if x.startswith(f"| test | {row} |")).split("|")
+        assert float(line[header.index(" H rmse ")]) > 0 and float(line[header.index(" freq rmse ")]) > 0
     run = tmp_path / "run"
     assert len(list((run / "knowledge").glob("teacher_hvp-*.h5"))) == 1  # fixed probes: cached offline
     assert {p.name for p in run.iterdir()} >= {"e_f", "e_f_hvp_fresh", "e_f_h", "student", "control", "report.md"}
