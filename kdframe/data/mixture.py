@@ -32,6 +32,8 @@ class Mixture(Batching):
     def __init__(self, parts: Sequence, shares: Sequence[float] | None = None):
         if shares is not None and (len(shares) != len(parts) or not math.isclose(sum(shares), 1.0)):
             raise ValueError(f"Mixture: shares {list(shares)} must be one per part and sum to 1")
+        if shares is not None and any(len(p) == 0 and s > 0 for p, s in zip(parts, shares)):
+            raise ValueError(f"Mixture: a part with a share has no configurations (sizes {[len(p) for p in parts]})")
         self.parts, self.shares = list(parts), None if shares is None else list(shares)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
         self.source = "+".join(getattr(p, "source", "") for p in self.parts)
