@@ -52,6 +52,9 @@ class Selection(Strict):
     min_spacing: pydantic.NonNegativeInt = 3  # kept frames of one trajectory this many apart (0: any)
 
 
+FAILURES = ("close atoms", "non-finite energy", "teacher disagreement")
+
+
 @dataclass
 class Frame:
     """One kept MD frame with the teachers' view of it."""
@@ -74,7 +77,8 @@ class Trajectory:
     temperature_K: float
     seed: int
     frames: list[Frame] = field(default_factory=list)
-    failure: str | None = None
+    failure: str | None = None  # what happened, e.g. "atoms closer than 0.5 Å"
+    failure_kind: str | None = None  # one of FAILURES
     failed_at_fs: float | None = None
     simulated_fs: float = 0.0
 
@@ -131,17 +135,17 @@ def run_trajectory(student: Potential, watcher: Watcher, atoms, system: str, tem
         result.simulated_fs = step * dynamics.timestep_fs
         energy = atoms.get_potential_energy()
         close = neighbor_list("i", atoms, dynamics.min_distance)
-        failure = ("non-finite energy" if not np.isfinite(energy) else
-                   f"atoms closer than {dynamics.min_distance} Å" if len(close) else None)
+        kind, failure = (("non-finite energy", "non-finite energy") if not np.isfinite(energy) else
+                         ("close atoms", f"atoms closer than {dynamics.min_distance} Å") if len(close) else (None, None))
         if failure is None and step % dynamics.every == 0:
             snapshot = atoms.copy()
             snapshot.calc = None
             frame = keep(snapshot, atoms.get_forces(), step)
             if frame.spread > dynamics.max_spread:
-                failure = f"teacher force spread {frame.spread:.2f} eV/Å > {dynamics.max_spread}"
+                kind, failure = "teacher disagreement", f"teacher force spread {frame.spread:.2f} eV/Å > {dynamics.max_spread}"
         if failure is not None:
-            result.failure, result.failed_at_fs = failure, step * dynamics.timestep_fs
-            if not failure.startswith("teacher"):  # the last configuration before the collapse: most informative
+            result.failure, result.failure_kind, result.failed_at_fs = failure, kind, step * dynamics.timestep_fs
+            if kind != "teacher disagreement":  # the last configuration before the collapse: most informative
                 keep(previous, KdframeCalculator(student, device=device).get_forces(previous), step - 1)
             break
         previous = atoms.copy()

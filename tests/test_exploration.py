@@ -43,8 +43,8 @@ def _methanol() -> Atoms:
 
 
 @pytest.mark.parametrize("dynamics, failure, frames", [
-    (Dynamics(steps=20, every=5, min_distance=5.0), "atoms closer than 5.0 Å", 1),  # at once; the start is kept
-    (Dynamics(steps=20, every=5, max_spread=1e-9), "teacher force spread", 1),  # at the first kept frame
+    (Dynamics(steps=20, every=5, min_distance=5.0), "close atoms", 1),  # at once; the start is kept
+    (Dynamics(steps=20, every=5, max_spread=1e-9), "teacher disagreement", 1),  # at the first kept frame
     (Dynamics(steps=20, every=5, ensemble="nve"), None, 4),
 ])
 def test_a_failure_stops_a_trajectory_and_keeps_its_frames(dynamics, failure, frames):
@@ -57,7 +57,7 @@ def test_a_failure_stops_a_trajectory_and_keeps_its_frames(dynamics, failure, fr
     if failure is None:
         assert result.failure is None and result.simulated_fs == 10.0
     else:
-        assert result.failure.startswith(failure) and result.simulated_fs == result.failed_at_fs < 10.0
+        assert result.failure_kind == failure and result.simulated_fs == result.failed_at_fs < 10.0
     for frame in result.frames:
         assert frame.teacher_forces.shape == (6, 3) and frame.spread > 0 and frame.deviation > 0
 
@@ -103,6 +103,7 @@ def test_exploration_rounds_fine_tune_the_student_and_resume_with_identical_resu
     rounds = tmp_path / "run" / "exploration"
     first = json.loads((rounds / "round_1" / "round.json").read_text())
     assert first["trajectories"] == 4 and 0 < first["selected"] <= 4  # 2 systems x 2 temperatures
+    assert sum(first["failures"].values()) == first["failed"]
     frames = {r: file_sha256(rounds / f"round_{r}" / "explored.h5") for r in (1, 2)}
     tuned = file_sha256(tmp_path / "run" / "explored_2" / "model.pt")
     from kdframe.data.packed import PackedDataset

@@ -27,7 +27,7 @@ from ..data.dataset import PER_ATOM, PER_CONF
 from ..data.packed import PackedDataset, PackedWriter
 from ..data.readers import read_dataset
 from ..errors import DataError
-from ..exploration import Dynamics, Selection, Trajectory, Watcher, run_trajectory, select_frames
+from ..exploration import FAILURES, Dynamics, Selection, Trajectory, Watcher, run_trajectory, select_frames
 from ..io import atomic_write_text, file_sha256, make_dir, note
 from ..potential import Ensemble, Potential
 from ..student import Source, Student, TrainingOverrides, check_weights
@@ -172,7 +172,7 @@ def _explore_round(run, current: Path, teachers: Ensemble, systems: list, settin
     failed = [t for t in trajectories if t.failure]
     kept = [f for t in trajectories for f in t.frames]
     return {"trajectories": len(trajectories), "failed": len(failed),
-            "failures": sorted({t.failure for t in failed}),
+            "failures": {kind: sum(t.failure_kind == kind for t in failed) for kind in FAILURES},
             "median_fs_to_failure": float(np.median([t.failed_at_fs for t in failed])) if failed else None,
             "simulated_fs": float(sum(t.simulated_fs for t in trajectories)),
             "frames_kept": len(kept), "selected": len(chosen),
@@ -211,12 +211,14 @@ def write_frames(path: Path, chosen: list, trajectories: list[Trajectory], previ
 
 def exploration_table(summaries: list[dict]) -> str:
     """A markdown table of the rounds for the run's report."""
-    rows = ["| round | MD runs | failed | median fs to failure | frames kept | selected | mean deviation kept "
-            "(eV/Å) | mean teacher spread kept (eV/Å) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| round | MD runs | failed (close atoms / non-finite / teacher disagreement) | median fs to failure | "
+            "frames kept | selected | mean deviation kept (eV/Å) | mean teacher spread kept (eV/Å) |",
+            "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         fs = "—" if s["median_fs_to_failure"] is None else f"{s['median_fs_to_failure']:.1f}"
         dev = "—" if s["mean_deviation_kept"] is None else f"{s['mean_deviation_kept']:.3f}"
         spread = "—" if s["mean_spread_kept"] is None else f"{s['mean_spread_kept']:.3f}"
-        rows.append(f"| {s['round']} | {s['trajectories']} | {s['failed']} | {fs} | {s['frames_kept']} | "
+        kinds = " / ".join(str(n) for n in s["failures"].values())
+        rows.append(f"| {s['round']} | {s['trajectories']} | {s['failed']} ({kinds}) | {fs} | {s['frames_kept']} | "
                     f"{s['selected']} | {dev} | {spread} |")
     return "\n".join(rows)
