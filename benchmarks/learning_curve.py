@@ -53,7 +53,7 @@ def one_run(config_path: Path, source: str, size: int, seed: int, run_root: Path
         if not (first_knowledge / path.name).exists():
             first_knowledge.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, first_knowledge / path.name)
-    models = {"teacher ensemble": workflow.teachers(run, config),
+    models = {"teacher ensemble": config.teachers.ensemble(run, "teachers", "teacher", config.seed + 1),
               "student": Potential.load(run_dir / "student" / "model.pt").to(run.device)}
     if control:
         models["control"] = Potential.load(run_dir / "control" / "model.pt").to(run.device)

@@ -355,7 +355,7 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
         config = config.model_copy(update={"seed": seed, "run_dir": str(run_root / config_path.stem / f"seed{seed}")})
     run = Run(config, config_path, workflow, progress=False)
     workflow.run(run)
-    models = {"teacher ensemble": workflow.teachers(run, config),
+    models = {"teacher ensemble": config.teachers.ensemble(run, "teachers", "teacher", config.seed + 1),
               "student": Potential.load(run.dir / "student" / "model.pt").to(run.device),
               "control": Potential.load(run.dir / "control" / "model.pt").to(run.device)}
     counts = {name: (int(data.labelled(["energy"]).sum()),
