@@ -23,6 +23,7 @@ import torch
 
 from .batch import Batch
 from .config import Strict
+from .errors import ArchitectureError
 from .potential import Ensemble, Potential
 from .teacher import Teacher
 from .teacher_labelling import MemberPredictor
@@ -32,7 +33,8 @@ class Dynamics(Strict):
     """How each trajectory runs."""
 
     ensemble: Literal["langevin", "nve"] = "langevin"
-    temperatures_K: list[pydantic.PositiveFloat] = [300.0]  # one trajectory per system, temperature and replica
+    temperatures_K: list[pydantic.PositiveFloat] = pydantic.Field([300.0], min_length=1)  # a trajectory per system,
+    # temperature and replica
     timestep_fs: pydantic.PositiveFloat = 0.5
     steps: pydantic.PositiveInt = 400
     every: pydantic.PositiveInt = 10  # keep a frame every this many steps
@@ -40,6 +42,12 @@ class Dynamics(Strict):
     replicas: pydantic.PositiveInt = 1  # velocity (and Langevin noise) seeds per system and temperature
     min_distance: pydantic.PositiveFloat = 0.5  # Å: closer atoms are a failure
     max_spread: pydantic.PositiveFloat = 1.0  # eV/Å: a teacher force spread above this is a failure
+
+    @pydantic.model_validator(mode="after")
+    def _frames_kept(self) -> "Dynamics":
+        if self.every > self.steps:
+            raise ValueError(f"every ({self.every}) exceeds steps ({self.steps}): no frame would be kept")
+        return self
 
 
 class Selection(Strict):
@@ -131,12 +139,15 @@ def run_trajectory(student: Potential, watcher: Watcher, atoms, system: str, tem
         return frame
 
     for step in range(1, dynamics.steps + 1):
-        md.run(1)
         result.simulated_fs = step * dynamics.timestep_fs
-        energy = atoms.get_potential_energy()
-        close = neighbor_list("i", atoms, dynamics.min_distance)
+        try:
+            md.run(1)
+            energy = atoms.get_potential_energy()
+        except ArchitectureError:  # the model's output checks refuse non-finite values on a first call
+            energy = math.nan
         kind, failure = (("non-finite energy", "non-finite energy") if not np.isfinite(energy) else
-                         ("close atoms", f"atoms closer than {dynamics.min_distance} Å") if len(close) else (None, None))
+                         ("close atoms", f"atoms closer than {dynamics.min_distance} Å")
+                         if len(neighbor_list("i", atoms, dynamics.min_distance)) else (None, None))
         if failure is None and step % dynamics.every == 0:
             snapshot = atoms.copy()
             snapshot.calc = None
@@ -145,7 +156,8 @@ def run_trajectory(student: Potential, watcher: Watcher, atoms, system: str, tem
                 kind, failure = "teacher disagreement", f"teacher force spread {frame.spread:.2f} eV/Å > {dynamics.max_spread}"
         if failure is not None:
             result.failure, result.failure_kind, result.failed_at_fs = failure, kind, step * dynamics.timestep_fs
-            if kind != "teacher disagreement":  # the last configuration before the collapse: most informative
+            kept_already = step > 1 and (step - 1) % dynamics.every == 0
+            if kind != "teacher disagreement" and not kept_already:  # the last configuration before the collapse
                 keep(previous, KdframeCalculator(student, device=device).get_forces(previous), step - 1)
             break
         previous = atoms.copy()

@@ -69,7 +69,7 @@ class Source(Strict):
     units: Literal["auto", "hartree", "ev"] = "auto"
     weights: dict[str, Any] = {"energy": 1.0, "forces": 1.0}
     share: float = pydantic.Field(gt=0, lt=1)  # fraction of every training batch drawn from this file
-    valid_fraction: float = pydantic.Field(0.05, gt=0, lt=1)  # held out for validation (reported, not monitored)
+    valid_fraction: float = pydantic.Field(0.05, ge=0, lt=1)  # held out for validation (reported, not monitored)
     # Only this many of the file's configurations, a random subset fixed by the run's seed; subsets of one file
     # are nested (a smaller limit takes the first ones of the same draw), e.g. for learning curves.
     limit: int | None = pydantic.Field(None, ge=2)

@@ -119,13 +119,43 @@ def test_exploration_rounds_fine_tune_the_student_and_resume_with_identical_resu
 
 
 def test_a_bad_explore_block_is_refused_before_any_work(tmp_path, ani_file, capsys):
+    from ase.io import write
+
     from kdframe.cli import main
+
+    numbers, positions = MOLECULES["water"]  # a periodic system, which the toy architecture cannot run
+    write(tmp_path / "box.xyz", Atoms(numbers=numbers, positions=positions, cell=[6, 6, 6], pbc=True), format="extxyz")
 
     for explore, message in [({"systems": [{"path": "nowhere.xyz"}]}, "explore.systems[0].path: file not found"),
                              ({"weights": {"stress": 1}}, "explore.weights.stress: unknown loss term"),
                              ({"select": {"rank_by": "energy"}}, "explore.select.rank_by"),
                              ({"systems": [{"path": str(ani_file), "names": "box:*"}]},
-                              "explore.systems[0]: no molecule of")]:
+                              "explore.systems[0]: no molecule of"),
+                             ({"dynamics": {"steps": 5, "every": 10}}, "every (10) exceeds steps (5)"),
+                             ({"systems": [{"path": "box.xyz"}]}, "explore.systems[0] (box.xyz)")]:
         assert main(["run", _config(tmp_path, ani_file, **explore), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_round_made_with_other_settings_is_refused_and_one_frame_fine_tunes(tmp_path, ani_file, capsys):
+    from kdframe.cli import main
+
+    assert main(["run", _config(tmp_path, ani_file, rounds=1, select={"top_k": 1}), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "run" / "explored_1" / "model.pt").is_file()  # one frame: all of it trains, none held out
+    assert main(["run", _config(tmp_path, ani_file, rounds=1, select={"top_k": 2}), "--quiet"]) == 2
+    assert "made with other settings (changed: settings)" in capsys.readouterr().err
+
+
+def test_the_explored_frames_leave_the_runs_data_a_share_and_their_name_free(tmp_path, ani_file):
+    from kdframe.errors import ConfigError
+    from kdframe.student import Student
+    from kdframe.workflows.explore import Explore
+
+    source = {"path": str(ani_file), "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.8}
+    explore = Explore(systems=[{"path": str(ani_file)}], share=0.25)
+    with pytest.raises(ConfigError, match="explore.share: with the student's sources the shares sum to 1.05"):
+        explore.check_student(Student(model={"architecture": "toy"}, sources={"sampled": source}))
+    with pytest.raises(ConfigError, match="student.sources.explored: the name is taken"):
+        explore.check_student(Student(model={"architecture": "toy"}, sources={"explored": {**source, "share": 0.1}}))

@@ -267,7 +267,7 @@ class Run:
             data = self._source(name, source, f"sources.{name}")
             order = np.random.default_rng(self.config.seed).permutation(len(data))
             order = order[:source.limit]  # None: all (checked against the file's size when it was read)
-            cut = max(1, int(round(source.valid_fraction * len(order))))
+            cut = max(1, int(round(source.valid_fraction * len(order)))) if source.valid_fraction else 0
             valid_parts.append(data.subset(np.sort(order[:cut])))
             train_parts.append(data.subset(np.sort(order[cut:])))
         shares = [s.share for s in student.sources.values()]

@@ -63,15 +63,17 @@ class Ekd(Workflow):
     def check(self, config: EkdConfig, source: str) -> None:
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
-        if config.explore is not None and config.generations == 2:
-            raise ConfigError("explore", "explores the first-generation student: use it with generations: 1")
+        if config.explore is not None:
+            if config.generations == 2:
+                raise ConfigError("explore", "explores the first-generation student: use it with generations: 1")
+            config.explore.check_student(config.student)
 
     def run(self, run: Run, until: str = "run") -> str:
         config: EkdConfig = run.config
         if "stress" in config.student.weights and not (run.data.periodic and run.data.pbc.all(axis=1).any()):
             raise ConfigError("student.weights.stress", "data.train has no configuration periodic in all three "
                               "directions, so the teachers have no stress to teach; drop this weight")
-        systems = None if config.explore is None else starting_systems(config.explore, run.config_dir, run.species)
+        systems = None if config.explore is None else starting_systems(config.explore, run)
         ensemble = config.teachers.ensemble(run, "teachers", "teacher", config.seed + 1)
         models: dict[str, Potential | Ensemble] = {f"teacher {i + 1}": t for i, t in enumerate(ensemble.members)}
         models["teacher ensemble"] = ensemble

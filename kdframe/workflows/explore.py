@@ -17,7 +17,7 @@ import json
 from fnmatch import fnmatch
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pydantic
@@ -26,7 +26,7 @@ from ..config import Strict, invalid, resolve_path
 from ..data.dataset import PER_ATOM, PER_CONF
 from ..data.packed import PackedDataset, PackedWriter
 from ..data.readers import read_dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError, RunStateError
 from ..exploration import FAILURES, Dynamics, Selection, Trajectory, Watcher, run_trajectory, select_frames
 from ..io import atomic_write_text, file_sha256, make_dir, note
 from ..potential import Ensemble, Potential
@@ -59,6 +59,8 @@ class Systems(Strict):
 class Explore(Strict):
     """The ``explore`` block of a run (after its student is trained)."""
 
+    SOURCE: ClassVar[str] = "explored"  # the explored frames' name among the student's sources
+
     rounds: int = pydantic.Field(3, ge=1, le=50)
     systems: list[Systems] = pydantic.Field(min_length=1)
     dynamics: Dynamics = Dynamics()
@@ -73,14 +75,26 @@ class Explore(Strict):
     def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
         return check_weights(weights, {"energy": 0, "forces": 0})
 
+    def check_student(self, student: Student) -> None:
+        """The explored frames join the student's sources: their name is free and the shares leave the run's data some."""
+        if self.SOURCE in student.sources:
+            raise ConfigError(f"student.sources.{self.SOURCE}", "the name is taken by the explored frames; rename it")
+        total = sum(s.share for s in student.sources.values()) + self.share
+        if total >= 1:
+            raise ConfigError("explore.share", f"with the student's sources the shares sum to {total:g}: leave some "
+                              "of every fine-tuning batch to the run's data")
 
-def starting_systems(explore: Explore, config_dir: Path, species: list[int]) -> list[tuple[str, Any]]:
-    """(name, ase.Atoms) of every system to run, checked against the run's elements."""
+
+def starting_systems(explore: Explore, run) -> list[tuple[str, Any]]:
+    """(name, ase.Atoms) of every system to run, checked against the run's elements and, for periodic ones, its
+    architectures; before any work."""
     from ase import Atoms
 
-    systems = []
+    systems, species = [], run.species
     for i, block in enumerate(explore.systems):
-        data = read_dataset(resolve_path(block.path, config_dir), {})
+        data = read_dataset(resolve_path(block.path, run.config_dir), {})
+        if data.periodic:
+            run._check_periodic([f"explore.systems[{i}] ({block.path})"])
         taken: dict[int, int] = {}
         for c in range(len(data)):
             molecule = int(data.molecule[c])
@@ -110,12 +124,13 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
     ``start``; ``fit(stage, block, start)`` fine-tunes one round's student. Returns each round's summary (with
     ``model``, its fine-tuned student's file, for the rounds that fine-tuned)."""
     teacher_print = Teacher(teachers, "teachers").fingerprint()
+    systems_print = [file_sha256(resolve_path(block.path, run.config_dir)) for block in settings.systems]
     summaries, current, previous_frames = [], start, None
     for r in range(1, settings.rounds + 1):
         folder = run.dir / "exploration" / f"round_{r}"
         identity = {"student": file_sha256(current), "teachers": teacher_print, "seed": seed + r,
                     "previous": None if previous_frames is None else file_sha256(previous_frames),
-                    "settings": settings.model_dump(include={"systems", "dynamics", "select"})}
+                    "systems": systems_print, "settings": settings.model_dump(include={"systems", "dynamics", "select"})}
         summary = _finished_round(folder, identity)
         if summary is None:
             summary = _explore_round(run, current, teachers, systems, settings, seed + r, folder, previous_frames)
@@ -124,14 +139,16 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
             atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=1))
         summaries.append(summary)
         if (summary["failed"] == 0 and settings.stop_when_stable) or summary["selected"] == 0:
-            note(f"exploration round {r}: {summary['failed']} failed runs, {summary['selected']} frames selected; "
-                 "exploration ends")
+            hint = ("" if summary["selected"] or not summary["frames_kept"] else " (no kept frame passed explore.select "
+                    "within the teachers' trusted spread, explore.dynamics.max_spread)")
+            note(f"exploration round {r}: {summary['failed']} of {summary['trajectories']} MD runs failed, "
+                 f"{summary['selected']} frames selected; exploration ends{hint}")
             break
         previous_frames = folder / FRAMES
         explored = Source(path=str(previous_frames), energy="teacher.energy", forces="teacher.forces", units="ev",
-                          weights=settings.weights, share=settings.share)
+                          weights=settings.weights, share=settings.share, valid_fraction=0)  # few: all train
         overrides = {**block.training.model_dump(exclude_none=True), **settings.training.model_dump(exclude_none=True)}
-        tuned = block.model_copy(update={"sources": {**block.sources, "explored": explored},
+        tuned = block.model_copy(update={"sources": {**block.sources, settings.SOURCE: explored},
                                          "training": TrainingOverrides(**overrides)})
         fit(f"explored_{r}", tuned, current)
         current = run.dir / f"explored_{r}" / "model.pt"
@@ -140,13 +157,24 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
 
 
 def _finished_round(folder: Path, identity: dict) -> dict | None:
-    """A round's summary if it was made from the same student, teachers and settings (else it is redone)."""
+    """A finished round's summary; None if the round has not finished. A round made from another student, teachers,
+    systems or settings is refused (its MD and frames are never silently replaced)."""
     try:
         summary = json.loads((folder / SUMMARY).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
-    same = json.loads(json.dumps(identity)) == summary.get("identity")
-    return summary if same and (summary["selected"] == 0 or (folder / FRAMES).is_file()) else None
+    except (OSError, ValueError) as exc:
+        raise RunStateError(f"{folder / SUMMARY}: unreadable ({exc}); delete {folder} to redo this round") from None
+    found = summary.get("identity") if isinstance(summary, dict) else None
+    wanted = json.loads(json.dumps(identity))
+    if found != wanted:
+        changed = sorted(k for k in wanted if not isinstance(found, dict) or found.get(k) != wanted[k])
+        raise RunStateError(f"{folder}: this exploration round was made with other settings (changed: "
+                            f"{', '.join(changed)}); delete {folder.parent} and the explored_* stages to explore "
+                            "again, or use a new run_dir")
+    if summary["selected"] and not (folder / FRAMES).is_file():
+        raise RunStateError(f"{folder / FRAMES}: missing for a finished round; delete {folder} to redo this round")
+    return summary
 
 
 def _explore_round(run, current: Path, teachers: Ensemble, systems: list, settings: Explore, seed: int,
@@ -176,10 +204,16 @@ def _explore_round(run, current: Path, teachers: Ensemble, systems: list, settin
             "median_fs_to_failure": float(np.median([t.failed_at_fs for t in failed])) if failed else None,
             "simulated_fs": float(sum(t.simulated_fs for t in trajectories)),
             "frames_kept": len(kept), "selected": len(chosen),
-            "mean_spread_kept": float(np.mean([f.spread for f in kept])) if kept else None,
-            "mean_deviation_kept": float(np.mean([f.deviation for f in kept])) if kept else None,
-            "mean_deviation_selected": float(np.mean([f.deviation for f in chosen])) if chosen else None,
+            "mean_spread_kept": _mean([f.spread for f in kept]),
+            "mean_deviation_kept": _mean([f.deviation for f in kept]),
+            "mean_deviation_selected": _mean([f.deviation for f in chosen]),
             "failed_systems": sorted({t.system for t in failed})}
+
+
+def _mean(values: list[float]) -> float | None:
+    """Mean of the finite values (a frame where the student's forces are not finite has no deviation)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def write_frames(path: Path, chosen: list, trajectories: list[Trajectory], previous: Path | None) -> None:
