@@ -125,7 +125,8 @@ def main() -> None:
 - {provenance('cpu')}
 - config: `{args.config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
   out for validation). Teacher ensemble and control do not depend on the size (control: first size's run).
-  RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule.
+  RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule. Sizes finished by an
+  earlier invocation are read from `{done.relative_to(ROOT) if done.is_relative_to(ROOT) else done}` (one JSON line per run).
 
 | configurations | seed | set | model | E | dE | F |
 |---|---|---|---|---|---|---|
