@@ -26,7 +26,7 @@ from .config import Strict
 from .errors import ArchitectureError
 from .potential import Ensemble, Potential
 from .teacher import Teacher
-from .teacher_labelling import MemberPredictor
+from .teacher_labelling import MemberPredictor, force_spread
 
 
 class Dynamics(Strict):
@@ -99,7 +99,7 @@ class Watcher:
 
     def __call__(self, atoms, student_forces: np.ndarray) -> tuple[float, np.ndarray, float, float]:
         out = self.predict(Batch.from_atoms([atoms]), spread=True)
-        spread = math.sqrt(float((out["forces_dev"] ** 2).sum(-1).mean()))  # as teacher.forces_std of teacher-label
+        spread = float(force_spread(out["forces_dev"], np.array([len(atoms)]))[0])
         deviation = math.sqrt(float(((student_forces - out["forces"]) ** 2).sum(-1).mean()))
         return float(out["energy"][0]), out["forces"], spread, deviation
 

@@ -536,16 +536,11 @@ def _read_journal(path: Path) -> dict[str, dict]:
 def _write_shard(path: Path, items: Sequence[Configurations], chunk_number: int) -> None:
     from .data.packed import PackedWriter
 
-    writer = PackedWriter(path, {}, source="generate")
-    try:
+    with PackedWriter(path, {}, source="generate") as writer:
         for c in items:
             writer.add(c.name, c.species, c.positions, {}, cell=c.cell, origin=c.origins)
         if os.environ.get(KILL_ENV) == str(chunk_number):
             os.kill(os.getpid(), signal.SIGKILL)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
 
 
 def _read_shard(path: Path) -> list[Configurations]:
@@ -722,22 +717,17 @@ def generate(output: str | os.PathLike, pairs: Sequence[tuple[str, str]], settin
     chunks = ([f"molecules-{c:05d}" for c in range(n_mol_chunks)] + [f"clusters-{c:05d}" for c in range(n_cluster_chunks)]
               + [f"boxes-{c:05d}" for c in range(n_box_chunks)])
     smiles = dict(pairs)
-    writer = PackedWriter(output, {}, source=output.stem, attrs={
-        "generate.settings": json.dumps(record), "generate.skipped": json.dumps(summary.skipped),
-        "generate.smiles": json.dumps(smiles)})
-    try:
+    with PackedWriter(output, {}, source=output.stem, attrs={
+            "generate.settings": json.dumps(record), "generate.skipped": json.dumps(summary.skipped),
+            "generate.smiles": json.dumps(smiles)}) as writer:
         for chunk in chunks:
             for c in _read_shard(parts / f"{chunk}.h5"):
                 writer.add(c.name, c.species, c.positions, {}, cell=c.cell, origin=c.origins)
                 summary.configurations += len(c.positions)
-    except BaseException:
-        writer.abort()
-        raise
-    report = report_path(output)
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in summary.skipped))
-    os.replace(tmp, report)
-    writer.close()
+        report = report_path(output)  # written before the output appears
+        tmp = report.with_name(f".{report.name}.tmp")
+        tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in summary.skipped))
+        os.replace(tmp, report)
     if not keep_parts:
         shutil.rmtree(parts)
     summary.seconds = time.perf_counter() - started

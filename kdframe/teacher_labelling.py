@@ -207,6 +207,14 @@ def shard_name(index: int) -> str:
     return f"chunk-{index:06d}.npz"
 
 
+def force_spread(forces_dev: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """Per configuration (atoms in ``n_atoms`` order): sqrt(mean over its atoms and the members of |F_m,i - mean F_i|^2),
+    from ``forces_dev`` (n_members, n_atoms total, 3), eV/Å."""
+    conf = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    per_atom_sq = (forces_dev ** 2).sum(-1).mean(0)  # (A,): mean over members of |dev|^2
+    return np.sqrt(np.bincount(conf, per_atom_sq, len(n_atoms)) / n_atoms)
+
+
 def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip: np.ndarray, batch_size: int,
                 spread: bool, per_atom: bool) -> dict[str, np.ndarray]:
     """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard."""
@@ -230,9 +238,7 @@ def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip
         out["forces"][atoms] = result["forces"]
         if spread:
             dev = result["forces_dev"]  # (M, A, 3)
-            conf = np.repeat(np.arange(len(local)), n_atoms[local])
-            per_atom_sq = (dev ** 2).sum(-1).mean(0)  # (A,): mean over members of |dev|^2
-            out["forces_std"][local] = np.sqrt(np.bincount(conf, per_atom_sq, len(local)) / n_atoms[local])
+            out["forces_std"][local] = force_spread(dev, n_atoms[local])
             if per_atom:
                 out["forces_std_atoms"][atoms] = np.sqrt((dev ** 2).mean(0))
     return out
@@ -597,7 +603,7 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
         writer.add(names[pending["molecule"]], pending["species"], np.stack(pending["positions"]), labels, **extra)
         pending.clear()
 
-    try:
+    with writer:
         for index, (start, stop) in enumerate(ranges):
             shard = read_shard(parts / shard_name(index))
             ok = np.flatnonzero(shard["ok"])
@@ -630,10 +636,6 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                 if origins is not None:
                     pending["origin"].append(str(origins[start + c]))
         flush()
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
 
 
 def summary_text(summary: Summary) -> str:

@@ -147,6 +147,16 @@ class PackedWriter:
         self.molecule.append(np.full(k, self.name_index[name], dtype=np.int64))
         self.elements.append(np.tile(np.bincount(species, minlength=128)[None, :], (k, 1)).astype(np.uint16))
 
+    def __enter__(self) -> "PackedWriter":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        """After a ``with`` block: :meth:`close` (the file appears), or :meth:`abort` when the block raised."""
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
     def abort(self) -> None:
         """Drop the unfinished temporary file; the target is left as it was."""
         self.file.close()
@@ -231,8 +241,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                     kinds.setdefault(key, PER_ATOM)
         for key, found in ratios.items():
             check_hartree(f"{source}: key {key!r} (--units auto)", np.concatenate(found))
-        writer = PackedWriter(target, kinds, source.stem)
-        try:
+        with PackedWriter(target, kinds, source.stem) as writer:
             for name, group in groups:
                 z, xyz, keep = ani_molecule(source, name, group)
                 k, n = group["coordinates"].shape[:2]
@@ -241,10 +250,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                                       keep, n)
                           * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
                 writer.add(name, z, xyz, labels)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.close()
+        return writer.path
 
 
 def check_target(source: Path, target: Path, overwrite: bool) -> None:

@@ -218,8 +218,7 @@ def _mean(values: list[float]) -> float | None:
 
 def write_frames(path: Path, chosen: list, trajectories: list[Trajectory], previous: Path | None) -> None:
     """``previous`` frames (an earlier round's file) and the chosen ones, with their teacher labels, as a packed file."""
-    writer = PackedWriter(path, LABELS, source="exploration")
-    try:
+    with PackedWriter(path, LABELS, source="exploration") as writer:
         if previous is not None:
             data = PackedDataset.open(previous, {k: k for k in LABELS})
             for c in range(len(data)):
@@ -237,10 +236,6 @@ def write_frames(path: Path, chosen: list, trajectories: list[Trajectory], previ
                        {"teacher.energy": np.array([frame.teacher_energy]), "teacher.forces": frame.teacher_forces[None],
                         "teacher.forces_std": np.array([frame.spread]), "student.deviation": np.array([frame.deviation])},
                        cell=atoms.cell.array if periodic else None, pbc=atoms.pbc if periodic else None)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
 
 
 def exploration_table(summaries: list[dict]) -> str:
