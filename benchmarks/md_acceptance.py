@@ -266,7 +266,8 @@ def md_report(args: argparse.Namespace, models: dict[str, Potential | Ensemble],
     for name, calculator in calculators.items():
         failed[name] = ([], [])
         for dt in args.timesteps:
-            runs = [nve(box, calculator, dt, args.steps, seed, args.rdf_every if dt == rdf_dt else 0)
+            steps = round(args.duration_fs / dt) if args.duration_fs else args.steps
+            runs = [nve(box, calculator, dt, steps, seed, args.rdf_every if dt == rdf_dt else 0)
                     for seed in range(args.replicas)]
             if dt == rdf_dt:
                 frames[name] = [r.frames for r in runs if r.failed_fs is None]
@@ -301,7 +302,7 @@ def md_report(args: argparse.Namespace, models: dict[str, Potential | Ensemble],
 - {provenance}; torch threads: {torch.get_num_threads()}
 - models: {', '.join(f'{name} ({type(m).__name__}{f", {len(m.members)} members" if isinstance(m, Ensemble) else ""})'
                      for name, m in models.items())}; reference: {reference}
-- condensed box: {len(box)} atoms, {box_text}; {args.steps} steps per run, {args.replicas} velocity seeds per time step
+- condensed box: {len(box)} atoms, {box_text}; {f"{args.duration_fs:g} fs" if args.duration_fs else f"{args.steps} steps"} per run, {args.replicas} velocity seeds per time step
 - gas phase: {gas_text}
 - every run: ASE velocity Verlet from {TEMPERATURE_K} K Maxwell-Boltzmann velocities (net momentum removed). A run
   fails when two atoms come closer than {FAIL_DISTANCE} Å (minimum image) or the energy is not finite; time to failure:

@@ -537,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timesteps", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], metavar="FS")
     parser.add_argument("--steps", type=int, help=f"md: steps per box run (default: CPU {CPU_SIZES['steps']}, "
                                                   f"GPU {GPU_SIZES['steps']})")
+    parser.add_argument("--duration-fs", type=float, help="md: simulated fs per box run at every time step "
+                                                          "(instead of --steps, e.g. 2000 for 2 ps)")
     parser.add_argument("--gas-steps", type=int, help="md: steps per gas-phase run (0: no gas phase; default: --steps)")
     parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step (and molecule)")
     parser.add_argument("--rdf-timestep", type=float, metavar="FS", help="md: the RDFs' time step (default: the smallest)")

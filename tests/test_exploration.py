@@ -159,3 +159,25 @@ def test_the_explored_frames_leave_the_runs_data_a_share_and_their_name_free(tmp
         explore.check_student(Student(model={"architecture": "toy"}, sources={"sampled": source}))
     with pytest.raises(ConfigError, match="student.sources.explored: the name is taken"):
         explore.check_student(Student(model={"architecture": "toy"}, sources={"explored": {**source, "share": 0.1}}))
+
+
+def test_fine_tuning_keeps_the_loss_weights_the_students_schedules_end_with(tmp_path, ani_file, capsys):
+    """Restarting a schedule (forces 10 -> 3 here) would weigh forces as at the student's first epoch."""
+    from kdframe.cli import main
+    from kdframe.student import Student
+    from kdframe.workflows.explore import settled
+
+    source = {"path": str(ani_file), "energy": "morse.energy", "weights": {"energy": {1: 5, 40: 2}}, "share": 0.3}
+    block = Student(model={"architecture": "toy"}, weights={"energy": 1, "forces": {1: 10, 2: 3}},
+                    sources={"more": source})
+    fixed = settled(block, 60)
+    assert fixed.weights == {"energy": 1.0, "forces": 3.0} and fixed.sources["more"].weights == {"energy": 2.0}
+    assert settled(block, 1).weights["forces"] == 10.0
+
+    config = _config(tmp_path, ani_file, rounds=1)
+    raw = yaml.safe_load(open(config))
+    raw["student"]["weights"]["forces"] = {1: 10, 2: 3}  # the run trains 2 epochs
+    open(config, "w").write(yaml.safe_dump(raw))
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "explored_1" / "stage.json").read_text())
+    assert record["weights"] == {"energy": 1.0, "forces": 3.0}

@@ -113,7 +113,8 @@ def test_suite_on_a_toy_model_writes_every_table(run_py, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "md"])
     torch.manual_seed(0)
     toy = Potential(registry().architectures["toy"], {"width": 4}, [1, 6, 7, 8])
-    text = suite(run_py, tmp_path, toy, "--boundary", "open", "--gas-steps", "2")  # toy: no periodic cells
+    text = suite(run_py, tmp_path, toy, "--boundary", "open", "--gas-steps", "2",  # toy: no periodic cells
+                 "--duration-fs", "1")  # 4 steps of 0.25 fs, 2 of 0.5 fs
     for header in ("## Condensed box", "## Gas phase", "## Structure", "## Speed",
                    "| model | time step (fs) | fraction failed | time to failure (fs) | bond collapses | "
                    "energy drift (meV/atom/ps) |", "| molecules with a failed run |",
@@ -122,6 +123,7 @@ def test_suite_on_a_toy_model_writes_every_table(run_py, tmp_path, monkeypatch):
     assert re.search(r"^\| ref \| [\d,]+ \| 1\.00 \|$", text, re.M)  # the reference's speed ratio
     assert "| student before | 0.25 |" in text
     assert "10 molecules of `bundled:extensibility.h5`" in text
+    assert "1 fs per run" in text
 
 
 def test_suite_on_a_periodic_box_and_its_errors(run_py, tmp_path, monkeypatch):

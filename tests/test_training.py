@@ -73,3 +73,27 @@ def test_unknown_regulariser_is_a_config_error(ani_file, tmp_path):
     settings = SETTINGS.model_copy(update={"regularisers": {"hierarchicality": 0.1}})
     with pytest.raises(ConfigError, match="training.regularisers.hierarchicality.*smoothness"):
         _trainer(ani_file, tmp_path / "r", settings).fit()
+
+
+def test_per_atom_energy_loss_divides_by_the_atom_count(ani_file, tmp_path):
+    """``energy_loss: per_atom`` compares energies per atom (a 150-atom box weighs as a small molecule)."""
+    settings = SETTINGS.model_copy(update={"energy_loss": "per_atom", "max_epochs": 1})
+    trainer = _trainer(ani_file, tmp_path / "pa", settings)
+    total = _trainer(ani_file, tmp_path / "total").terms[0]
+    energy = trainer.terms[0]
+    assert energy.per_atom and energy.name == "energy/atom:energy" and trainer.monitor is energy
+    batch = trainer.train_set.batch(np.array([0, 12, 24, 36]), ["energy"])  # four molecules
+    prediction = {"energy": torch.zeros(4, 1, dtype=torch.float64)}
+    counts = batch.atoms_per_conf().double()
+    assert len(set(counts.tolist())) > 1  # molecules of different sizes: the division shows
+    assert torch.allclose(energy.residual(prediction, batch), total.residual(prediction, batch) / counts)
+    trainer.fit()
+    assert "valid_rmse[energy/atom:energy]" in trainer.history[-1]
+    with pytest.raises(ValueError, match="only an energy term"):
+        LossTerm("forces", "forces", make_schedule(1.0, "f"), per_atom=True)
+
+
+def test_a_stage_record_leaves_out_later_settings_at_their_default():
+    """Stages trained before ``energy_loss`` existed still match their record; a changed value does not."""
+    assert "energy_loss" not in SETTINGS.record()
+    assert SETTINGS.model_copy(update={"energy_loss": "per_atom"}).record()["energy_loss"] == "per_atom"

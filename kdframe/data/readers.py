@@ -19,7 +19,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import h5py
 import numpy as np
 from ase.stress import voigt_6_to_full_3x3_stress
 

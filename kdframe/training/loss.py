@@ -6,6 +6,9 @@ Curvature quantities are taken from the student's forces by double backward, nev
 ``hvp`` is H·v along the batch's probe label ``probe`` (n_atoms, 3), compared with an HVP
 label (n_atoms, 3) taken along the same probes or with a Hessian label contracted with them;
 ``hessian`` is the full per-configuration Hessian (layout of :mod:`kdframe.derivatives`).
+
+``energy`` is compared per configuration, or divided by its atom count (``per_atom``, as MACE's weighted
+loss does), so that a few large periodic boxes do not outweigh the energies of many small molecules.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ class LossTerm:
     weight: Schedule
     head: int = 0
     probe: str | None = None  # hvp only: the label holding the probe vectors
+    per_atom: bool = False  # energy only: residuals divided by each configuration's atom count
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
             raise ValueError(f"unknown loss quantity {self.quantity!r}; known: {', '.join(QUANTITIES)}")
+        if self.per_atom and self.quantity != "energy":
+            raise ValueError(f"{self.name}: only an energy term is compared per atom")
         if (self.quantity == "hvp") != (self.probe is not None):
             raise ValueError(f"{self.name}: a probe label is needed for (and only for) quantity 'hvp'")
 
@@ -68,7 +74,10 @@ class LossTerm:
         if not present.any():  # nothing to compare: skip the (possibly double-backward) prediction
             return target[present]
         pred = self.predict(prediction, batch, create_graph)
-        return pred[present] - target[present].to(pred.dtype)
+        residual = pred[present] - target[present].to(pred.dtype)
+        if self.per_atom:
+            residual = residual / batch.atoms_per_conf()[present].to(residual.dtype)
+        return residual
 
     def errors(self, prediction: dict[str, torch.Tensor], batch: Batch,
                create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,4 +90,5 @@ class LossTerm:
 
     @property
     def name(self) -> str:
-        return f"{self.quantity}:{self.label}" + (f"@{self.head}" if self.head else "")
+        quantity = "energy/atom" if self.per_atom else self.quantity
+        return f"{quantity}:{self.label}" + (f"@{self.head}" if self.head else "")

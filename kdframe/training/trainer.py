@@ -18,6 +18,7 @@ metrics. One process in a process group gives exactly the weights of a plain run
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -57,6 +58,14 @@ class TrainSettings(pydantic.BaseModel):
     regularisers: dict[str, pydantic.NonNegativeFloat] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
     dtype: Literal["float32", "float64"] = "float32"
     eval_batch_size: int = pydantic.Field(128, ge=1)
+    # "per_atom": energy residuals divided by the atom count (boxes of hundreds of atoms beside small molecules)
+    energy_loss: Literal["total", "per_atom"] = "total"
+
+    def record(self) -> dict:
+        """The settings as a stage records them; settings added later are left out at their default, so the
+        stages of runs made before still match."""
+        added_later = {"energy_loss": "total"}
+        return {k: v for k, v in self.model_dump().items() if added_later.get(k, object()) != v}
 
 
 class _SquaredErrors:
@@ -74,6 +83,13 @@ class _SquaredErrors:
         totals = distributed.sum_all([v for pair in self.sums.values() for v in pair])
         return {f"{split}_rmse[{name}]": math.sqrt(s / c) if c else math.nan
                 for name, s, c in zip(self.sums, totals[::2], totals[1::2])}
+
+
+def _as_set(term: LossTerm, settings: TrainSettings) -> LossTerm:
+    """``term`` compared as the settings say (energies per configuration or per atom)."""
+    if term.quantity != "energy":
+        return term
+    return dataclasses.replace(term, per_atom=settings.energy_loss == "per_atom")
 
 
 def _seed_for(seed: int, epoch: int) -> int:
@@ -101,9 +117,11 @@ class Trainer:
         distributed.init()
         self.dtype = getattr(torch, settings.dtype)
         self.model = model.to(device=device, dtype=self.dtype)
-        self.terms, self.train_set, self.valid_set = list(terms), train, valid
+        terms = list(terms)
+        self.terms = [_as_set(t, settings) for t in terms]
+        self.monitor = self.terms[terms.index(monitor)] if monitor else self.terms[0]
+        self.train_set, self.valid_set = train, valid
         self.settings, self.run_dir, self.seed, self.device = settings, Path(run_dir), seed, torch.device(device)
-        self.monitor = monitor or self.terms[0]
         self.online = list(online)
         self.probes = dict(probes or {})
         self.progress = progress and distributed.is_main()

@@ -229,7 +229,7 @@ class Run:
         if sources:
             train, valid = self._with_sources(student, train, valid)
             terms += student.source_terms()
-        record = {"model": student.model.model_dump(), "training": settings.model_dump(), "seed": seed,
+        record = {"model": student.model.model_dump(), "training": settings.record(), "seed": seed,
                   "heads": list(heads), "terms": [[t.quantity, t.label, t.head] for t in terms],
                   "weights": student.model_dump().get("weights"), "data": data.content_hash(labels=used),
                   "train": fingerprint(train_idx.tolist()), "valid": fingerprint(valid_idx.tolist()), **(identity or {})}

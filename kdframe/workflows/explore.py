@@ -3,7 +3,8 @@
 Each round: the current student runs MD on the given systems (:mod:`kdframe.exploration`); the frames where it
 deviates most from its teachers (within the teachers' trusted spread) are labelled by the teachers (aligned
 energies, averaged forces) and added to every earlier round's frames; the student is fine-tuned from its current
-weights on its own data plus those frames (their own loss weights and share of every batch). Rounds end after
+weights on its own data plus those frames (their own loss weights and share of every batch), its own loss weights
+fixed at the values their schedules end with. Rounds end after
 ``rounds``, at a round whose MD had no failure (``stop_when_stable``), or when nothing is selected.
 
 Every round is resumable: its frames and summary (``run_dir/exploration/round_N/``) are written atomically and
@@ -30,6 +31,7 @@ from ..errors import ConfigError, DataError, RunStateError
 from ..exploration import FAILURES, Dynamics, Selection, Trajectory, Watcher, run_trajectory, select_frames
 from ..io import atomic_write_text, file_sha256, make_dir, note
 from ..potential import Ensemble, Potential
+from ..schedule import make_schedule
 from ..student import Source, Student, TrainingOverrides, check_weights
 from ..teacher import Teacher
 
@@ -65,9 +67,11 @@ class Explore(Strict):
     systems: list[Systems] = pydantic.Field(min_length=1)
     dynamics: Dynamics = Dynamics()
     select: Selection = Selection()
-    weights: dict[str, Any] = {"energy": 1.0, "forces": 10.0}  # loss weights of the explored frames
+    # Loss weights of the explored frames: forces only by default, as boxes of hundreds of atoms have total-energy
+    # residuals that outweigh the small molecules' and pull the per-element energy scale (docs/workflows.md).
+    weights: dict[str, Any] = {"energy": 0.0, "forces": 1.0}
     share: float = pydantic.Field(0.25, gt=0, lt=1)  # of every fine-tuning batch
-    training: TrainingOverrides = TrainingOverrides(max_epochs=20)  # type: ignore[valid-type]  # fine-tuning
+    training: TrainingOverrides = TrainingOverrides(max_epochs=20, lr=3e-4)  # type: ignore[valid-type]  # fine-tuning
     stop_when_stable: bool = True  # a round whose MD had no failure ends exploration (no fine-tuning)
 
     @pydantic.field_validator("weights")
@@ -88,33 +92,41 @@ class Explore(Strict):
 def starting_systems(explore: Explore, run) -> list[tuple[str, Any]]:
     """(name, ase.Atoms) of every system to run, checked against the run's elements and, for periodic ones, its
     architectures; before any work."""
-    from ase import Atoms
-
     systems, species = [], run.species
     for i, block in enumerate(explore.systems):
-        data = read_dataset(resolve_path(block.path, run.config_dir), {})
-        if data.periodic:
-            run._check_periodic([f"explore.systems[{i}] ({block.path})"])
-        taken: dict[int, int] = {}
-        for c in range(len(data)):
-            molecule = int(data.molecule[c])
-            if taken.get(molecule, 0) >= block.per_molecule or not fnmatch(data.molecule_names[molecule], block.names):
-                continue
-            taken[molecule] = taken.get(molecule, 0) + 1
-            batch = data.batch(np.array([c]), [])
-            numbers = batch.species.numpy()
-            extra = sorted(set(numbers.tolist()) - set(species))
-            if extra:
-                raise DataError(f"explore.systems[{i}].path ({block.path}): {data.molecule_names[molecule]} has "
-                                f"elements {extra} that the run's training data lacks (elements there: {species})")
-            periodic = batch.cell is not None
-            atoms = Atoms(numbers=numbers, positions=batch.positions.numpy(),
-                          cell=batch.cell[0].numpy() if periodic else None, pbc=batch.pbc[0].numpy() if periodic else False)
-            systems.append((f"{data.molecule_names[molecule]}#{taken[molecule]}", atoms))
-            if sum(taken.values()) == block.max_systems:
-                break
-        if not taken:
+        found = read_systems(block, run.config_dir)
+        if not found:
             raise DataError(f"explore.systems[{i}]: no molecule of {block.path} matches names: {block.names!r}")
+        if any(atoms.pbc.any() for _, atoms in found):
+            run._check_periodic([f"explore.systems[{i}] ({block.path})"])
+        for name, atoms in found:
+            extra = sorted(set(atoms.numbers.tolist()) - set(species))
+            if extra:
+                raise DataError(f"explore.systems[{i}].path ({block.path}): {name.rpartition('#')[0]} has "
+                                f"elements {extra} that the run's training data lacks (elements there: {species})")
+        systems += found
+    return systems
+
+
+def read_systems(block: Systems, config_dir: Path) -> list[tuple[str, Any]]:
+    """(name#k, ase.Atoms) of the configurations ``block`` names in its file (periodic ones with their cell)."""
+    from ase import Atoms
+
+    data = read_dataset(resolve_path(block.path, config_dir), {})
+    systems: list[tuple[str, Any]] = []
+    taken: dict[int, int] = {}
+    for c in range(len(data)):
+        molecule = int(data.molecule[c])
+        if taken.get(molecule, 0) >= block.per_molecule or not fnmatch(data.molecule_names[molecule], block.names):
+            continue
+        taken[molecule] = taken.get(molecule, 0) + 1
+        batch = data.batch(np.array([c]), [])
+        periodic = batch.cell is not None
+        atoms = Atoms(numbers=batch.species.numpy(), positions=batch.positions.numpy(),
+                      cell=batch.cell[0].numpy() if periodic else None, pbc=batch.pbc[0].numpy() if periodic else False)
+        systems.append((f"{data.molecule_names[molecule]}#{taken[molecule]}", atoms))
+        if len(systems) == block.max_systems:
+            break
     return systems
 
 
@@ -148,12 +160,27 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
         explored = Source(path=str(previous_frames), energy="teacher.energy", forces="teacher.forces", units="ev",
                           weights=settings.weights, share=settings.share, valid_fraction=0)  # few: all train
         overrides = {**block.training.model_dump(exclude_none=True), **settings.training.model_dump(exclude_none=True)}
-        tuned = block.model_copy(update={"sources": {**block.sources, settings.SOURCE: explored},
+        tuned = settled(block, block.settings(run.config.training).max_epochs)
+        tuned = tuned.model_copy(update={"sources": {**tuned.sources, settings.SOURCE: explored},
                                          "training": TrainingOverrides(**overrides)})
         fit(f"explored_{r}", tuned, current)
         current = run.dir / f"explored_{r}" / "model.pt"
         summary["model"] = str(current)
     return summaries
+
+
+def settled(block: Student, epoch: int) -> Student:
+    """``block`` with every loss weight (its own and its sources') fixed at its schedule's value at ``epoch``.
+
+    Fine-tuning continues with the balance the student's training ended with: restarting a schedule (e.g. forces
+    10 -> 1 over the epochs) would weigh forces against energies as at its first epoch and undo the energies.
+    """
+    def at_epoch(weights: dict[str, Any], where: str) -> dict[str, float]:
+        return {name: make_schedule(spec, f"{where}.{name}")(epoch) for name, spec in weights.items()}
+
+    sources = {name: source.model_copy(update={"weights": at_epoch(source.weights, f"sources.{name}.weights")})
+               for name, source in block.sources.items()}
+    return block.model_copy(update={"weights": at_epoch(block.weights, "weights"), "sources": sources})
 
 
 def _finished_round(folder: Path, identity: dict) -> dict | None:

@@ -22,7 +22,6 @@ import pydantic
 
 from ..config import Base, Strict, invalid
 from ..data.dataset import Dataset
-from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..potential import Ensemble, Potential
 from ..schedule import make_schedule
