@@ -555,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
         setattr(args, key, getattr(args, key) or value)
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.suite}{'_gpu' if on_gpu else ''}.md")
     args.gas_steps = args.steps if args.gas_steps is None else args.gas_steps
+    if args.duration_fs is not None and args.duration_fs < max(args.timesteps):
+        parser.error(f"--duration-fs {args.duration_fs:g} is shorter than a time step of --timesteps "
+                     f"({max(args.timesteps):g} fs)")
     torch.set_num_threads(args.threads or (1 if args.device == "cpu" else torch.get_num_threads()))
     device = torch.device(args.device)
     suites = {"accuracy": accuracy_suite, "cost": cost_suite, "md": md_suite, "labelling": labelling_suite}

@@ -66,9 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher_spread.md"))
     args = parser.parse_args(argv)
+    if not 0 < args.every <= args.steps:
+        parser.error(f"--every {args.every} must be between 1 and --steps ({args.steps}): no frame would be kept")
     torch.set_num_threads(1)
     teacher = load_pretrained([args.pretrained], torch.device("cpu"))[args.pretrained]
     systems = read_systems(Systems(path=args.systems, names=args.names, max_systems=args.max_systems), Path.cwd())
+    if not systems:
+        parser.error(f"no molecule of {args.systems} matches --names {args.names!r}")
     dynamics = Dynamics(ensemble="langevin", temperatures_K=args.temperatures, timestep_fs=args.timestep_fs,
                         steps=args.steps, every=args.every, max_spread=args.max_spread)
     rows = spread_rows(teacher, systems, args.temperatures, dynamics, args.seed)

@@ -19,7 +19,7 @@ from .config import ModelSpec, Strict, invalid, resolve_path
 from .errors import ConfigError
 from .schedule import make_schedule
 from .training import LossTerm
-from .training.trainer import TrainSettings
+from .training.trainer import TrainSettings, without_later_defaults
 
 # Weight name -> (predicted quantity, dataset label[, probe label]) for models trained on the data's own labels.
 TRUE_LABELS: Mapping[str, tuple[str, ...]] = {"energy": ("energy", "energy"), "forces": ("forces", "forces"),
@@ -35,8 +35,14 @@ def _all_optional(settings: type[pydantic.BaseModel]) -> type[pydantic.BaseModel
     for name, field in settings.model_fields.items():
         annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         fields[name] = (Optional[annotation], None)
-    finite = type("FiniteStrict", (Strict,), {"model_config": pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)})
-    return pydantic.create_model("TrainingOverrides", __base__=finite, **fields)
+    class Overrides(Strict):
+        model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+        @pydantic.model_serializer(mode="wrap")
+        def _as_before(self, handler: Any) -> dict:  # identities of runs made before a setting existed still match
+            return without_later_defaults(handler(self))
+
+    return pydantic.create_model("TrainingOverrides", __base__=Overrides, **fields)
 
 
 TrainingOverrides = _all_optional(TrainSettings)

@@ -125,6 +125,7 @@ def test_a_bad_explore_block_is_refused_before_any_work(tmp_path, ani_file, caps
 
     numbers, positions = MOLECULES["water"]  # a periodic system, which the toy architecture cannot run
     write(tmp_path / "box.xyz", Atoms(numbers=numbers, positions=positions, cell=[6, 6, 6], pbc=True), format="extxyz")
+    write(tmp_path / "h2s.xyz", Atoms("SH2", positions=[[0, 0, 0], [1.34, 0, 0], [0, 1.34, 0]]), format="extxyz")
 
     for explore, message in [({"systems": [{"path": "nowhere.xyz"}]}, "explore.systems[0].path: file not found"),
                              ({"weights": {"stress": 1}}, "explore.weights.stress: unknown loss term"),
@@ -132,7 +133,8 @@ def test_a_bad_explore_block_is_refused_before_any_work(tmp_path, ani_file, caps
                              ({"systems": [{"path": str(ani_file), "names": "box:*"}]},
                               "explore.systems[0]: no molecule of"),
                              ({"dynamics": {"steps": 5, "every": 10}}, "every (10) exceeds steps (5)"),
-                             ({"systems": [{"path": "box.xyz"}]}, "explore.systems[0] (box.xyz)")]:
+                             ({"systems": [{"path": "box.xyz"}]}, "explore.systems[0] (box.xyz)"),
+                             ({"systems": [{"path": "h2s.xyz"}]}, "has elements [16] that the run's training data")]:
         assert main(["run", _config(tmp_path, ani_file, **explore), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
@@ -181,3 +183,11 @@ def test_fine_tuning_keeps_the_loss_weights_the_students_schedules_end_with(tmp_
     assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "run" / "explored_1" / "stage.json").read_text())
     assert record["weights"] == {"energy": 1.0, "forces": 3.0}
+
+
+def test_the_schedules_settle_at_the_epoch_the_student_stopped(tmp_path):
+    from kdframe.workflows.explore import last_epoch
+
+    (tmp_path / "metrics.csv").write_text("epoch,lr\n" + "".join(f"{e},0.001\n" for e in range(1, 37)))
+    assert last_epoch(tmp_path, 60) == 36  # stopped early (termination_patience)
+    assert last_epoch(tmp_path / "none", 60) == 60

@@ -95,5 +95,11 @@ def test_per_atom_energy_loss_divides_by_the_atom_count(ani_file, tmp_path):
 
 def test_a_stage_record_leaves_out_later_settings_at_their_default():
     """Stages trained before ``energy_loss`` existed still match their record; a changed value does not."""
+    from kdframe.student import Model
+
     assert "energy_loss" not in SETTINGS.record()
     assert SETTINGS.model_copy(update={"energy_loss": "per_atom"}).record()["energy_loss"] == "per_atom"
+    # overrides inside a dumped block (multi-fidelity runs record their fidelities' blocks so)
+    assert "energy_loss" not in Model(model={"architecture": "toy"}).model_dump()["training"]
+    tuned = Model(model={"architecture": "toy"}, training={"energy_loss": "per_atom"})
+    assert tuned.model_dump()["training"]["energy_loss"] == "per_atom"

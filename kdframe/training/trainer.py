@@ -62,10 +62,18 @@ class TrainSettings(pydantic.BaseModel):
     energy_loss: Literal["total", "per_atom"] = "total"
 
     def record(self) -> dict:
-        """The settings as a stage records them; settings added later are left out at their default, so the
-        stages of runs made before still match."""
-        added_later = {"energy_loss": "total"}
-        return {k: v for k, v in self.model_dump().items() if added_later.get(k, object()) != v}
+        """The settings as a stage records them (:func:`without_later_defaults`)."""
+        return without_later_defaults(self.model_dump())
+
+
+# Settings added after runs were made, with the value that behaves as before they existed.
+ADDED_LATER = {"energy_loss": "total"}
+
+
+def without_later_defaults(settings: dict) -> dict:
+    """``settings`` (a dump of TrainSettings or of its overrides) without the settings added later where they are
+    unset (None) or at their old behaviour, so that the records of runs made before still match."""
+    return {k: v for k, v in settings.items() if k not in ADDED_LATER or v not in (None, ADDED_LATER[k])}
 
 
 class _SquaredErrors:
@@ -89,7 +97,7 @@ def _as_set(term: LossTerm, settings: TrainSettings) -> LossTerm:
     """``term`` compared as the settings say (energies per configuration or per atom)."""
     if term.quantity != "energy":
         return term
-    return dataclasses.replace(term, per_atom=settings.energy_loss == "per_atom")
+    return dataclasses.replace(term, per_atom=term.per_atom or settings.energy_loss == "per_atom")
 
 
 def _seed_for(seed: int, epoch: int) -> int:

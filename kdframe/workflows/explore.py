@@ -14,6 +14,7 @@ reused while the student, teachers and settings they came from are unchanged; it
 
 from __future__ import annotations
 
+import csv
 import json
 from fnmatch import fnmatch
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from ..potential import Ensemble, Potential
 from ..schedule import make_schedule
 from ..student import Source, Student, TrainingOverrides, check_weights
 from ..teacher import Teacher
+from ..training.trainer import METRICS
 
 FRAMES = "explored.h5"  # every round's selected frames so far, teacher-labelled
 SUMMARY = "round.json"
@@ -62,6 +64,8 @@ class Explore(Strict):
     """The ``explore`` block of a run (after its student is trained)."""
 
     SOURCE: ClassVar[str] = "explored"  # the explored frames' name among the student's sources
+    # A lower learning rate than a student's first: fine-tuning at it undid the student's energies (docs/workflows.md).
+    FINE_TUNING: ClassVar[dict[str, Any]] = {"max_epochs": 20, "lr": 3e-4}
 
     rounds: int = pydantic.Field(3, ge=1, le=50)
     systems: list[Systems] = pydantic.Field(min_length=1)
@@ -71,7 +75,8 @@ class Explore(Strict):
     # residuals that outweigh the small molecules' and pull the per-element energy scale (docs/workflows.md).
     weights: dict[str, Any] = {"energy": 0.0, "forces": 1.0}
     share: float = pydantic.Field(0.25, gt=0, lt=1)  # of every fine-tuning batch
-    training: TrainingOverrides = TrainingOverrides(max_epochs=20, lr=3e-4)  # type: ignore[valid-type]  # fine-tuning
+    # Fine-tuning overrides of the student's training settings, each over FINE_TUNING's defaults.
+    training: TrainingOverrides = TrainingOverrides()  # type: ignore[valid-type]
     stop_when_stable: bool = True  # a round whose MD had no failure ends exploration (no fine-tuning)
 
     @pydantic.field_validator("weights")
@@ -159,14 +164,24 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
         previous_frames = folder / FRAMES
         explored = Source(path=str(previous_frames), energy="teacher.energy", forces="teacher.forces", units="ev",
                           weights=settings.weights, share=settings.share, valid_fraction=0)  # few: all train
-        overrides = {**block.training.model_dump(exclude_none=True), **settings.training.model_dump(exclude_none=True)}
-        tuned = settled(block, block.settings(run.config.training).max_epochs)
+        overrides = {**block.training.model_dump(exclude_none=True), **settings.FINE_TUNING,
+                     **settings.training.model_dump(exclude_none=True)}
+        tuned = settled(block, last_epoch(start.parent, block.settings(run.config.training).max_epochs))
         tuned = tuned.model_copy(update={"sources": {**tuned.sources, settings.SOURCE: explored},
                                          "training": TrainingOverrides(**overrides)})
         fit(f"explored_{r}", tuned, current)
         current = run.dir / f"explored_{r}" / "model.pt"
         summary["model"] = str(current)
     return summaries
+
+
+def last_epoch(stage_dir: Path, default: int) -> int:
+    """The epoch a stage's training ended at (its metrics file), ``default`` if it has none."""
+    try:
+        with open(stage_dir / METRICS, newline="") as f:
+            return int(list(csv.DictReader(f))[-1]["epoch"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return default
 
 
 def settled(block: Student, epoch: int) -> Student:
