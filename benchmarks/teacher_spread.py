@@ -13,7 +13,6 @@ the kept frames, the fraction of frames above half the bound and above it, and t
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -39,12 +38,12 @@ def spread_rows(teacher, systems, temperatures: list[float], dynamics: Dynamics,
             for j, temperature in enumerate(temperatures):
                 run = run_trajectory(teacher, watcher, atoms, name, temperature, seed + i * len(temperatures) + j,
                                      i, unbounded)
-                spreads = [f.spread for f in run.frames]
+                spreads = np.array([f.spread for f in run.frames])
                 over = [f.time_fs for f in run.frames if f.spread > dynamics.max_spread]
                 ended = run.failure or f"ran {run.simulated_fs:.0f} fs"
-                rows.append(f"| {name} | {len(atoms)} | {temperature:.0f} | {statistics.median(spreads):.3f} | "
-                            f"{max(spreads):.3f} | {np.mean(np.array(spreads) > dynamics.max_spread / 2):.2f} | "
-                            f"{np.mean(np.array(spreads) > dynamics.max_spread):.2f} | "
+                rows.append(f"| {name} | {len(atoms)} | {temperature:.0f} | {np.median(spreads):.3f} | "
+                            f"{spreads.max():.3f} | {np.mean(spreads > dynamics.max_spread / 2):.2f} | "
+                            f"{np.mean(spreads > dynamics.max_spread):.2f} | "
                             f"{over[0] if over else '-'} | {ended} |")
                 print(rows[-1], flush=True)
     finally:

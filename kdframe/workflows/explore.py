@@ -14,7 +14,6 @@ reused while the student, teachers and settings they came from are unchanged; it
 
 from __future__ import annotations
 
-import csv
 import json
 from fnmatch import fnmatch
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from ..schedule import make_schedule
 from ..student import Source, Student, TrainingOverrides, check_weights
 from ..teacher import Teacher
 from ..training.trainer import METRICS
+from .sweep import read_curve
 
 FRAMES = "explored.h5"  # every round's selected frames so far, teacher-labelled
 SUMMARY = "round.json"
@@ -142,6 +142,10 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
     ``model``, its fine-tuned student's file, for the rounds that fine-tuned)."""
     teacher_print = Teacher(teachers, "teachers").fingerprint()
     systems_print = [file_sha256(resolve_path(block.path, run.config_dir)) for block in settings.systems]
+    overrides = {**block.training.model_dump(exclude_none=True), **settings.FINE_TUNING,
+                 **settings.training.model_dump(exclude_none=True)}
+    fine_tuned = settled(block, last_epoch(start.parent, block.settings(run.config.training).max_epochs))
+    fine_tuned = fine_tuned.model_copy(update={"training": TrainingOverrides(**overrides)})
     summaries, current, previous_frames = [], start, None
     for r in range(1, settings.rounds + 1):
         folder = run.dir / "exploration" / f"round_{r}"
@@ -164,11 +168,7 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
         previous_frames = folder / FRAMES
         explored = Source(path=str(previous_frames), energy="teacher.energy", forces="teacher.forces", units="ev",
                           weights=settings.weights, share=settings.share, valid_fraction=0)  # few: all train
-        overrides = {**block.training.model_dump(exclude_none=True), **settings.FINE_TUNING,
-                     **settings.training.model_dump(exclude_none=True)}
-        tuned = settled(block, last_epoch(start.parent, block.settings(run.config.training).max_epochs))
-        tuned = tuned.model_copy(update={"sources": {**tuned.sources, settings.SOURCE: explored},
-                                         "training": TrainingOverrides(**overrides)})
+        tuned = fine_tuned.model_copy(update={"sources": {**fine_tuned.sources, settings.SOURCE: explored}})
         fit(f"explored_{r}", tuned, current)
         current = run.dir / f"explored_{r}" / "model.pt"
         summary["model"] = str(current)
@@ -177,11 +177,8 @@ def explore(run, block: Student, start: Path, teachers: Ensemble, settings: Expl
 
 def last_epoch(stage_dir: Path, default: int) -> int:
     """The epoch a stage's training ended at (its metrics file), ``default`` if it has none."""
-    try:
-        with open(stage_dir / METRICS, newline="") as f:
-            return int(list(csv.DictReader(f))[-1]["epoch"])
-    except (OSError, IndexError, KeyError, ValueError):
-        return default
+    epochs, _ = read_curve(stage_dir / METRICS, "epoch")
+    return epochs[-1] if epochs else default
 
 
 def settled(block: Student, epoch: int) -> Student:
