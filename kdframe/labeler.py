@@ -56,6 +56,10 @@ class Labeler(ABC):
     def setup_worker(self) -> None:
         """Called once in each worker process before computing (e.g. to limit threads)."""
 
+    def elements(self) -> set[int] | None:
+        """Atomic numbers this labeler can label (None: any); molecules with others are refused before any work."""
+        return None
+
     #: How :meth:`hessian` is computed (provenance of ``<method>.hessian``).
     hessian_scheme: str = "central differences of forces"
 
@@ -106,10 +110,17 @@ class HessianLabeler(Labeler):
     def setup_worker(self) -> None:
         self.base.setup_worker()
 
+    def elements(self) -> set[int] | None:
+        return self.base.elements()
+
 
 def labelers() -> dict[str, Labeler]:
-    """Every registered labeler by method (a plugin that fails to import is skipped with a warning)."""
-    return plugins.registry().labelers
+    """Every registered labeler by method (a plugin that fails to import is skipped with a warning), and every
+    registered pretrained ensemble as one (:class:`~kdframe.model_labeler.PretrainedLabeler`)."""
+    from .model_labeler import PretrainedLabeler  # it imports this module
+
+    found = plugins.registry()
+    return {**{name: PretrainedLabeler(name) for name in found.pretrained}, **found.labelers}
 
 
 def get_labeler(method: str) -> Labeler:

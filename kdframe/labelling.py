@@ -318,19 +318,19 @@ def label_file(path: str | os.PathLike, method: str, *, workers: int = 1, molecu
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     items = read_items(path)  # refuses a file that is not ANI-layout HDF5, or bad geometries, before anything is written
-    select_items(items, molecules, per_molecule, limit, order, origin)  # likewise bad options
+    targets = select_items(items, molecules, per_molecule, limit, order, origin)  # likewise bad options
     labeler = labeler or get_labeler(method)
     if hessian:
         if "forces" not in labeler.provides:
             raise ConfigError("--hessian", f"method {method!r} provides no forces to differentiate")
         labeler = HessianLabeler(labeler)
+    _check_elements(labeler, targets)
     summary = Summary(method)
     jpath = journal_path(path, labeler.job, journals)
     with _locked(jpath.with_suffix(".lock"), blocking=False):
         merge(path, journals)
         runs, journal = read_journal(jpath)
         _check_settings(jpath, runs, labeler)
-        targets = select_items(items, molecules, per_molecule, limit, order, origin)
         finished = _labelled_in_file(path, method, labeler.provides[0])
         pending = []
         for item in targets:
@@ -426,6 +426,18 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
 def _versions(labeler: Labeler) -> dict[str, str]:
     return {"kdframe": __version__, "python": platform.python_version(), "h5py": h5py.__version__,
             **labeler.versions()}
+
+
+def _check_elements(labeler: Labeler, targets: list[Item]) -> None:
+    """Refuse, before any work, molecules with elements the labeler cannot label (naming them)."""
+    known = labeler.elements()
+    if known is None:
+        return
+    outside = sorted({item.group for item in targets if not set(item.numbers.tolist()) <= known})
+    if outside:
+        shown = ", ".join(outside[:10]) + (f" and {len(outside) - 10} more" if len(outside) > 10 else "")
+        raise ConfigError(f"--method {labeler.method}", f"labels elements {sorted(known)} only; molecules {shown} have "
+                          "others (leave them out with --molecules)")
 
 
 def _check_settings(jpath: Path, runs: list[dict], labeler: Labeler) -> None:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from . import distributed  # noqa: E402
 from .evaluation import FREQ, FREQUENCY_NOTE, Metrics  # noqa: E402
-from .io import atomic_write, atomic_write_text  # noqa: E402
+from .io import atomic_write, atomic_write_text, make_dir  # noqa: E402
 from .units import shown_unit  # noqa: E402
 
 TABLE_COLUMNS = ("E rmse", "E mae", "E/atom rmse", "dE rmse", "dE mae", "F rmse", "F mae")
@@ -53,10 +53,17 @@ def parity_plot(path: Path, per_model: Mapping[str, Metrics], quantity: str, tit
         ax.set_xlabel(f"reference {quantity} ({unit})", fontsize=7)
     axes[0][0].set_ylabel("predicted", fontsize=7)
     fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically (its folder made) and close it."""
+    make_dir(path.parent)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    return True
+    return path
 
 
 def write_report(run_dir: Path, title: str, results: Mapping[str, Mapping[str, Metrics]], notes: str = "") -> Path:

@@ -97,10 +97,12 @@ def test_hessian_workflow_table_with_hessian_errors(tmp_path, hessian_file, caps
     run = tmp_path / "run"
     assert len(list((run / "knowledge").glob("teacher_hvp-*.h5"))) == 1  # fixed probes: cached offline
     assert {p.name for p in run.iterdir()} >= {"e_f", "e_f_hvp_fresh", "e_f_h", "student", "control", "report.md"}
+    assert "| median s/epoch | total s |" in out and (run / "plots" / "time_to_accuracy.png").is_file()
+    assert "(plots/time_to_accuracy.png)" in (run / "report.md").read_text()
     assert main(["run", str(config), "--quiet"]) == 0 and capsys.readouterr().out == out  # stages reused
     config.write_text(config.read_text().replace("  teacher: E-F-H\n", "  teacher: E-F-X\n"))
     assert main(["run", str(config), "--quiet"]) == 2
-    assert "distillation.teacher: not a variant" in capsys.readouterr().err
+    assert "distillation.teacher: 'E-F-X' is not a variant" in capsys.readouterr().err
 
 
 def test_a_student_on_fresh_teacher_probes_trains(tmp_path, hessian_file, capsys, monkeypatch):
@@ -112,3 +114,89 @@ def test_a_student_on_fresh_teacher_probes_trains(tmp_path, hessian_file, capsys
     assert main(["run", str(config), "--quiet"]) == 0, capsys.readouterr().err
     assert "student (E-F-H HVPs)" in capsys.readouterr().out
     assert not list((tmp_path / "run" / "knowledge").glob("teacher_hvp-*.h5"))  # online: nothing cached
+
+
+def test_a_pretrained_ensemble_teaches_its_hvps(tmp_path, hessian_file, capsys, monkeypatch):
+    """``distillation.teacher: {pretrained: NAME}``: the student learns that ensemble's H·v, not a variant's."""
+    from kdframe.plugins import registry
+    from kdframe.potential import Ensemble, Potential
+    from kdframe.teacher import Teacher
+
+    def zoo():
+        torch.manual_seed(7)
+        return Ensemble([Potential(registry().architectures["toy"], {"width": 6}, [1, 6, 7, 8], ["energy"]).double()
+                         for _ in range(2)])
+
+    monkeypatch.setitem(registry().pretrained, "toyzoo", zoo)
+    monkeypatch.setattr("kdframe.report.parity_plot", lambda *args: False)
+    text = textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file))
+    config = tmp_path / "h.yaml"
+    config.write_text(text.replace("  teacher: E-F-H\n", "  teacher: {pretrained: toyzoo, align_energies: false}\n"))
+    assert main(["run", str(config), "--quiet"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "| test | student (pretrained toyzoo HVPs) |" in out and "| test | pretrained toyzoo |" in out
+    cost = next(line for line in out.splitlines() if line.startswith("| pretrained toyzoo |")).split("|")
+    assert int(cost[2]) == sum(p.numel() for p in zoo().parameters()) and cost[3].strip() == "0"  # not trained here
+    stage = (tmp_path / "run" / "student" / "stage.json").read_text()
+    assert Teacher(zoo(), "z").fingerprint() in stage  # taught by the pretrained ensemble
+    config.write_text(text.replace("  teacher: E-F-H\n", "  teacher: {pretrained: nozoo}\n"))
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "distillation.teacher.pretrained: unknown pretrained 'nozoo'" in capsys.readouterr().err
+
+
+def test_variants_may_be_left_out_only_for_a_teacher_from_elsewhere(tmp_path, hessian_file, capsys, monkeypatch):
+    import re
+
+    from kdframe.plugins import registry
+    from kdframe.potential import Ensemble, Potential
+
+    monkeypatch.setitem(registry().pretrained, "toyzoo", lambda: Ensemble([
+        Potential(registry().architectures["toy"], {"width": 6}, [1, 6, 7, 8], ["energy"]).double()]))
+    monkeypatch.setattr("kdframe.report.parity_plot", lambda *args: False)
+    text = re.sub(r"variants:\n(  .*\n)+", "", textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file)))
+    config = tmp_path / "h.yaml"
+    config.write_text(text)
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "distillation.teacher: 'E-F-H' is not a variant" in capsys.readouterr().err
+    config.write_text(text[:text.index("distillation:")])
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "variants: give at least one variant, or a distillation block whose teacher" in capsys.readouterr().err
+    config.write_text(text.replace("  teacher: E-F-H\n", "  teacher: {pretrained: toyzoo}\n"))
+    assert main(["run", str(config), "--quiet"]) == 0, capsys.readouterr().err
+    rows = {line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| test |")}
+    assert rows == {"pretrained toyzoo", "student (pretrained toyzoo HVPs)", "control (student size, E-F)"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (("  teacher: E-F-H\n", "  teacher: 5\n"), "distillation.teacher: 5: give a variant's name, or a teacher block"),
+    (("  teacher: E-F-H\n", "  teacher: {train: {model: {architecture: toy}}}\n"),
+     "distillation.teacher: a teacher trained here is a variant: add it under variants"),
+    (("  teacher: E-F-H\n", "  teacher: {pretrained: ani1x, model: [a]}\n"), "distillation.teacher: 'model' is now"),
+    (("  teacher: E-F-H\n", "  teacher: {pretrained: ani1x, colour: red}\n"),
+     "distillation.teacher.colour: unknown key (valid: align_energies, files, pretrained, train)"),
+    (("  teacher: E-F-H\n", "  teacher: ani1ccx\n"), "for the pretrained ensemble write {pretrained: ani1ccx}"),
+    (("  E-F: {}\n", "  Student: {}\n"), "variants: ['student'] would share a folder of the run directory"),
+])
+def test_bad_distillation_blocks_are_one_clear_error(tmp_path, hessian_file, capsys, change, message):
+    config = tmp_path / "h.yaml"
+    config.write_text(textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file)).replace(*change))
+    assert main(["run", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_an_element_the_outside_teacher_lacks_fails_before_any_variant_trains(tmp_path, hessian_file, capsys,
+                                                                             monkeypatch):
+    from kdframe.plugins import registry
+    from kdframe.potential import Ensemble, Potential
+
+    monkeypatch.setitem(registry().pretrained, "toyzoo", lambda: Ensemble([
+        Potential(registry().architectures["toy"], {"width": 6}, [1, 6, 8], ["energy"]).double()]))
+    config = tmp_path / "h.yaml"
+    text = textwrap.dedent(CONFIG.format(run_dir=tmp_path / "run", data=hessian_file))
+    config.write_text(text.replace("  teacher: E-F-H\n", "  teacher: {pretrained: toyzoo}\n"))
+    assert main(["run", str(config), "--quiet"]) == 2
+    assert "distillation.teacher: pretrained toyzoo knows elements [1, 6, 8], but the data also has [7]" in \
+        capsys.readouterr().err
+    assert not list((tmp_path / "run").glob("e_f*"))

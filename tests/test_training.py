@@ -103,3 +103,16 @@ def test_a_stage_record_leaves_out_later_settings_at_their_default():
     assert "energy_loss" not in Model(model={"architecture": "toy"}).model_dump()["training"]
     tuned = Model(model={"architecture": "toy"}, training={"energy_loss": "per_atom"})
     assert tuned.model_dump()["training"]["energy_loss"] == "per_atom"
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_named(ani_file, tmp_path, capsys):
+    """A NaN gradient (e.g. 0 x inf in a double backward) would make every weight NaN from then on."""
+    trainer = _trainer(ani_file, tmp_path / "nan", SETTINGS.model_copy(update={"max_epochs": 1}))
+    name, param = trainer.named_params[0]
+    steps, step = [], trainer.step
+    trainer.step = lambda *args: (steps.append(1), step(*args))[1]
+    param.register_hook(lambda grad: grad * float("nan") if len(steps) == 2 else grad)  # the second step's: NaN
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    err = capsys.readouterr().err
+    assert f"epoch 1: 1 optimiser step(s) skipped, non-finite gradients of {name}" in err

@@ -84,7 +84,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("label", help="add a level of theory (<method>.energy/.forces, or .hessian); resumable")
     p.add_argument("file")
-    p.add_argument("--method", required=True, help="labeler, e.g. xtb, wb97x_dz, mp2_dz, ccsd(t)_dz")
+    p.add_argument("--method", required=True, help="labeler, e.g. xtb, wb97x_dz, mp2_dz, ccsd(t)_dz, "
+                   "or a pretrained ensemble (ani1ccx, ani1x, ani2x; `kdframe models fetch NAME` first)")
     p.add_argument("--workers", type=non_negative_int, default=os.cpu_count() or 1,
                    help="processes, one thread each (0: in this process)")
     p.add_argument("--molecules", help="comma-separated group names to label (default: all)")
@@ -97,7 +98,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="merge finished items into the file every N items (0: only every 10 minutes and at the end)")
     p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
     p.add_argument("--hessian", action="store_true",
-                   help="<method>.hessian (3N x 3N, Hartree/Å²) by central differences of the method's forces")
+                   help="<method>.hessian (3N x 3N, Hartree/Å²): central differences of a QC method's forces, "
+                        "autograd for a pretrained ensemble")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_label)

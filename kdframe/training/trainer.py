@@ -35,7 +35,7 @@ from .. import distributed
 from ..batch import Batch
 from ..data.dataset import Dataset
 from ..errors import ConfigError, RunStateError
-from ..io import atomic_write, atomic_write_text, is_environment_error, make_dir, note, write_error
+from ..io import atomic_write, atomic_write_text, is_environment_error, make_dir, note, warn, write_error
 from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
 from ..probes import ProbeSettings, batch_probes, fresh_rng
@@ -139,6 +139,9 @@ class Trainer:
         self.needs_curvature = any(t.quantity in CURVATURE for t in self.terms)
         self.needs_stress = any(t.quantity == "stress" for t in self.terms)
         self.params = self.model.trainable_weights()
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        self.named_params = [(names.get(id(p), "?"), p) for p in self.params]
+        self.skipped_steps: dict[tuple[str, ...], int] = {}  # this epoch's steps skipped for non-finite gradients
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
@@ -182,9 +185,13 @@ class Trainer:
         weights = [t.weight(epoch) for t in self.terms]
         total, n = 0.0, 0
         squares = _SquaredErrors(self.terms)
+        self.skipped_steps = {}
         for confs in self.train_set.batch_indices(self.settings.batch_size, True, generator):
             loss, count = self.step(confs, weights, rngs, squares)
             total, n = total + loss * count, n + count
+        for names, steps in self.skipped_steps.items():
+            warn(f"{self.run_dir.name}: epoch {epoch}: {steps} optimiser step(s) skipped, non-finite gradients of "
+                 f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
         total, n = distributed.sum_all([total, n])
         return total / max(n, 1), squares.rmse("train")
 
@@ -208,6 +215,11 @@ class Trainer:
             loss.backward()
             loss_value, count = float(loss.detach()), batch.n_conf
         distributed.combine_gradients(self.params, len(mine) / len(confs))
+        broken = [name for name, p in self.named_params if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if broken:  # one step's NaN gradient would make the weights NaN for good; the same on every rank
+            self.skipped_steps[tuple(broken)] = self.skipped_steps.get(tuple(broken), 0) + 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, count
         self.optimizer.step()
         return loss_value, count
 

@@ -13,9 +13,9 @@ from matplotlib.ticker import NullFormatter
 
 from ..evaluation import Metrics
 from ..errors import WriteError
-from ..io import atomic_write, make_dir, warn
+from ..io import warn
 from ..potential import Ensemble, Potential
-from ..report import plt
+from ..report import plt, save_figure
 from ..units import EV_TO_KCAL_MOL
 
 if TYPE_CHECKING:
@@ -53,14 +53,6 @@ def sweep_table(rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> str
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> Path:
-    make_dir(path.parent)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
-
 def size_plot(path: Path, rows: Sequence[SweepRow], results: Mapping[str, Metrics]) -> Path:
     """Test force RMSE vs trainable weights: students and controls as lines, teacher and Born-Again as markers."""
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
@@ -74,7 +66,7 @@ def size_plot(path: Path, rows: Sequence[SweepRow], results: Mapping[str, Metric
     ax.set_xlabel("trainable weights")
     ax.set_ylabel("test force RMSE (kcal/mol/Å)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
@@ -105,7 +97,7 @@ def learning_curves(path: Path, rows: Sequence[SweepRow]) -> Path | None:
         return None
     axes[0].set_ylabel("force RMSE (kcal/mol/Å)")
     axes[1].legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_report(run: "Run", rows: Sequence[SweepRow], title: str) -> str:

@@ -82,17 +82,16 @@ class TeacherSource(Strict):
         """
         if self.train is not None:
             return Ensemble(self._trained(run, stage, seed, rename))
-        if self.pretrained is not None:
-            loaded = registry().pretrained[self.pretrained]().to(run.device)
-            members, names = list(loaded.members), [f"pretrained {self.pretrained}"] * len(loaded.members)
+        if self.pretrained is not None:  # kept as its plugin made it (e.g. one AEV computation for all ANI members)
+            ensemble = registry().pretrained[self.pretrained]().to(run.device)
+            members, names = list(ensemble.members), [f"pretrained {self.pretrained}"] * len(ensemble.members)
         else:
             members = [Potential.load(resolve_path(p, run.config_dir)).to(run.device) for p in self.files]
-            names = self.files
+            names, ensemble = self.files, Ensemble(members)
         for member, name in zip(members, names):
             missing = sorted(set(run.species) - set(member.species))
             if missing:
                 raise ConfigError(where, f"{name} knows elements {member.species}, but the data also has {missing}")
-        ensemble = Ensemble(members)
         if self.align_energies:
             self._offsets = align_reference_energies(Teacher(ensemble, stage), run.train_set, energy_label, run.device)
         return ensemble

@@ -19,6 +19,7 @@ from hippynn.graphs.nodes.targets import HEnergyNode
 
 from .hyperparameters import HipnnHyperparameters
 from .pairs import NeighbourPairIndexer
+from .sensitivity import BoundedInverseSensitivity
 
 NETWORKS = {0: Hipnn, 1: HipnnVec, 2: HipnnQuad}
 
@@ -65,6 +66,7 @@ def build_graph(hp: HipnnHyperparameters, species: Sequence[int], n_heads: int) 
             dist_hard_max=hp.dist_hard_max,
             n_interaction_layers=hp.n_interaction_layers,
             n_atom_layers=hp.n_atom_layers,
+            sensitivity_type=BoundedInverseSensitivity,
         ),
     )
     # Index-based names: GraphModule orders its sub-modules by node name, so state_dict keys are stable.
