@@ -33,20 +33,19 @@ class PretrainedLabeler(Labeler):
 
     def __init__(self, name: str):
         self.method = name
-        self._model = None
+        self._teacher: Teacher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}  # each worker loads its own copy
+        return {**self.__dict__, "_teacher": None}  # each worker loads its own copy
 
-    def _ensemble(self):
-        if self._model is None:
-            self._model = registry().pretrained[self.method]().double().eval()
-            for p in self._model.parameters():
-                p.requires_grad_(False)
-        return self._model
+    def _loaded(self) -> Teacher:
+        """The ensemble in float64, frozen (loaded on first use)."""
+        if self._teacher is None:
+            self._teacher = Teacher(registry().pretrained[self.method]().double(), self.method)
+        return self._teacher
 
     def _forward(self, atomic_numbers: np.ndarray, positions: np.ndarray, hessian: bool) -> dict[str, Any]:
-        model = self._ensemble()
+        model = self._loaded().model
         model.check_species(torch.as_tensor(atomic_numbers, dtype=torch.long), f"--method {self.method}")
         batch = Batch.from_atoms([Atoms(numbers=atomic_numbers, positions=positions)]).to("cpu", torch.float64)
         with torch.enable_grad():
@@ -68,7 +67,7 @@ class PretrainedLabeler(Labeler):
         return 0.5 * (out + out.T)
 
     def settings(self) -> dict[str, Any]:
-        return {"pretrained": self.method, "fingerprint": Teacher(self._ensemble(), self.method).fingerprint(),
+        return {"pretrained": self.method, "fingerprint": self._loaded().fingerprint(),
                 "dtype": "float64", "energy": "ensemble mean, the model's own atomic energies"}
 
     def versions(self) -> dict[str, str]:
@@ -78,4 +77,4 @@ class PretrainedLabeler(Labeler):
         torch.set_num_threads(1)
 
     def elements(self) -> set[int]:
-        return set.intersection(*(set(member.species) for member in self._ensemble().members))
+        return set.intersection(*(set(member.species) for member in self._loaded().members))

@@ -75,6 +75,6 @@ def test_the_labeler_travels_to_workers_without_its_model_and_records_the_weight
     settings = labeler.settings()  # loads the ensemble
     assert settings["fingerprint"] == Teacher(_zoo(), "z").fingerprint()
     copy = pickle.loads(pickle.dumps(labeler))
-    assert copy._model is None and labeler._model is not None
+    assert copy._teacher is None and labeler._teacher is not None
     z, x = np.array([8, 1, 1]), np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], dtype=float)
     assert copy.compute(z, x)["energy"] == labeler.compute(z, x)["energy"]
