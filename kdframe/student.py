@@ -80,9 +80,13 @@ class Source(Strict):
     # are nested (a smaller limit takes the first ones of the same draw), e.g. for learning curves.
     limit: int | None = pydantic.Field(None, ge=2)
 
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
+        return check_weights(weights, {"energy": 0, "forces": 0})
+
     @pydantic.model_validator(mode="after")
     def _usable(self, info: pydantic.ValidationInfo) -> "Source":
-        check_weights(self.weights, {"energy": 0, "forces": 0})
         if self.labelled_by == "teachers":
             given = [k for k in ("energy", "forces") if getattr(self, k) is not None]
             if given:
@@ -98,6 +102,15 @@ class Source(Strict):
     def keys(self) -> dict[str, str]:
         """Label name -> key in the file for the quantities this source trains on."""
         return {quantity: getattr(self, quantity) for quantity in self.weights}
+
+
+def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None = None) -> list[LossTerm]:
+    """The loss terms of every source, on labels named ``SOURCE.QUANTITY``, each routed to its head in ``heads``
+    (default: the first)."""
+    heads = heads or {}
+    return [LossTerm(quantity, f"{name}.{quantity}", make_schedule(weight, f"sources.{name}.weights.{quantity}"),
+                     heads.get(name, 0))
+            for name, source in sources.items() for quantity, weight in source.weights.items()]
 
 
 class Student(Model):
@@ -116,11 +129,6 @@ class Student(Model):
         if total >= 1:
             raise ValueError(f"the sources' shares sum to {total:g}: leave some of every batch to the run's data")
         return sources
-
-    def source_terms(self) -> list[LossTerm]:
-        """The loss terms of every source, on labels named ``SOURCE.QUANTITY``."""
-        return [LossTerm(quantity, f"{name}.{quantity}", make_schedule(weight, f"sources.{name}.weights.{quantity}"))
-                for name, source in self.sources.items() for quantity, weight in source.weights.items()]
 
     @pydantic.field_validator("weights")
     @classmethod

@@ -239,3 +239,57 @@ def test_hessian_job_by_finite_differences_of_forces(tmp_path, capsys):
     water = data.subset(np.flatnonzero(np.isfinite(data.labels["hessian"][data.atom_ptr[:-1], 0, 0, 0])))
     assert water.labels["hessian"].shape == (6, 3, 4, 3)  # padded to ammonia's 4 atoms
     assert np.allclose(water.labels["hessian"][:3, :, :3].reshape(9, 9), hessians[0] * HARTREE_TO_EV)
+
+
+def test_a_killed_sample_run_carries_on_with_append(tmp_path, monkeypatch, capsys):
+    """`data sample` writes as it goes; `--append` after a crash gives the file a straight run gives."""
+    from kdframe import sampling
+    from kdframe.cli import main
+    from kdframe.commands import data
+
+    args = ["--smiles", "water:O", "hcn:C#N", "--conformers", "1", "--normal-modes", "2", "--md-frames", "0"]
+    monkeypatch.setattr(data, "SAMPLE_WRITE_SECONDS", 0)  # a write after every molecule
+    assert main(["data", "sample", str(tmp_path / "straight.h5"), *args]) == 0
+    real = sampling.sample_molecule
+
+    def dies_on_hcn(name, *rest):
+        if name == "hcn":
+            raise KeyboardInterrupt  # a kill, after water was sampled
+        return real(name, *rest)
+
+    monkeypatch.setattr(sampling, "sample_molecule", dies_on_hcn)
+    assert main(["data", "sample", str(tmp_path / "resumed.h5"), *args]) == 130  # interrupted
+    with h5py.File(tmp_path / "resumed.h5", "r") as f:
+        assert set(f) == {"water"}
+    monkeypatch.setattr(sampling, "sample_molecule", real)
+    assert main(["data", "sample", str(tmp_path / "resumed.h5"), "--append", *args]) == 0
+    with h5py.File(tmp_path / "straight.h5", "r") as a, h5py.File(tmp_path / "resumed.h5", "r") as b:
+        assert set(a) == set(b) == {"water", "hcn"}
+        for name in a:
+            assert np.array_equal(a[name]["coordinates"][()], b[name]["coordinates"][()])
+    other = ["--smiles", "methane:C", "--conformers", "1", "--normal-modes", "3", "--md-frames", "0"]
+    assert main(["data", "sample", str(tmp_path / "resumed.h5"), "--append", *other]) == 2
+    assert "sampled with other settings (normal_modes 2)" in capsys.readouterr().err
+
+
+def test_a_molecule_that_cannot_be_sampled_is_named_and_skipped(tmp_path, monkeypatch, capsys):
+    from kdframe import sampling
+    from kdframe.cli import main
+    from kdframe.errors import DataError
+
+    real = sampling.sample_molecule
+
+    def cannot_embed_hcn(name, smiles, *rest):
+        if name == "hcn":
+            raise DataError(f"RDKit could not embed {smiles!r}")
+        return real(name, smiles, *rest)
+
+    monkeypatch.setattr(sampling, "sample_molecule", cannot_embed_hcn)
+    out = tmp_path / "s.h5"
+    assert main(["data", "sample", str(out), "--smiles", "hcn:C#N", "water:O", "--conformers", "1",
+                 "--normal-modes", "2", "--md-frames", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "hcn: skipped (RDKit could not embed 'C#N')" in captured.err
+    assert "1 molecules, 3 conformations added; 1 skipped: hcn" in captured.out
+    with h5py.File(out, "r") as f:
+        assert set(f) == {"water"}

@@ -151,7 +151,7 @@ def test_a_source_limit_takes_nested_random_subsets(tmp_path, ani_file):
         path = _ekd_config(tmp_path, ani_file, sources)
         workflow, config = load_config(path)
         run = Run(config, Path(path), workflow, progress=False)
-        train, valid = run._with_sources(config.student, run.data.subset(run.splits["train"]),
+        train, valid = run._with_sources(config.student.sources, run.data.subset(run.splits["train"]),
                                          run.data.subset(run.splits["valid"]))
         part_train, part_valid = train.parts[1], valid.parts[1]
         assert len(part_train) + len(part_valid) == (limit or 400) and len(part_valid) == round(0.05 * (limit or 400))

@@ -1,5 +1,7 @@
 """Multi-fidelity learning (methods.md §3): masking, head routing in every plugin, the workflow end to end."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -18,17 +20,22 @@ HEADS = ["high", "low"]
 LOW_SHIFT = {1: -0.05, 6: -0.37, 7: -0.54, 8: -0.75}  # Hartree per atom: the low level's own energy zero (plausible totals)
 
 
-@pytest.fixture
-def mf_file(ani_file):
-    """The Morse file plus a 'high' level (every third energy missing) and a shifted 'low' level with forces."""
-    with h5py.File(ani_file, "a") as f:
+def _add_levels(path):
+    """A 'high' level (every third energy missing) and a shifted 'low' level with forces, from the Morse labels."""
+    with h5py.File(path, "a") as f:
         for group in f.values():
             z = group["atomic_numbers"][()]
             energy = group["morse.energy"][()]
             group["high.energy"] = np.where(np.arange(len(energy)) % 3 == 1, np.nan, energy)
             group["low.energy"] = 1.05 * energy + sum(LOW_SHIFT[int(a)] for a in z)
             group["low.forces"] = 1.05 * group["morse.forces"][()]
-    return ani_file
+    return path
+
+
+@pytest.fixture
+def mf_file(ani_file):
+    """The Morse file with a 'high' and a 'low' level."""
+    return _add_levels(ani_file)
 
 
 def _dataset(path):
@@ -170,11 +177,32 @@ def test_single_fidelity_run_scores_its_only_head(tmp_path, mf_file, capsys):
     ({"fidelities": {"high": {"energy": "high.energy", "weights": {"atom_energies": 1}}}},
      "fidelities.high.weights.atom_energies: unknown loss term (valid: energy, forces)"),
     ({"fidelities": {"high": {"energy": "high.energy", "forcse": "low.forces"}}},
-     "fidelities.high.forcse: unknown key (valid: energy, forces, teacher, weights)"),
+     "fidelities.high.forcse: unknown key (valid: energy, forces, sources, teacher, weights)"),
     ({"fidelities": {}}, "fidelities: Dictionary should have at least 1 item"),
+    ({"fidelities": {"high": {"energy": "high.energy"},
+                     "low": {"energy": "low.energy", "sources": {"high": {"path": "EXTRA", "energy": "low.energy",
+                                                                          "share": 0.5, "weights": {"energy": 1}}}}}},
+     "fidelities.low.sources.high: the name is taken by another source or a fidelity"),
+    ({"fidelities": {"high": {"energy": "high.energy", "sources": {"a": {"path": "EXTRA", "energy": "high.energy",
+                                                                         "share": 0.5, "weights": {"energy": 1}}}},
+                     "low": {"energy": "low.energy", "sources": {"b": {"path": "EXTRA", "energy": "low.energy",
+                                                                       "share": 0.5, "weights": {"energy": 1}}}}}},
+     "fidelities: the fidelities' sources' shares sum to 1"),
+    ({"fidelities": {"high": {"energy": "high.energy"},
+                     "low": {"energy": "low.energy", "sources": {"x": {"path": "EXTRA", "labelled_by": "teachers",
+                                                                       "share": 0.5, "weights": {"energy": 1}}}}}},
+     "fidelities.low.sources.x.labelled_by: workflow 'multifidelity' has no teachers to label a source"),
+    ({"fidelities": {"high": {"energy": "high.energy"},
+                     "low": {"energy": "low.energy", "sources": {"x": {"path": "EXTRA", "energy": "low.energy",
+                                                                       "share": 0.5, "weights": {"hessian": 1}}}}}},
+     "fidelities.low.sources.x.weights.hessian: unknown loss term (valid: energy, forces)"),
 ])
 def test_bad_fidelity_blocks_name_the_yaml_path(tmp_path, mf_file, capsys, change, message):
-    raw = {**_raw(tmp_path, mf_file), **change}
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "extra.h5", seed=3)
+    extra = str(_add_levels(tmp_path / "extra.h5"))
+    raw = {**_raw(tmp_path, mf_file), **yaml.safe_load(yaml.safe_dump(change).replace("EXTRA", extra))}
     assert main(["run", _write(tmp_path, raw), "--quiet"]) == 2
     assert message in capsys.readouterr().err
 
@@ -197,3 +225,41 @@ def test_a_fidelity_can_learn_teacher_ensemble_forces(tmp_path, mf_file, capsys)
     raw["fidelities"]["low"]["forces"] = "low.forces"
     assert main(["run", _write(tmp_path, raw), "--quiet"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_fidelity_trains_its_head_on_its_own_further_files(tmp_path, mf_file, capsys):
+    """Three levels: 'cheap' exists only as a file of its own (a bigger set at a cheap level), routed to its head."""
+    from toy import write_ani_file
+
+    write_ani_file(tmp_path / "cheap.h5", n_conf=20, seed=3)
+    with h5py.File(_add_levels(tmp_path / "cheap.h5"), "a") as f:  # a third level: the low one, rescaled
+        for group in f.values():
+            group["cheap.energy"], group["cheap.forces"] = 0.9 * group["low.energy"][()], 0.9 * group["low.forces"][()]
+    with h5py.File(mf_file, "a") as f:  # the run's own file has a few cheap energies (its reference fit)
+        for group in f.values():
+            group["cheap.energy"] = 0.9 * group["low.energy"][()]
+    raw = _raw(tmp_path, mf_file)
+    raw["fidelities"]["cheap"] = {"energy": "cheap.energy", "sources": {
+        "sampled": {"path": str(tmp_path / "cheap.h5"), "energy": "cheap.energy", "forces": "cheap.forces",
+                    "share": 0.5}}}
+    assert main(["run", _write(tmp_path, raw), "--quiet"]) == 0
+    assert "| test | potential [cheap] |" in capsys.readouterr().out
+    stage = tmp_path / "run" / "potential"
+    heads = Potential.load(stage / "model.pt").heads
+    assert sorted(heads) == ["cheap", "high", "low"]
+    cheap = heads.index("cheap")
+    assert cheap != heads.index("high")  # routed to its own head, not the evaluated one
+    at = f"@{cheap}" if cheap else ""
+    header = (stage / "metrics.csv").read_text().splitlines()[0]
+    assert f"valid_rmse[energy:sampled.energy{at}]" in header and f"valid_rmse[forces:sampled.forces{at}]" in header
+    assert f"valid_rmse[energy:cheap.energy{at}]" in header
+    record = json.loads((stage / "stage.json").read_text())
+    assert ["forces", "sampled.forces", cheap] in record["terms"] and "sampled" in record["sources"]
+
+
+def test_source_terms_go_to_their_heads():
+    from kdframe.student import Source, source_terms
+
+    source = Source.model_construct(weights={"energy": 1.0, "forces": 2.0})
+    terms = source_terms({"a": source, "b": source}, {"b": 2})
+    assert [(t.label, t.head) for t in terms] == [("a.energy", 0), ("a.forces", 0), ("b.energy", 2), ("b.forces", 2)]

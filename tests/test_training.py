@@ -44,12 +44,13 @@ def test_training_split_errors_are_logged_per_epoch(ani_file, tmp_path):
     assert "train_rmse[forces:forces]" in (tmp_path / "still" / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path):
-    straight = _trainer(ani_file, tmp_path / "straight").fit()
-    interrupted = _trainer(ani_file, tmp_path / "resumed")
+@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"ema_decay": 0.9})], ids=["plain", "ema"])
+def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path, settings):
+    straight = _trainer(ani_file, tmp_path / "straight", settings).fit()
+    interrupted = _trainer(ani_file, tmp_path / "resumed", settings)
     interrupted.fit(stop_after=2)
     assert interrupted.epoch == 2
-    resumed = _trainer(ani_file, tmp_path / "resumed").fit()  # a new process would start like this
+    resumed = _trainer(ani_file, tmp_path / "resumed", settings).fit()  # a new process would start like this
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -98,6 +99,8 @@ def test_a_stage_record_leaves_out_later_settings_at_their_default():
     from kdframe.student import Model
 
     assert "energy_loss" not in SETTINGS.record()
+    assert "ema_decay" not in SETTINGS.record() and "ema_decay" not in SETTINGS.model_copy(update={"ema_decay": 0}).record()
+    assert SETTINGS.model_copy(update={"ema_decay": 0.99}).record()["ema_decay"] == 0.99
     assert SETTINGS.model_copy(update={"energy_loss": "per_atom"}).record()["energy_loss"] == "per_atom"
     # overrides inside a dumped block (multi-fidelity runs record their fidelities' blocks so)
     assert "energy_loss" not in Model(model={"architecture": "toy"}).model_dump()["training"]
@@ -116,3 +119,49 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_named(ani_file, tmp_pat
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     err = capsys.readouterr().err
     assert f"epoch 1: 1 optimiser step(s) skipped, non-finite gradients of {name}" in err
+
+
+def test_weight_average_follows_the_ema_formula_with_warm_up():
+    from kdframe.training.ema import WeightAverage
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    average = WeightAverage([weight], decay=0.9)
+    expected = weight.detach().clone()
+    for t, value in enumerate([3.0, 5.0, -1.0, 0.5] + [2.0] * 30, 1):
+        with torch.no_grad():
+            weight.fill_(value)
+        average.update()
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * weight.detach()
+        assert torch.allclose(average.shadow[0], expected, rtol=0, atol=1e-12)
+    with average.applied():
+        assert torch.equal(weight.detach(), average.shadow[0])
+    assert torch.equal(weight.detach(), torch.full((2,), 2.0, dtype=torch.float64))  # the trained ones are back
+
+
+def test_with_ema_the_averaged_weights_are_validated_and_kept(ani_file, tmp_path):
+    """The best weights are the average's at the best epoch, not the last trained ones, and they score as logged."""
+    settings = SETTINGS.model_copy(update={"ema_decay": 0.9, "max_epochs": 3})
+    trainer = _trainer(ani_file, tmp_path / "ema", settings)
+    model = trainer.fit()
+    trained = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)["model"]
+    assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    best = min(trainer.history, key=lambda r: r["valid_rmse[energy:energy]"])
+    assert trainer.validate()["valid_rmse[energy:energy]"] == pytest.approx(best["valid_rmse[energy:energy]"], rel=1e-6)
+
+
+def test_a_skipped_step_leaves_the_average_alone(ani_file, tmp_path):
+    trainer = _trainer(ani_file, tmp_path / "s", SETTINGS.model_copy(update={"ema_decay": 0.9, "max_epochs": 1}))
+    _, param = trainer.named_params[0]
+    param.register_hook(lambda grad: grad * float("nan"))  # every step's gradient is NaN
+    trainer.fit()
+    assert trainer.average.updates == 0
+    assert _trainer(ani_file, tmp_path / "off", SETTINGS.model_copy(update={"ema_decay": 0})).average is None
+
+
+def test_a_checkpoint_without_averaged_weights_does_not_resume_an_ema_run(ani_file, tmp_path):
+    from kdframe.errors import RunStateError
+
+    _trainer(ani_file, tmp_path / "r", SETTINGS.model_copy(update={"max_epochs": 1})).fit()
+    with pytest.raises(RunStateError, match="no averaged weights in it .*training.ema_decay"):
+        _trainer(ani_file, tmp_path / "r", SETTINGS.model_copy(update={"ema_decay": 0.9})).fit()

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import __version__, hookimpl
 from ..errors import ConfigError, DataError
 from ..data.ani_layout import check_hartree, energy_ratios, molecule_groups, molecule_species, open_hdf5, real_numbers
 from ..data.packed import describe as describe_packed, is_packed
-from ..io import atomic_write
+from ..io import atomic_write, warn
 
 KCAL_MOL_PER_HARTREE = Hartree / (kcal / mol)
 
@@ -49,7 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
     p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept)")
+    p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); so a killed run carries on (the "
+                   "file is written every 5 minutes)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("generate", help="teacher-free configurations at scale (RDKit conformers, rattles, torsion "
@@ -187,30 +189,58 @@ def _formula(smiles: str) -> str:
     return CalcMolFormula(Chem.AddHs(m))
 
 
+SAMPLE_WRITE_SECONDS = 300
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..labeler import get_labeler
+    from ..labeler import LabelError, get_labeler
     from ..sampling import SamplingSettings, sample_molecule
 
     pairs = parse_smiles(args.smiles, args.smiles_file)
     out = Path(args.output)
     if out.exists() and not args.append:
         raise DataError(f"{out}: exists (use --append to add molecules, or remove it)")
-    existing = set()
-    if out.exists():
-        with h5py.File(out, "r") as f:
-            existing = set(f.keys())
     settings = SamplingSettings(conformers=args.conformers, max_conformers=args.max_conformers,
                                 normal_modes=args.normal_modes, nms_temperatures=tuple(args.nms_temperatures),
                                 md_frames=args.md_frames, md_temperatures=tuple(args.md_temperatures),
                                 include_optimized=not args.no_optimized, seed=args.seed, method=args.method)
+    existing = set()
+    if out.exists():
+        with h5py.File(out, "r") as f:
+            existing = set(f.keys())
+            before = json.loads(f.attrs.get("provenance.sample", "{}")).get("settings")
+        now = json.loads(json.dumps(asdict(settings)))
+        if before is not None and before != now:  # one file, one set of sampling settings
+            changed = sorted(k for k in now if before.get(k) != now[k])
+            raise DataError(f"{out}: sampled with other settings ({', '.join(f'{k} {before.get(k)}' for k in changed)}); "
+                            "give the same options to add to it, or write a new file")
     labeler = get_labeler(args.method)
     todo = [(n, s) for n, s in pairs if n not in existing]
     _check_smiles(todo)  # before the progress bar, so an error is its own line
-    sampled = [sample_molecule(n, s, settings, labeler) for n, s in tqdm(todo, desc="sampling", unit="mol")]
-    write_sampled(out, sampled, settings, labeler)
-    print(f"{out}: {len(sampled)} molecules, {sum(len(m.coordinates) for m in sampled)} conformations added")
+    # Written every few minutes (each molecule's sampling is seeded by its SMILES alone), so a killed run loses at
+    # most those minutes and `--append` carries on with identical results.
+    sampled, pending, skipped, written = 0, [], [], time.monotonic()
+    for name, smiles in tqdm(todo, desc="sampling", unit="mol"):
+        try:
+            pending.append(sample_molecule(name, smiles, settings, labeler))
+        except (DataError, LabelError) as exc:  # RDKit cannot embed it, xTB fails: one molecule, not hours of work
+            skipped.append(name)
+            warn(f"{name}: skipped ({str(exc).removeprefix(f'{name}: ')})")
+        except KeyboardInterrupt:
+            if pending:  # keep what is done; --append carries on
+                write_sampled(out, pending, settings, labeler)
+            raise
+        if pending and time.monotonic() - written > SAMPLE_WRITE_SECONDS:
+            write_sampled(out, pending, settings, labeler)
+            sampled += sum(len(m.coordinates) for m in pending)
+            pending, written = [], time.monotonic()
+    if pending:
+        write_sampled(out, pending, settings, labeler)
+        sampled += sum(len(m.coordinates) for m in pending)
+    print(f"{out}: {len(todo) - len(skipped)} molecules, {sampled} conformations added"
+          + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))
     return 0
 
 

@@ -6,7 +6,8 @@ error has not improved for ``lr_patience`` epochs; training stops after
 is written atomically every epoch and training resumes from it (the one before is kept as
 ``checkpoint.prev.pt``: a damaged checkpoint is passed over for it, with a note); the shuffle order (and
 any fresh probe vectors) of epoch ``e`` depend only on (seed, e), so a resumed run ends
-with the same weights.
+with the same weights. With ``ema_decay`` an exponential moving average of the weights (:mod:`.ema`) is
+what is validated and kept as the best weights.
 
 Under ``torchrun`` (see :mod:`kdframe.distributed`) ``batch_size`` stays the global batch: every rank
 takes its shard of each batch of the same seeded shuffle, gradients are combined by one all-reduce
@@ -23,6 +24,7 @@ import io
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +42,7 @@ from ..knowledge.base import KnowledgeSource
 from ..potential import Potential, state_copy
 from ..probes import ProbeSettings, batch_probes, fresh_rng
 from ..teacher import Teacher
+from .ema import WeightAverage
 from .loss import CURVATURE, NEEDS_FORCES, LossTerm, rmse_mae
 
 CHECKPOINT, PREVIOUS, METRICS = "checkpoint.pt", "checkpoint.prev.pt", "metrics.csv"
@@ -60,20 +63,23 @@ class TrainSettings(pydantic.BaseModel):
     eval_batch_size: int = pydantic.Field(128, ge=1)
     # "per_atom": energy residuals divided by the atom count (boxes of hundreds of atoms beside small molecules)
     energy_loss: Literal["total", "per_atom"] = "total"
+    # validate and keep an exponential moving average of the weights with this decay (MACE's --ema_decay, 0.99);
+    # 0 or unset: off (0 switches off one block's inherited average)
+    ema_decay: float | None = pydantic.Field(None, ge=0, lt=1)
 
     def record(self) -> dict:
         """The settings as a stage records them (:func:`without_later_defaults`)."""
         return without_later_defaults(self.model_dump())
 
 
-# Settings added after runs were made, with the value that behaves as before they existed.
-ADDED_LATER = {"energy_loss": "total"}
+# Settings added after runs were made, with the values that behave as before they existed.
+ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,)}
 
 
 def without_later_defaults(settings: dict) -> dict:
     """``settings`` (a dump of TrainSettings or of its overrides) without the settings added later where they are
     unset (None) or at their old behaviour, so that the records of runs made before still match."""
-    return {k: v for k, v in settings.items() if k not in ADDED_LATER or v not in (None, ADDED_LATER[k])}
+    return {k: v for k, v in settings.items() if k not in ADDED_LATER or v not in (None, *ADDED_LATER[k])}
 
 
 class _SquaredErrors:
@@ -143,6 +149,7 @@ class Trainer:
         self.named_params = [(names.get(id(p), "?"), p) for p in self.params]
         self.skipped_steps: dict[tuple[str, ...], int] = {}  # this epoch's steps skipped for non-finite gradients
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
+        self.average = WeightAverage(self.params, settings.ema_decay) if settings.ema_decay else None
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
         self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
@@ -221,6 +228,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, count
         self.optimizer.step()
+        if self.average:
+            self.average.update()
         return loss_value, count
 
     def validate(self, dataset: Dataset | None = None) -> dict[str, float]:
@@ -249,6 +258,8 @@ class Trainer:
         make_dir(self.run_dir)
         self._resume()
         distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
+        if self.average and not self.average.updates:  # ... and so does the average
+            self.average = WeightAverage(self.params, self.average.decay)
         finished = self.bad_epochs >= self.settings.termination_patience
         epochs = range(self.epoch + 1, self.settings.max_epochs + 1 if not finished else self.epoch + 1)
         bar = tqdm(epochs, desc=self.run_dir.name, disable=not self.progress, leave=False,
@@ -256,14 +267,15 @@ class Trainer:
         for done, epoch in enumerate(bar, 1):
             start = time.perf_counter()
             train_loss, train_metrics = self._train_epoch(epoch)
-            metrics = self.validate()
-            monitored = metrics[f"valid_rmse[{self.monitor.name}]"]
+            with self.average.applied() if self.average else nullcontext():  # the averaged weights are the model
+                metrics = self.validate()
+                monitored = metrics[f"valid_rmse[{self.monitor.name}]"]
+                if monitored < self.best_metric:
+                    self.best_metric, self.bad_epochs = monitored, 0
+                    self.best_state = state_copy(self.model)
+                else:
+                    self.bad_epochs += 1
             self.plateau.step(monitored)
-            if monitored < self.best_metric:
-                self.best_metric, self.bad_epochs = monitored, 0
-                self.best_state = state_copy(self.model)
-            else:
-                self.bad_epochs += 1
             self.epoch = epoch
             self.history.append({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
                                  "train_loss": train_loss, **metrics, **train_metrics,
@@ -283,6 +295,8 @@ class Trainer:
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "plateau": self.plateau.state_dict(), "best_metric": self.best_metric,
                  "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
+        if self.average:
+            state["ema"] = self.average.state_dict()
         current = self.run_dir / CHECKPOINT
         if self._checkpoint_good and current.is_file():  # keep the last good one (a damaged one is overwritten)
             try:
@@ -339,8 +353,12 @@ class Trainer:
                                "history") if k not in state]
         if missing:
             raise KeyError(f"no {', '.join(missing)} in it")
+        if self.average and "ema" not in state:
+            raise KeyError("no averaged weights in it (it was trained without training.ema_decay)")
         self.model.load_state_dict(state["best_state"])  # the best weights must fit as well ...
         self.model.load_state_dict(state["model"])  # ... and training continues from the last ones
+        if self.average:
+            self.average.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.plateau.load_state_dict(state["plateau"])
         self.epoch, self.best_metric, self.bad_epochs = state["epoch"], state["best_metric"], state["bad_epochs"]

@@ -31,7 +31,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..probes import ProbeSettings
 from ..report import table, write_report
-from ..student import Model, Student, Sweep
+from ..student import Model, Source, Student, Sweep, source_terms
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
 from ..training.trainer import CHECKPOINT, PREVIOUS
@@ -130,14 +130,11 @@ class Run:
             self._check_periodic(periodic)
         # Every student block's extra sources are read now: a missing key or element is an error before any work.
         self._sources: dict[str, Dataset] = {}
-        for where, block in blocks_in(config, (Student, Sweep)):
-            for student in (block.students() if isinstance(block, Sweep) else [block]):
-                for name, source in student.sources.items():
-                    if source.labelled_by == "teachers" and not workflow.labels_sources:
-                        raise ConfigError(f"{where}.sources.{name}.labelled_by", f"workflow {workflow.name!r} has no "
-                                          "teachers to label a source; label it first (kdframe data teacher-label)",
-                                          ["file"])
-                    self._source(name, source, f"{where}.sources.{name}")
+        for where, source in blocks_in(config, Source):  # e.g. student.sources.NAME, fidelities.F.sources.NAME
+            if source.labelled_by == "teachers" and not workflow.labels_sources:
+                raise ConfigError(f"{where}.labelled_by", f"workflow {workflow.name!r} has no teachers to label a "
+                                  "source; label it first (kdframe data teacher-label)", ["file"])
+            self._source(where.rsplit(".", 1)[-1], source, where)
 
     # --- the run directory ----------------------------------------------------------------------
     def lock(self) -> None:
@@ -199,7 +196,8 @@ class Run:
             train_idx: np.ndarray | None = None, valid_idx: np.ndarray | None = None,
             identity: Mapping[str, Any] | None = None, heads: Sequence[str] = ("energy",),
             energy_labels: Sequence[str] | None = None, probes: Mapping[str, ProbeSettings] | None = None,
-            online: Sequence[tuple[KnowledgeSource, Teacher]] = (), start: Path | None = None) -> Potential:
+            online: Sequence[tuple[KnowledgeSource, Teacher]] = (), start: Path | None = None,
+            sources: Mapping[str, Source] | None = None, source_heads: Mapping[str, int] | None = None) -> Potential:
         """Train one Student block as a stage of this run, or load it if that stage already finished.
 
         ``terms`` default to the block's own; the splits to the run's. Everything that determines the
@@ -207,7 +205,8 @@ class Run:
         stage directory made with other settings is never silently reused. ``energy_labels`` (one per head)
         are what each head's reference energies are fitted on; ``probes`` and ``online`` go to the
         :class:`~kdframe.training.Trainer` (and into the record). ``start``: a saved model (of this block's
-        architecture) to fine-tune instead of fresh weights; its checksum is recorded.
+        architecture) to fine-tune instead of fresh weights; its checksum is recorded. ``sources`` (default: the
+        block's own) are trained beside ``data``, each into its head in ``source_heads`` (default: the first).
         """
         terms = student.terms() if terms is None else list(terms)
         train_idx = self.splits["train"] if train_idx is None else train_idx
@@ -225,10 +224,11 @@ class Run:
         used += [term.probe for term in terms if term.probe in data.labels]
         train_idx, valid_idx = train_idx[labelled[train_idx]], valid_idx[labelled[valid_idx]]
         train, valid = data.subset(train_idx), data.subset(valid_idx)
-        sources = student.sources if isinstance(student, Student) else {}  # a multi-fidelity Model has none
+        if sources is None:
+            sources = student.sources if isinstance(student, Student) else {}
         if sources:
-            train, valid = self._with_sources(student, train, valid)
-            terms += student.source_terms()
+            train, valid = self._with_sources(sources, train, valid)
+            terms += source_terms(sources, source_heads)
         record = {"model": student.model.model_dump(), "training": settings.record(), "seed": seed,
                   "heads": list(heads), "terms": [[t.quantity, t.label, t.head] for t in terms],
                   "weights": student.model_dump().get("weights"), "data": data.content_hash(labels=used),
@@ -260,17 +260,17 @@ class Run:
         distributed.barrier()
         return model
 
-    def _with_sources(self, student: Student, train: Dataset, valid: Dataset) -> tuple[Mixture, Mixture]:
+    def _with_sources(self, sources: Mapping[str, Source], train: Dataset, valid: Dataset) -> tuple[Mixture, Mixture]:
         """The run's train and validation configurations mixed with each source's own split of its file."""
         train_parts, valid_parts = [train], [valid]
-        for name, source in student.sources.items():
+        for name, source in sources.items():
             data = self._source(name, source, f"sources.{name}")
             order = np.random.default_rng(self.config.seed).permutation(len(data))
             order = order[:source.limit]  # None: all (checked against the file's size when it was read)
             cut = max(1, int(round(source.valid_fraction * len(order)))) if source.valid_fraction else 0
             valid_parts.append(data.subset(np.sort(order[:cut])))
             train_parts.append(data.subset(np.sort(order[cut:])))
-        shares = [s.share for s in student.sources.values()]
+        shares = [s.share for s in sources.values()]
         return Mixture(train_parts, [1 - sum(shares), *shares]), Mixture(valid_parts)
 
     def _source(self, name: str, source: Any, where: str) -> Dataset:

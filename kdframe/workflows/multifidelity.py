@@ -11,6 +11,10 @@ Composition with EKD: a fidelity's forces may come from teachers instead of the 
 teacher source: trained here on that fidelity's energies, saved files of any architecture, or a
 pretrained ensemble): their ensemble-averaged forces on every configuration are cached offline like
 any teacher knowledge and trained as that fidelity's forces.
+
+A fidelity's ``sources`` are further files labelled at that level (e.g. tens of thousands of xTB configurations
+beside the CC data), trained into its head with their own loss weights and share of every batch; a
+configuration is labelled at the levels its file has, never at the others.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ..data.dataset import Dataset
 from ..hookspecs import hookimpl
 from ..potential import Ensemble, Potential
 from ..schedule import make_schedule
-from ..student import Model, check_weights
+from ..student import Model, Source, check_weights
 from ..teacher import Teacher
 from ..training import LossTerm
 from .base import Run, Scored, Workflow, compare_files, compared, knowledge_source
@@ -39,6 +43,7 @@ class Fidelity(Strict):
     forces: str | None = None
     teacher: TeacherSource | None = None  # teachers whose ensemble-averaged forces stand in for `forces` (EKD)
     weights: dict[str, Any] | None = None  # default: energy 1, forces 1 where the fidelity has forces
+    sources: dict[str, Source] = {}  # more files labelled at this level, trained into its head
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -86,7 +91,30 @@ class MultiFidelityConfig(Base):
         if self.evaluate_head not in self.fidelities:
             raise ValueError(f"evaluate_head: {self.evaluate_head!r} is not a fidelity "
                              f"(valid: {', '.join(self.fidelities)})")
+        seen: set[str] = set()
+        for name, fidelity in self.fidelities.items():
+            for source in fidelity.sources:
+                if source in seen or source in self.fidelities:
+                    raise invalid(("fidelities", name, "sources", source), "the name is taken by another source or "
+                                  "a fidelity: give every source its own name")
+                seen.add(source)
+        total = sum(s.share for _, s in self.sources().values())
+        if total >= 1:
+            raise invalid(("fidelities",), f"the fidelities' sources' shares sum to {total:g}: leave some of every "
+                          "batch to data.train")
         return self
+
+    def sources(self) -> dict[str, tuple[int, Source]]:
+        """Every fidelity's sources by name, with the index of the head they train."""
+        return {name: (head, source) for head, fidelity in enumerate(self.fidelities.values())
+                for name, source in fidelity.sources.items()}
+
+
+def fidelities_record(config: MultiFidelityConfig) -> dict[str, Any]:
+    """The fidelities as a stage records them; without ``sources`` where there are none (as runs before they
+    existed recorded them); the sources themselves are recorded with their contents by the stage."""
+    return {name: {k: v for k, v in fidelity.items() if k != "sources" or v}
+            for name, fidelity in config.model_dump()["fidelities"].items()}
 
 
 def label(fidelity: str, quantity: str) -> str:
@@ -123,9 +151,12 @@ class MultiFidelity(Workflow):
         data, teachers = self.teacher_forces(run, config)
         if until == "train" and teachers:
             return f"Teachers of fidelities {', '.join(teachers)} ready; their forces cached in {run.dir / 'knowledge'}"
+        sources = config.sources()
         model = run.fit("potential", config.potential, data, config.seed, terms=fidelity_terms(config),
-                        identity={"fidelities": config.model_dump()["fidelities"], "teachers": teachers},
-                        heads=heads, energy_labels=[label(h, "energy") for h in heads])
+                        identity={"fidelities": fidelities_record(config), "teachers": teachers},
+                        heads=heads, energy_labels=[label(h, "energy") for h in heads],
+                        sources={name: source for name, (_, source) in sources.items()},
+                        source_heads={name: head for name, (head, _) in sources.items()})
         rows: dict[str, Potential | Ensemble | Scored] = {"potential": Scored(model, config.evaluate_head)}
         for head in heads:
             if head != config.evaluate_head:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The cheap level of the three-level multi-fidelity runs (issue 25): the 751 molecules of
+# data/molecules/organic_chno.smi (none of the bundled extensibility set). Per molecule: 2 RDKit conformers, the
+# lowest xTB-optimised one kept, 12 normal-mode samples (300 and 600 K) and 12 xTB MD frames (500 and 1000 K);
+# 18,750 configurations, labelled with GFN2-xTB energies and forces (0.005 s each). About 75 min on one core
+# shared with other jobs, nearly all of it sampling. Resumable: rerun it. Written to runs/data, not committed.
+#   data/make_xtb_sampled.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+KD="$PY -m kdframe.cli data"
+WORKERS=${WORKERS:-1}  # labelling processes
+OUT=runs/data/xtb_sampled.h5
+mkdir -p runs/data
+
+$KD sample "$OUT" --append --seed 0 --smiles-file data/molecules/organic_chno.smi \
+    --conformers 2 --max-conformers 1 --normal-modes 12 --nms-temperatures 300 600 \
+    --md-frames 12 --md-temperatures 500 1000
+$KD label "$OUT" --method xtb --workers "$WORKERS" --no-progress
+$KD info "$OUT"
