@@ -219,9 +219,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     labeler = get_labeler(args.method)
     todo = [(n, s) for n, s in pairs if n not in existing]
     _check_smiles(todo)  # before the progress bar, so an error is its own line
-    # Written every few minutes (each molecule's sampling is seeded by its SMILES alone), so a killed run loses at
-    # most those minutes and `--append` carries on with identical results.
-    sampled, pending, skipped, written = 0, [], [], time.monotonic()
+    # Written every few minutes (each molecule's sampling is seeded by --seed and its SMILES), so a killed run loses
+    # at most those minutes and `--append` carries on with identical results.
+    pending, skipped, counts, written = [], [], [], time.monotonic()
+
+    def flush() -> None:
+        write_sampled(out, pending, settings, labeler)
+        counts.extend(len(m.coordinates) for m in pending)
+        pending.clear()
+
     for name, smiles in tqdm(todo, desc="sampling", unit="mol"):
         try:
             pending.append(sample_molecule(name, smiles, settings, labeler))
@@ -230,15 +236,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
             warn(f"{name}: skipped ({str(exc).removeprefix(f'{name}: ')})")
         except KeyboardInterrupt:
             if pending:  # keep what is done; --append carries on
-                write_sampled(out, pending, settings, labeler)
+                flush()
             raise
         if pending and time.monotonic() - written > SAMPLE_WRITE_SECONDS:
-            write_sampled(out, pending, settings, labeler)
-            sampled += sum(len(m.coordinates) for m in pending)
-            pending, written = [], time.monotonic()
+            flush()
+            written = time.monotonic()
     if pending:
-        write_sampled(out, pending, settings, labeler)
-        sampled += sum(len(m.coordinates) for m in pending)
+        flush()
+    sampled = sum(counts)
     print(f"{out}: {len(todo) - len(skipped)} molecules, {sampled} conformations added"
           + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))
     return 0
