@@ -331,8 +331,9 @@ def md_suite(args: argparse.Namespace, device: torch.device) -> str:
     if reference not in models:
         raise ConfigError("--reference", f"{reference!r} is not a model name", models)
     models = {reference: models[reference], **models}  # the reference first in every table
-    atoms = molecular_box(args.md_atoms, seed=2, spacing=args.spacing, periodic=args.boundary == "periodic")
-    return md_report(args, models, reference, atoms, describe(atoms), device, provenance(device.type))
+    atoms = molecular_box(args.md_atoms, seed=args.box_seed, spacing=args.spacing, periodic=args.boundary == "periodic")
+    return md_report(args, models, reference, atoms, f"{describe(atoms)}, box seed {args.box_seed}", device,
+                     provenance(device.type))
 
 
 # --- accuracy ------------------------------------------------------------------------------------
@@ -540,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-fs", type=float, help="md: simulated fs per box run at every time step "
                                                           "(instead of --steps, e.g. 2000 for 2 ps)")
     parser.add_argument("--gas-steps", type=int, help="md: steps per gas-phase run (0: no gas phase; default: --steps)")
+    parser.add_argument("--box-seed", type=int, default=2, help="md: the seed that draws the box's molecules and "
+                        "orientations (default 2; another seed gives another box of the same size)")
     parser.add_argument("--replicas", type=int, default=3, help="md: velocity seeds per time step (and molecule)")
     parser.add_argument("--rdf-timestep", type=float, metavar="FS", help="md: the RDFs' time step (default: the smallest)")
     parser.add_argument("--rdf-every", type=int, default=5, help="md: steps between RDF frames")

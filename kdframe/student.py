@@ -59,6 +59,9 @@ class Model(Strict):
         return TrainSettings.model_validate({**base.model_dump(), **self.training.model_dump(exclude_none=True)})
 
 
+SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's file can label
+
+
 class Source(Strict):
     """Labelled configurations from another file (e.g. teacher-labelled by ``kdframe data teacher-label``),
     trained on beside the run's data with their own loss weights and a fixed share of every batch.
@@ -72,6 +75,7 @@ class Source(Strict):
     labelled_by: Literal["file", "teachers"] = "file"
     energy: str | None = None  # keys in that file
     forces: str | None = None
+    atom_energies: str | None = None  # one energy per atom, e.g. teacher.atom_energies (teacher-label --atom-energies)
     units: Literal["auto", "hartree", "ev"] = "auto"
     weights: dict[str, Any] = {"energy": 1.0, "forces": 1.0}
     share: float = pydantic.Field(gt=0, lt=1)  # fraction of every training batch drawn from this file
@@ -83,12 +87,12 @@ class Source(Strict):
     @pydantic.field_validator("weights")
     @classmethod
     def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
-        return check_weights(weights, {"energy": 0, "forces": 0})
+        return check_weights(weights, {quantity: 0 for quantity in SOURCE_QUANTITIES})
 
     @pydantic.model_validator(mode="after")
     def _usable(self, info: pydantic.ValidationInfo) -> "Source":
         if self.labelled_by == "teachers":
-            given = [k for k in ("energy", "forces") if getattr(self, k) is not None]
+            given = [k for k in SOURCE_QUANTITIES if getattr(self, k) is not None]
             if given:
                 raise invalid((given[0],), "the teachers label this source (labelled_by: teachers): drop the key")
         for name in self.weights:
@@ -102,6 +106,13 @@ class Source(Strict):
     def keys(self) -> dict[str, str]:
         """Label name -> key in the file for the quantities this source trains on."""
         return {quantity: getattr(self, quantity) for quantity in self.weights}
+
+    @pydantic.model_serializer(mode="wrap")
+    def _as_before(self, handler: Any) -> dict:  # records of runs made before atom_energies existed still match
+        dumped = handler(self)
+        if dumped.get("atom_energies") is None:
+            dumped.pop("atom_energies", None)
+        return dumped
 
 
 def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None = None) -> list[LossTerm]:

@@ -11,7 +11,10 @@
 - ``teacher.forces_std`` (eV/Å): sqrt(mean over atoms and members of |F_m,i - mean_m F_m,i|^2), per configuration;
 - with ``--per-atom-spread``, ``teacher.forces_std_atoms`` (eV/Å, per atom and component): the members' standard
   deviation of each force component (its squares summed over components and averaged over atoms give
-  ``teacher.forces_std`` squared).
+  ``teacher.forces_std`` squared);
+- with ``--atom-energies``, ``teacher.atom_energies`` (eV, per atom): the ensemble mean of the members' atom
+  energies, reference energies (and offsets) included, so they sum to ``teacher.energy``
+  (:mod:`kdframe.knowledge.atomic`'s convention).
 
 A configuration with an element the teacher does not cover is skipped (its molecule is named on stderr, in the
 summary and in the file's ``teacher.skipped`` attribute), before any work starts.
@@ -58,8 +61,21 @@ from .teacher import Teacher, align_reference_energies
 CHUNK = 4096
 BATCH = 128
 FORMAT = "kdframe-teacher-labels-1"
+
 ENERGY, FORCES = "teacher.energy", "teacher.forces"
 ENERGY_STD, FORCES_STD, FORCES_STD_ATOMS = "teacher.energy_std", "teacher.forces_std", "teacher.forces_std_atoms"
+ATOM_ENERGIES = "teacher.atom_energies"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What is labelled besides the energy, its spread and the averaged forces."""
+
+    spread: bool = True  # teacher.forces_std (one gradient per member)
+    per_atom: bool = False  # teacher.forces_std_atoms (needs spread)
+    atom_energies: bool = False  # teacher.atom_energies
+
+
 JOURNAL, LOCK = "journal.jsonl", "lock"
 
 
@@ -137,14 +153,16 @@ class MemberPredictor:
         """Nothing to release: the members' hooks live only during a call."""
 
     def __call__(self, batch, spread: bool = True) -> dict[str, np.ndarray]:
-        """``energy``, ``energy_std`` (n_conf,); ``forces`` (n_atoms, 3); with ``spread`` also ``forces_dev``
-        (n_members, n_atoms, 3), each member's forces less the mean. Float64 numpy arrays."""
+        """``energy``, ``energy_std`` (n_conf,); ``forces`` (n_atoms, 3); ``atom_energies`` (n_atoms,), the members'
+        mean; with ``spread`` also ``forces_dev`` (n_members, n_atoms, 3), each member's forces less the mean. Float64
+        numpy arrays."""
         batch = batch.to(self.device, self.dtype)
         batch.positions.requires_grad_(True)
         out, energies = forward_with_members(self.model, batch, self.head)
         mean = out["energy"][:, self.head]
         result = {"energy": mean.detach().double().cpu().numpy(),
-                  "energy_std": energies.detach().double().std(0, unbiased=False).cpu().numpy()}
+                  "energy_std": energies.detach().double().std(0, unbiased=False).cpu().numpy(),
+                  "atom_energies": out["atom_energies"][:, self.head].detach().double().cpu().numpy()}
         with torch.enable_grad():
             if spread:
                 forces = -member_gradients(energies, [batch.positions])[0].detach().double()
@@ -216,30 +234,34 @@ def force_spread(forces_dev: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
 
 
 def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip: np.ndarray, batch_size: int,
-                spread: bool, per_atom: bool) -> dict[str, np.ndarray]:
+                outputs: Outputs) -> dict[str, np.ndarray]:
     """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard."""
     n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
     ptr = np.concatenate([[0], np.cumsum(n_atoms)])
     n = stop - start
     out = {"ok": ~skip[start:stop], "energy": np.full(n, np.nan), "energy_std": np.full(n, np.nan),
            "forces": np.full((int(ptr[-1]), 3), np.nan)}
-    if spread:
+    if outputs.spread:
         out["forces_std"] = np.full(n, np.nan)
-    if per_atom and spread:
+    if outputs.per_atom and outputs.spread:
         out["forces_std_atoms"] = np.full((int(ptr[-1]), 3), np.nan)
+    if outputs.atom_energies:
+        out["atom_energies"] = np.full(int(ptr[-1]), np.nan)
     todo = np.flatnonzero(out["ok"])
     for first in range(0, len(todo), batch_size):
         local = todo[first:first + batch_size]
         batch = dataset.batch(local + start, labels=())
-        result = predictor(batch, spread)
+        result = predictor(batch, outputs.spread)
         atoms = np.concatenate([np.arange(ptr[c], ptr[c + 1]) for c in local])
         out["energy"][local] = result["energy"]
         out["energy_std"][local] = result["energy_std"]
         out["forces"][atoms] = result["forces"]
-        if spread:
+        if outputs.atom_energies:
+            out["atom_energies"][atoms] = result["atom_energies"]
+        if outputs.spread:
             dev = result["forces_dev"]  # (M, A, 3)
             out["forces_std"][local] = force_spread(dev, n_atoms[local])
-            if per_atom:
+            if outputs.per_atom:
                 out["forces_std_atoms"][atoms] = np.sqrt((dev ** 2).mean(0))
     return out
 
@@ -314,10 +336,10 @@ def _init_worker(teacher: Teacher, fingerprint: str, offsets: list[float] | None
     _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path))
 
 
-def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: str, batch_size: int, spread: bool,
-                  per_atom: bool) -> dict:
+def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: str, batch_size: int,
+                  outputs: Outputs) -> dict:
     began = time.perf_counter()
-    values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, spread, per_atom)
+    values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, outputs)
     checksum = write_shard(Path(shard), values)
     return {"type": "chunk", "index": index, "file": Path(shard).name, "checksum": checksum, "start": start,
             "stop": stop, "labelled": int(values["ok"].sum()), "seconds": time.perf_counter() - began}
@@ -355,8 +377,8 @@ class Summary:
 def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec: TeacherSpec, *,
                   align_to: str | os.PathLike | None = None, energy_key: str | None = None, head: str | None = None,
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
-                  spread: bool = True, per_atom: bool = False, force: bool = False, keep_parts: bool = False,
-                  progress: bool = False, offsets: Sequence[float] | None = None) -> Summary:
+                  spread: bool = True, per_atom: bool = False, atom_energies: bool = False, force: bool = False,
+                  keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None) -> Summary:
     """Label every configuration of ``input_path`` with the teacher ``spec``; OUTPUT as a packed file. Resumable.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
@@ -421,6 +443,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                "align": align_key, "given_offsets": None if offsets is None else [float(v) for v in offsets],
                "chunk_size": chunk_size, "batch_size": batch_size,
                "device": torch.device(device).type, "spread": spread, "per_atom_spread": per_atom}
+    if atom_energies:  # only when asked: runs journalled before the option existed keep their key
+        options["atom_energies"] = True
+    outputs = Outputs(spread, per_atom, atom_energies)
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     ranges = chunk_ranges(len(dataset), chunk_size)
     summary = Summary(output, len(dataset), int((~skip).sum()), skipped, len(ranges))
@@ -472,12 +497,12 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
 
         began = time.perf_counter()
         for record in _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head_index, input_path,
-                                    dataset, skip, batch_size, device, workers, spread, per_atom, progress):
+                                    dataset, skip, batch_size, device, workers, outputs, progress):
             append_journal(journal, record)
             summary.computed += record["labelled"]
         summary.seconds = time.perf_counter() - began
 
-        _merge(output, dataset, ranges, parts, spec, teacher, options, summary, spread, per_atom)
+        _merge(output, dataset, ranges, parts, spec, teacher, options, summary, outputs)
         if not keep_parts:
             for index in range(len(ranges)):
                 (parts / shard_name(index)).unlink(missing_ok=True)
@@ -492,7 +517,7 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
 
 
 def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head, input_path, dataset, skip,
-                  batch_size, device, workers, spread, per_atom, progress) -> Iterator[dict]:
+                  batch_size, device, workers, outputs: Outputs, progress) -> Iterator[dict]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"labelling with {spec.name}", unit="chunk", disable=not progress, file=sys.stderr)
@@ -502,7 +527,7 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
             for index in todo:
                 start, stop = ranges[index]
                 began = time.perf_counter()
-                values = label_chunk(predictor, dataset, start, stop, skip, batch_size, spread, per_atom)
+                values = label_chunk(predictor, dataset, start, stop, skip, batch_size, outputs)
                 checksum = write_shard(parts / shard_name(index), values)
                 bar.update()
                 yield {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum,
@@ -524,7 +549,7 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
                 def submit(index: int) -> None:
                     start, stop = ranges[index]
                     running[pool.submit(_worker_chunk, index, start, stop, skip, str(parts / shard_name(index)),
-                                        batch_size, spread, per_atom)] = index
+                                        batch_size, outputs)] = index
 
                 for index in queue:  # a bounded number in flight, so an interrupt stops soon
                     submit(index)
@@ -556,17 +581,19 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
 
 
 def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teacher: Teacher, options: dict,
-           summary: Summary, spread: bool, per_atom: bool) -> None:
+           summary: Summary, outputs: Outputs) -> None:
     """Every shard, in order, into OUTPUT through the packed writer (atomic): runs of consecutive configurations of
     one molecule with the same atoms are added together (the writer keeps one molecule per name); cells, pbc and
     origins of the input are passed through."""
     from .data.packed import PackedWriter
 
     kinds = {ENERGY: PER_CONF, ENERGY_STD: PER_CONF, FORCES: PER_ATOM}
-    if spread:
+    if outputs.spread:
         kinds[FORCES_STD] = PER_CONF
-    if per_atom:
+    if outputs.per_atom:
         kinds[FORCES_STD_ATOMS] = PER_ATOM
+    if outputs.atom_energies:
+        kinds[ATOM_ENERGIES] = PER_ATOM
     attrs = {
         "teacher.format": FORMAT, "teacher.name": spec.name, "teacher.source": spec.describe(),
         "teacher.fingerprint": options["teacher_fingerprint"], "teacher.members": len(teacher.members),
@@ -576,11 +603,13 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
         "teacher.offsets": json.dumps({str(z): v for z, v in summary.offsets.items()}),
         "teacher.skipped": json.dumps(summary.skipped, sort_keys=True),
         "teacher.options": json.dumps(options, sort_keys=True),
-        "teacher.units": "eV (energies), eV/Å (forces)",
+        "teacher.units": "eV (energies, atom energies), eV/Å (forces)",
         "teacher.spread": "energy_std: std of the members' energies; forces_std: sqrt(mean over atoms and members of "
-                          "|F_m - mean F|^2); forces_std_atoms: members' std of each force component",
+                          "|F_m - mean F|^2); forces_std_atoms: members' std of each force component; "
+                          "atom_energies: the members' mean per-atom energies, summing to energy",
     }
-    writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}", attrs=attrs)
+    writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}", attrs=attrs,
+                          atom_shapes={ATOM_ENERGIES: ()})
     periodic = _cells_of(dataset)
     origins = getattr(dataset, "origin", None)
     names = dataset.molecule_names
@@ -591,10 +620,12 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
             return
         labels = {ENERGY: np.array(pending[ENERGY]), ENERGY_STD: np.array(pending[ENERGY_STD]),
                   FORCES: np.stack(pending[FORCES])}
-        if spread:
+        if outputs.spread:
             labels[FORCES_STD] = np.array(pending[FORCES_STD])
-        if per_atom:
+        if outputs.per_atom:
             labels[FORCES_STD_ATOMS] = np.stack(pending[FORCES_STD_ATOMS])
+        if outputs.atom_energies:
+            labels[ATOM_ENERGIES] = np.stack(pending[ATOM_ENERGIES])
         extra: dict[str, Any] = {}
         if periodic:
             extra.update(cell=np.stack(pending["cell"]), pbc=np.stack(pending["pbc"]))
@@ -620,16 +651,18 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                 if not pending or pending["molecule"] != molecule[c] or not np.array_equal(pending["species"], z):
                     flush()
                     pending.update({"molecule": int(molecule[c]), "species": z, "positions": [], ENERGY: [],
-                                    ENERGY_STD: [], FORCES: [], FORCES_STD: [], FORCES_STD_ATOMS: [], "cell": [],
-                                    "pbc": [], "origin": []})
+                                    ENERGY_STD: [], FORCES: [], FORCES_STD: [], FORCES_STD_ATOMS: [], ATOM_ENERGIES: [],
+                                    "cell": [], "pbc": [], "origin": []})
                 pending["positions"].append(positions[atoms])
                 pending[ENERGY].append(shard["energy"][c])
                 pending[ENERGY_STD].append(shard["energy_std"][c])
                 pending[FORCES].append(shard["forces"][atoms])
-                if spread:
+                if outputs.spread:
                     pending[FORCES_STD].append(shard["forces_std"][c])
-                if per_atom:
+                if outputs.per_atom:
                     pending[FORCES_STD_ATOMS].append(shard["forces_std_atoms"][atoms])
+                if outputs.atom_energies:
+                    pending[ATOM_ENERGIES].append(shard["atom_energies"][atoms])
                 if periodic:
                     pending["cell"].append(batch.cell[c].numpy() if batch.cell is not None else np.zeros((3, 3)))
                     pending["pbc"].append(batch.pbc[c].numpy() if batch.pbc is not None else np.zeros(3, dtype=bool))

@@ -213,3 +213,57 @@ def test_a_workflow_without_teachers_refuses_teacher_labelled_sources(tmp_path, 
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
     assert main(["run", str(tmp_path / "t.yaml"), "--quiet"]) == 2
     assert "potential.sources.s.labelled_by: workflow 'train' has no teachers" in capsys.readouterr().err
+
+
+def test_teacher_atom_energies_of_a_source_are_labelled_and_trained_on(tmp_path, ani_file, capsys):
+    """``weights.atom_energies`` on a ``labelled_by: teachers`` source: the teachers also label per-atom energies
+    (summing to their energies), in a file of their own, and the student learns them as a loss term."""
+    import yaml
+
+    from kdframe.cli import main
+    from kdframe.data.packed import PackedDataset
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=7)
+    config = _ekd_config(tmp_path, ani_file, {"sampled": {"path": "sampled.h5", "labelled_by": "teachers",
+                                                          "weights": {"energy": 1, "forces": 1, "atom_energies": 5},
+                                                          "share": 0.5}})
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    labelled = list((tmp_path / "run" / "knowledge").glob("teacher_labels-sampled-*.h5"))
+    assert len(labelled) == 1
+    data = PackedDataset.open(labelled[0], {"e": "teacher.energy", "a": "teacher.atom_energies"})
+    batch = data.batch(np.arange(len(data)))
+    assert batch.labels["a"].shape == (batch.n_atoms,) and np.isfinite(batch.labels["a"].numpy()).all()
+    assert np.allclose(batch.sum_per_conf(batch.labels["a"]).numpy(), batch.labels["e"].numpy(), rtol=0, atol=1e-5)
+    assert "valid_rmse[atom_energies:sampled.atom_energies]" in (tmp_path / "run" / "student" / "metrics.csv").read_text()
+
+    raw = yaml.safe_load(open(config))  # a file source must name the key of its atom energies
+    raw["student"]["sources"]["sampled"] = {"path": "sampled.h5", "energy": "morse.energy",
+                                            "weights": {"energy": 1, "atom_energies": 1}, "share": 0.5}
+    open(config, "w").write(yaml.safe_dump(raw))
+    assert main(["run", config, "--quiet"]) == 2
+    assert ("student.sources.sampled.weights.atom_energies: this source has no atom_energies"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("key", ["morse.energy", "morse.forces"])
+def test_atom_energies_of_a_source_must_be_one_value_per_atom(tmp_path, ani_file, capsys, key):
+    from kdframe.cli import main
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=4)
+    config = _ekd_config(tmp_path, ani_file, {"s": {"path": "sampled.h5", "energy": "morse.energy", "atom_energies": key,
+                                                    "weights": {"energy": 1, "atom_energies": 1}, "share": 0.5}})
+    assert main(["run", config, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"student.sources.s.atom_energies: key {key!r} of sampled.h5 does not hold one value per atom" in err
+    assert not (tmp_path / "run" / "teachers").exists()  # refused before any work
+
+
+def test_a_source_without_atom_energies_records_as_before(tmp_path):
+    """Stage records of runs made before ``atom_energies`` existed still match (the unset key is left out)."""
+    from kdframe.student import Source
+
+    (tmp_path / "s.h5").write_bytes(b"")
+    source = Source.model_validate({"path": "s.h5", "energy": "e", "share": 0.5, "weights": {"energy": 1}},
+                                   context={"config_dir": tmp_path})
+    assert "atom_energies" not in source.model_dump()
+    assert source.model_copy(update={"atom_energies": "a"}).model_dump()["atom_energies"] == "a"

@@ -246,3 +246,18 @@ def test_packed_input_gives_the_same_labels_as_its_source(tmp_path, ani_file):
     a, b = _packed(tmp_path / "from_ani.h5"), _packed(tmp_path / "from_packed.h5")
     assert all(np.allclose(a[k], b[k], rtol=0, atol=1e-12) for k in a)
     assert PackedDataset.open(tmp_path / "from_packed.h5", {}).molecule_names == read_dataset(ani_file, {}).molecule_names
+
+
+def test_atom_energies_are_the_ensembles_mean_and_sum_to_its_energy(tmp_path, ani_file):
+    out = tmp_path / "labelled.h5"
+    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--atom-energies", "--workers", 2) == 0
+    members = [Potential.load(tmp_path / f"m{i}.pt") for i in range(3)]
+    data = read_dataset(ani_file, {})
+    expected = Ensemble(members)(data.batch(np.arange(len(data))), forces=False)["atom_energies"][:, 0]
+    got = _packed(out, {"energy": "teacher.energy", "atoms": "teacher.atom_energies"})
+    assert got["atoms"].shape == (int(data.n_atoms.sum()),)
+    assert np.allclose(got["atoms"], expected.detach().numpy(), rtol=0, atol=1e-9)
+    conf = np.repeat(np.arange(len(data)), data.n_atoms)
+    assert np.allclose(np.bincount(conf, got["atoms"]), got["energy"], rtol=0, atol=1e-9)
+    assert _label(ani_file, tmp_path / "plain.h5", *_members(tmp_path)) == 0  # only when asked
+    assert "teacher.atom_energies" not in PackedDataset.open(tmp_path / "plain.h5", {}).store.kinds

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU processes with one torch thread each (0: this process, torch's own threads)")
     p.add_argument("--per-atom-spread", action="store_true",
                    help="also teacher.forces_std_atoms: the members' std of every force component (eV/Å)")
+    p.add_argument("--atom-energies", action="store_true",
+                   help="also teacher.atom_energies: the ensemble's per-atom energies (eV), summing to teacher.energy")
     p.add_argument("--no-force-spread", action="store_true",
                    help="no teacher.forces_std (one gradient instead of one per member: several times faster)")
     p.add_argument("--force", action="store_true", help="replace an existing OUTPUT (never the input)")
@@ -67,6 +69,6 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
     summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
-                            force=args.force, keep_parts=args.keep_parts, progress=not args.no_progress)
+                            atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts, progress=not args.no_progress)
     print(summary_text(summary))
     return 0

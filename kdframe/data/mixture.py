@@ -97,7 +97,7 @@ class Mixture(Batching):
         """NaN of the shape a label has in a batch, taken from a part that has it."""
         donor = next((p for p in self.parts if name in p.labels and len(p)), None)
         if donor is None:  # only empty parts have it (e.g. a source with nothing held out for validation)
-            shape: tuple[int, ...] = (3,) if self.kinds[name] == PER_ATOM else ()
+            shape = next(p for p in self.parts if name in p.labels).labels[name].shape[1:]
         else:
             shape = donor.batch(np.zeros(1, dtype=np.int64), [name]).labels[name].shape[1:]
         rows = batch.n_atoms if self.kinds[name] == PER_ATOM else batch.n_conf

@@ -7,7 +7,8 @@ one group at a time, so neither step ever holds the whole dataset:
   ``molecule`` (C), the element counts, every per-configuration label (energies, eV) and, for every
   per-atom label, whether a configuration has it;
 - per atom, on disk and read in blocks of ``BLOCK_CONFS`` configurations: ``species``,
-  ``positions`` (Å) and the per-atom labels (forces, eV/Å; NaN = missing).
+  ``positions`` (Å) and the per-atom labels (forces, eV/Å, three values per atom; atom energies, eV, one;
+  NaN = missing).
 
 Format 2 (``kdframe-packed-2``) adds, per configuration and only when some configuration has them:
 ``cell`` (C, 3, 3) Å (rows are lattice vectors; zeros for an open configuration) with ``pbc`` (C, 3) bool,
@@ -59,11 +60,12 @@ class PackedWriter:
     """Appends molecules to a packed file; the file appears (atomically renamed) on :meth:`close`.
 
     ``attrs``: extra file attributes (strings or numbers, e.g. provenance), written on :meth:`close`.
+    ``atom_shapes``: the values per atom of a per-atom label, e.g. ``()`` for atom energies (default ``(3,)``).
     Configurations added under a name already added belong to that molecule (one index per name).
     """
 
     def __init__(self, path: str | os.PathLike, label_kinds: Mapping[str, str], source: str = "",
-                 attrs: Mapping[str, object] | None = None):
+                 attrs: Mapping[str, object] | None = None, atom_shapes: Mapping[str, tuple[int, ...]] | None = None):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,12 +84,13 @@ class PackedWriter:
         self.origin_table: dict[str, int] = {}
         self.conf_labels: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_CONF}
         self.present: dict[str, list[np.ndarray]] = {k: [] for k, kind in self.kinds.items() if kind == PER_ATOM}
+        self.atom_shapes = {name: tuple((atom_shapes or {}).get(name, (3,))) for name in self.present}
         self.elements: list[np.ndarray] = []
         self.file.create_group("labels")
         self._growing("species", (), np.int16)
         self._growing("positions", (3,), np.float64)
-        for name in self.present:
-            self._growing(f"labels/{name}", (3,), np.float64)
+        for name, shape in self.atom_shapes.items():
+            self._growing(f"labels/{name}", shape, np.float64)
 
     def _growing(self, name: str, tail: tuple[int, ...], dtype) -> None:
         self.file.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
@@ -104,7 +107,8 @@ class PackedWriter:
     def add(self, name: str, species: np.ndarray, positions: np.ndarray, labels: Mapping[str, np.ndarray],
             cell: np.ndarray | None = None, pbc: np.ndarray | None = None,
             origin: str | Sequence[str] | None = None) -> None:
-        """One molecule: ``species`` (n,), ``positions`` (k, n, 3) Å, labels (k,) eV or (k, n, 3) eV/Å (NaN = missing).
+        """One molecule: ``species`` (n,), ``positions`` (k, n, 3) Å, labels (k,) eV or per atom (k, n, 3) eV/Å
+        (``atom_shapes``: (k, n, *shape)), NaN = missing.
 
         ``cell``: (3, 3) or (k, 3, 3) Å, rows are lattice vectors, with ``pbc`` (3,) or (k, 3) bool (default all
         True with a cell); none: open (molecular) configurations. ``origin``: one string for the k configurations,
@@ -137,9 +141,12 @@ class PackedWriter:
                 self.conf_labels[label].append(value)
                 self.hash.update(value.tobytes())
             else:
-                value = np.full((k, n, 3), np.nan) if value is None else np.asarray(value, dtype=np.float64)
-                self.present[label].append(~np.isnan(value).all(axis=(1, 2)))
-                self._append(f"labels/{label}", value.reshape(-1, 3))
+                shape = self.atom_shapes[label]
+                value = np.full((k, n, *shape), np.nan) if value is None else np.asarray(value, dtype=np.float64)
+                if value.shape != (k, n, *shape):
+                    raise ValueError(f"{name}: label {label!r} has shape {value.shape}, not {(k, n, *shape)}")
+                self.present[label].append(~np.isnan(value.reshape(k, -1)).all(axis=1))
+                self._append(f"labels/{label}", value.reshape(-1, *shape))
         self.counts.append(np.full(k, n, dtype=np.int64))
         if name not in self.name_index:
             self.name_index[name] = len(self.names)
@@ -279,6 +286,7 @@ class _Store:
             self.kinds = {k: (PER_ATOM if k in f.get("present", {}) else PER_CONF) for k in f.get("labels", {})}
             self.conf_labels = {k: f[f"labels/{k}"][()] for k, kind in self.kinds.items() if kind == PER_CONF}
             self.present = {k: f[f"present/{k}"][()] for k in f.get("present", {})}
+            self.atom_shapes = {k: f[f"labels/{k}"].shape[1:] for k in self.present}  # (3,) forces, () atom energies
             self.source, self.content_hash = str(f.attrs["source"]), str(f.attrs["content_hash"])
             # (C, 3, 3) Å and (C, 3) bool, or None when no configuration is periodic (format 1: never)
             self.cell = f["cell"][()] if "cell" in f else None
@@ -437,7 +445,7 @@ class PackedDataset(Batching):
         atoms, counts = atom_ranges(self.store.atom_ptr, files)
         atom_block = np.repeat(files // BLOCK_CONFS, counts)
         out = {"species": np.empty(len(atoms), dtype=np.int64), "positions": np.empty((len(atoms), 3))}
-        out.update({k: np.empty((len(atoms), 3)) for k in per_atom})
+        out.update({k: np.empty((len(atoms), *self.store.atom_shapes[k])) for k in per_atom})
         for b in np.unique(atom_block):
             rows = atom_block == b
             local = atoms[rows] - self.store.atom_ptr[b * BLOCK_CONFS]
@@ -499,4 +507,4 @@ class _Labels(Mapping[str, np.ndarray]):
             return view.store.conf_labels[key][view.confs]
         parts = [view.batch(confs, labels=[name]).labels[name].numpy()
                  for confs in view.batch_indices(BLOCK_CONFS)]
-        return np.concatenate(parts) if parts else np.zeros((0, 3))
+        return np.concatenate(parts) if parts else np.zeros((0, *view.store.atom_shapes[key]))

@@ -17,7 +17,7 @@ import torch
 
 from .. import distributed
 from ..config import Base, DataFile, ModelSpec, resolve_path, validate
-from ..data.dataset import Dataset
+from ..data.dataset import PER_ATOM, Dataset
 from ..data.mixture import Mixture
 from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
@@ -279,6 +279,10 @@ class Run:
         if key not in self._sources:
             keys = {} if source.labelled_by == "teachers" else {f"{name}.{q}": k for q, k in source.keys().items()}
             data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where, keys)
+            learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
+            if learns_atoms and not _one_per_atom(data, f"{name}.atom_energies"):
+                raise DataError(f"{where}.atom_energies: key {source.atom_energies!r} of {source.path} does not hold "
+                                "one value per atom (valid: a per-atom energy key, e.g. teacher.atom_energies)")
             extra = sorted(set(data.elements().tolist()) - set(self.species))
             if extra:
                 raise DataError(f"{where}.path ({source.path}): elements {extra} do not occur in the run's training "
@@ -383,6 +387,13 @@ class Scored:
     forces: str = "forces"
     hessian: str = "hessian"
     stress: str = "stress"
+
+
+def _one_per_atom(data: Dataset, label: str) -> bool:
+    """Whether ``label`` holds one value per atom (atom energies; not per configuration, not a vector per atom)."""
+    if data.label_kind(label) != PER_ATOM:
+        return False
+    return len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].ndim == 1
 
 
 def knowledge_source(name: str, label: str, settings: Mapping[str, Any] | None = None) -> KnowledgeSource:

@@ -22,7 +22,7 @@ from ..io import make_dir
 from ..potential import Ensemble, Potential
 from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
-from ..teacher_labelling import teacher_label
+from ..teacher_labelling import ATOM_ENERGIES, ENERGY, FORCES, teacher_label
 from .base import Run, Workflow, compare_files, compared, fingerprint, knowledge_source
 from .explore import Explore, exploration_table, explore, starting_systems
 from .teachers import TeacherSource
@@ -128,14 +128,17 @@ class Ekd(Workflow):
         for name, source in todo.items():
             path = resolve_path(source.path, run.config_dir)
             stat = path.stat()
-            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+            atoms = "atom_energies" in source.weights  # the teachers' per-atom energies too (a file of its own)
+            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+                              + (["atom_energies"] if atoms else []))
             out = run.dir / "knowledge" / f"teacher_labels-{name}-{key}.h5"
             if not out.is_file():
                 run.lock()
                 make_dir(out.parent)
-                teacher_label(path, out, spec, offsets=offsets, progress=run.progress, device=str(run.device))
-            sources[name] = source.model_copy(update={"path": str(out), "labelled_by": "file",
-                                                      "energy": "teacher.energy", "forces": "teacher.forces"})
+                teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
+                              device=str(run.device))
+            keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
+            sources[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **keys})
         return block.model_copy(update={"sources": sources})
 
     @staticmethod
