@@ -73,6 +73,25 @@ def test_missing_labels_stay_missing(tmp_path):
     assert data.labelled(["energy"]).tolist() == [False, True] * (len(data) // 2)
 
 
+def test_per_atom_scalars_are_packed_too(tmp_path, ani_file):
+    """A (k, n) key of an ANI file (e.g. per-atom energies, Hartree) is packed per atom, in eV, not dropped."""
+    import h5py
+
+    from kdframe.units import HARTREE_TO_EV
+
+    with h5py.File(ani_file, "a") as f:
+        for group in f.values():
+            k, n = group["coordinates"].shape[:2]
+            group["x.atom_energies"] = np.arange(k * n, dtype=float).reshape(k, n) * 1e-3
+    path = packed.pack_ani(ani_file, tmp_path / "p.h5")
+    keys = {"a": "x.atom_energies", "forces": "morse.forces"}
+    expected, got = read_dataset(ani_file, keys), read_dataset(path, keys)
+    assert got.labels["a"].shape == (int(got.n_atoms.sum()),)
+    assert np.allclose(got.labels["a"], expected.labels["a"], rtol=1e-15, atol=0)
+    assert expected.labels["a"].max() > 1e-3 * HARTREE_TO_EV  # read as Hartree and converted, as energies are
+    assert np.allclose(got.labels["forces"], expected.labels["forces"], rtol=1e-15, atol=0)
+
+
 def test_packed_file_errors_name_the_key_and_the_workflow(tmp_path, packed_file):
     with pytest.raises(DataError, match=r"key 'morse.hessian' \(for 'hessian'\) not found \(available: morse.energy, morse.forces\)"):
         read_dataset(packed_file, {"hessian": "morse.hessian"})

@@ -232,6 +232,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
         if not groups:
             raise DataError(f"{source}: no molecule groups with 'coordinates' and 'atomic_numbers' found")
         kinds: dict[str, str] = {}
+        shapes: dict[str, tuple[int, ...]] = {}  # per-atom keys: (3,) vectors (forces) or () scalars (atom energies)
         ratios: dict[str, list[np.ndarray]] = {}
         for name, group in groups:
             k, n = group["coordinates"].shape[:2]
@@ -244,15 +245,17 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                         z = molecule_species(group)
                         ratios.setdefault(key, []).append(energy_ratios(
                             real_numbers(f"{source}:/{name}/{key}", key, value[()]), z[z > 0]))
-                elif value.shape == (k, n, 3):
+                elif value.shape in ((k, n, 3), (k, n)):
                     kinds.setdefault(key, PER_ATOM)
+                    shapes.setdefault(key, value.shape[2:])
         for key, found in ratios.items():
             check_hartree(f"{source}: key {key!r} (--units auto)", np.concatenate(found))
-        with PackedWriter(target, kinds, source.stem) as writer:
+        with PackedWriter(target, kinds, source.stem, atom_shapes=shapes) as writer:
             for name, group in groups:
                 z, xyz, keep = ani_molecule(source, name, group)
                 k, n = group["coordinates"].shape[:2]
-                labels = {key: unpad(checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else "forces",
+                labels = {key: unpad(checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else
+                                                   "forces" if shapes[key] else key,
                                                    real_numbers(f"{source}:/{name}/{key}", key, group[key][()]), k, n),
                                       keep, n)
                           * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
