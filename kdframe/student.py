@@ -109,10 +109,7 @@ class Source(Strict):
 
     @pydantic.model_serializer(mode="wrap")
     def _as_before(self, handler: Any) -> dict:  # records of runs made before atom_energies existed still match
-        dumped = handler(self)
-        if dumped.get("atom_energies") is None:
-            dumped.pop("atom_energies", None)
-        return dumped
+        return without_later_defaults(handler(self), {"atom_energies": ()})
 
 
 def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None = None) -> list[LossTerm]:

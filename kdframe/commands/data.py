@@ -50,8 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
     p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); so a killed run carries on (the "
-                   "file is written every 5 minutes)")
+    p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); "
+                   "so a killed run carries on (the file is written every 5 minutes)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("generate", help="teacher-free configurations at scale (RDKit conformers, rattles, torsion "

@@ -69,6 +69,7 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
     summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
-                            atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts, progress=not args.no_progress)
+                            atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts,
+                            progress=not args.no_progress)
     print(summary_text(summary))
     return 0

@@ -254,6 +254,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
             for name, group in groups:
                 z, xyz, keep = ani_molecule(source, name, group)
                 k, n = group["coordinates"].shape[:2]
+                # the shape checked: (k,) energies, (k, n, 3) forces, (k, n) for any other name (atom energies)
                 labels = {key: unpad(checked_label(f"{source}:/{name}/{key}", "energy" if kinds[key] == PER_CONF else
                                                    "forces" if shapes[key] else key,
                                                    real_numbers(f"{source}:/{name}/{key}", key, group[key][()]), k, n),

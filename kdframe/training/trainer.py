@@ -76,10 +76,11 @@ class TrainSettings(pydantic.BaseModel):
 ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,)}
 
 
-def without_later_defaults(settings: dict) -> dict:
-    """``settings`` (a dump of TrainSettings or of its overrides) without the settings added later where they are
-    unset (None) or at their old behaviour, so that the records of runs made before still match."""
-    return {k: v for k, v in settings.items() if k not in ADDED_LATER or v not in (None, *ADDED_LATER[k])}
+def without_later_defaults(settings: dict, added_later: dict[str, tuple] = ADDED_LATER) -> dict:
+    """``settings`` (a dump of TrainSettings or of its overrides, or of another block with its own ``added_later``)
+    without the settings added later where they are unset (None) or at their old behaviour, so that the records of
+    runs made before still match."""
+    return {k: v for k, v in settings.items() if k not in added_later or v not in (None, *added_later[k])}
 
 
 class _SquaredErrors:

@@ -32,6 +32,7 @@ from ..schedule import make_schedule
 from ..student import Model, Source, check_weights
 from ..teacher import Teacher
 from ..training import LossTerm
+from ..training.trainer import without_later_defaults
 from .base import Run, Scored, Workflow, compare_files, compared, knowledge_source
 from .teachers import TeacherSource
 
@@ -113,7 +114,7 @@ class MultiFidelityConfig(Base):
 def fidelities_record(config: MultiFidelityConfig) -> dict[str, Any]:
     """The fidelities as a stage records them; without ``sources`` where there are none (as runs before they
     existed recorded them); the sources themselves are recorded with their contents by the stage."""
-    return {name: {k: v for k, v in fidelity.items() if k != "sources" or v}
+    return {name: without_later_defaults(fidelity, {"sources": ({},)})
             for name, fidelity in config.model_dump()["fidelities"].items()}
 
 
