@@ -60,6 +60,16 @@ class Model(Strict):
 
 
 SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's file can label
+SPREAD = "spread"  # a confidence-weighted source's spread, as label SOURCE.spread
+
+
+class Confidence(Strict):
+    """Weight each configuration of a teacher-labelled source by the teachers' agreement on it: its squared
+    residuals count ``1 / (1 + (spread / scale)^2)`` in the training loss (1 where the spread is missing), so
+    configurations the ensemble disagrees on teach less. Validation errors stay unweighted."""
+
+    key: str = "teacher.forces_std"  # per-configuration spread in the file, eV/Å (teacher-label writes it)
+    scale: float = pydantic.Field(gt=0)  # spread at which a configuration counts half, in the key's units
 
 
 class Source(Strict):
@@ -83,6 +93,7 @@ class Source(Strict):
     # Only this many of the file's configurations, a random subset fixed by the run's seed; subsets of one file
     # are nested (a smaller limit takes the first ones of the same draw), e.g. for learning curves.
     limit: int | None = pydantic.Field(None, ge=2)
+    confidence: Confidence | None = None  # weight configurations by the teachers' spread (training loss only)
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -104,12 +115,13 @@ class Source(Strict):
         return self
 
     def keys(self) -> dict[str, str]:
-        """Label name -> key in the file for the quantities this source trains on."""
-        return {quantity: getattr(self, quantity) for quantity in self.weights}
+        """Label name -> key in the file for the quantities this source trains on (and its spread, if weighted)."""
+        keys = {quantity: getattr(self, quantity) for quantity in self.weights}
+        return keys | ({SPREAD: self.confidence.key} if self.confidence else {})
 
     @pydantic.model_serializer(mode="wrap")
-    def _as_before(self, handler: Any) -> dict:  # records of runs made before atom_energies existed still match
-        return without_later_defaults(handler(self), {"atom_energies": ()})
+    def _as_before(self, handler: Any) -> dict:  # records of runs made before these settings existed still match
+        return without_later_defaults(handler(self), {"atom_energies": (), "confidence": ()})
 
 
 def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None = None) -> list[LossTerm]:
@@ -117,7 +129,8 @@ def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None 
     (default: the first)."""
     heads = heads or {}
     return [LossTerm(quantity, f"{name}.{quantity}", make_schedule(weight, f"sources.{name}.weights.{quantity}"),
-                     heads.get(name, 0))
+                     heads.get(name, 0),
+                     confidence=(f"{name}.{SPREAD}", source.confidence.scale) if source.confidence else None)
             for name, source in sources.items() for quantity, weight in source.weights.items()]
 
 

@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -318,7 +319,7 @@ def locked(directory: Path) -> Iterator[None]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(teacher: Teacher, fingerprint: str, offsets: list[float] | None, head: int, input_path: str,
+def _init_worker(pickled: bytes, fingerprint: str, offsets: list[float] | None, head: int, input_path: str,
                  parent: int) -> None:
     """A worker: one thread; the parent's (unaligned) teacher, sent pickled, so that a teacher only the parent can
     load (a model of an architecture registered at run time) labels in workers too."""
@@ -328,6 +329,7 @@ def _init_worker(teacher: Teacher, fingerprint: str, offsets: list[float] | None
     for var in THREAD_VARIABLES:
         os.environ[var] = "1"
     torch.set_num_threads(1)
+    teacher: Teacher = pickle.loads(pickled)  # this worker's own tensors: the offsets below are added in place
     if teacher.fingerprint() != fingerprint:
         raise RunStateError(f"teacher {teacher.name}: changed on its way to a worker process (fingerprint "
                             f"{teacher.fingerprint()}, expected {fingerprint})")
@@ -476,7 +478,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             header = {"type": "run", "key": key, "options": options, "offsets": offsets}
             append_journal(journal, header)
         offsets = header.get("offsets")
-        unaligned = copy.deepcopy(teacher) if workers else None  # sent to the worker processes
+        # Sent to the worker processes as bytes: multiprocessing would send its tensors as one shared-memory copy
+        # for all workers, and the offsets a worker adds in place would reach the others' teachers too.
+        unaligned = pickle.dumps(teacher) if workers else None
         if offsets is not None:
             apply_offsets(teacher, np.asarray(offsets), head_index)
             summary.offsets = {int(z): float(v) for z, v in enumerate(offsets) if v != 0.0}

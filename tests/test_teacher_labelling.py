@@ -164,6 +164,42 @@ def test_workers_match_one_process(tmp_path, ani_file):
     assert all(np.array_equal(one[k], two[k]) for k in one)
 
 
+# Run from a file, not -c: spawned workers run it again (as __mp_main__) before they unpickle their initialiser, so
+# they get the serialised one.
+ONE_AT_A_TIME = textwrap.dedent("""
+    import fcntl, sys
+    sys.path.insert(0, sys.argv[1])
+    import shared_fixtures  # noqa: F401 - registers the toy architecture, one torch thread
+    import kdframe.teacher_labelling as tl
+
+    inner = tl._init_worker
+    def serialised(*args):
+        with open(sys.argv[2], "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            inner(*args)
+    tl._init_worker = serialised
+
+    if __name__ == "__main__":
+        from kdframe.cli import main
+        sys.exit(main(sys.argv[3:]))
+""")
+
+
+def test_aligned_workers_each_align_their_own_teacher(tmp_path, ani_file):
+    """Workers that start one after another (the usual order) all accept the teacher and apply the offsets once:
+    an earlier worker's alignment must not reach the copy a later one receives."""
+    models = [*_members(tmp_path, 2), "--align-to", ani_file, "--energy-key", "morse.energy", "--chunk-size", 4]
+    assert _label(ani_file, tmp_path / "one.h5", *models) == 0
+    (tmp_path / "serialised.py").write_text(ONE_AT_A_TIME)
+    argv = ["data", "teacher-label", str(ani_file), str(tmp_path / "two.h5"), *map(str, models), "--workers", "2",
+            "--no-progress"]
+    run = subprocess.run([sys.executable, str(tmp_path / "serialised.py"), str(Path(__file__).parent),
+                          str(tmp_path / "init.lock"), *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Exception in initializer" not in run.stderr, run.stderr
+    one, two = _packed(tmp_path / "one.h5"), _packed(tmp_path / "two.h5")
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+
+
 SLOW = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])

@@ -9,6 +9,9 @@ label (n_atoms, 3) taken along the same probes or with a Hessian label contracte
 
 ``energy`` is compared per configuration, or divided by its atom count (``per_atom``, as MACE's weighted
 loss does), so that a few large periodic boxes do not outweigh the energies of many small molecules.
+
+A term with ``confidence`` (a per-configuration spread label and its scale) weights the training loss: each
+configuration's squared residuals count ``1 / (1 + (spread / scale)^2)`` (:meth:`LossTerm.weighted`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class LossTerm:
     head: int = 0
     probe: str | None = None  # hvp only: the label holding the probe vectors
     per_atom: bool = False  # energy only: residuals divided by each configuration's atom count
+    confidence: tuple[str, float] | None = None  # (per-configuration spread label, scale): see weighted()
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
@@ -47,6 +51,8 @@ class LossTerm:
             raise ValueError(f"{self.name}: only an energy term is compared per atom")
         if (self.quantity == "hvp") != (self.probe is not None):
             raise ValueError(f"{self.name}: a probe label is needed for (and only for) quantity 'hvp'")
+        if self.confidence is not None and self.quantity in CURVATURE:
+            raise ValueError(f"{self.name}: confidence weights are for energy, force and atom-energy terms")
 
     def target(self, batch: Batch) -> torch.Tensor:
         """The label; for ``hvp`` with a Hessian label, that Hessian times the probes."""
@@ -68,9 +74,7 @@ class LossTerm:
     def residual(self, prediction: dict[str, torch.Tensor], batch: Batch, create_graph: bool = False) -> torch.Tensor:
         """Prediction minus label over entries whose label is present (NaN = missing, never zero)."""
         target = self.target(batch)
-        present = ~torch.isnan(target)
-        if target.dim() > 1:
-            present = present.all(dim=-1)
+        present = _present(target)
         if not present.any():  # nothing to compare: skip the (possibly double-backward) prediction
             return target[present]
         pred = self.predict(prediction, batch, create_graph)
@@ -92,3 +96,23 @@ class LossTerm:
     def name(self) -> str:
         quantity = "energy/atom" if self.per_atom else self.quantity
         return f"{quantity}:{self.label}" + (f"@{self.head}" if self.head else "")
+
+    def weighted(self, residual: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """:meth:`residual`'s result for the training loss: with ``confidence``, each configuration's entries times
+        the square root of ``w = 1 / (1 + (spread / scale)^2)`` (1 where the spread is missing): its squared residuals
+        count ``w`` in the RMSE part of the loss, its absolute residuals ``sqrt(w)`` in the MAE part."""
+        if self.confidence is None or not residual.numel():
+            return residual
+        label, scale = self.confidence
+        spread = batch.labels[label]
+        weight = torch.where(torch.isnan(spread), 1.0, 1.0 / (1.0 + (spread / scale) ** 2))
+        target = batch.labels[self.label]
+        per_entry = weight if target.shape[0] == batch.n_conf else weight[batch.conf_index]  # per atom
+        scale_of = per_entry[_present(target)].sqrt().to(residual.dtype)
+        return residual * scale_of.reshape(-1, *[1] * (residual.dim() - 1))
+
+
+def _present(target: torch.Tensor) -> torch.Tensor:
+    """Entries (first dimension) whose label is complete: NaN marks a missing label."""
+    present = ~torch.isnan(target)
+    return present.all(dim=-1) if target.dim() > 1 else present

@@ -140,7 +140,8 @@ class Trainer:
         self.online = list(online)
         self.probes = dict(probes or {})
         self.progress = progress and distributed.is_main()
-        wanted = {t.label for t in self.terms} | {t.probe for t in self.terms if t.probe}
+        wanted = ({t.label for t in self.terms} | {t.probe for t in self.terms if t.probe}
+                  | {t.confidence[0] for t in self.terms if t.confidence})
         self.labels = sorted(wanted - {s.label for s, _ in self.online} - set(self.probes))
         self.needs_forces = any(t.quantity in NEEDS_FORCES for t in self.terms)
         self.needs_curvature = any(t.quantity in CURVATURE for t in self.terms)
@@ -218,7 +219,7 @@ class Trainer:
                     continue
                 r = term.residual(prediction, batch, create_graph=bool(weight))
                 if weight and r.numel():
-                    loss = loss + weight * sum(rmse_mae(r))
+                    loss = loss + weight * sum(rmse_mae(term.weighted(r, batch)))
                 squares.add(term, r)
             loss.backward()
             loss_value, count = float(loss.detach()), batch.n_conf

@@ -278,7 +278,10 @@ class Run:
         key = json.dumps([name, source.model_dump()], sort_keys=True, default=str)
         if key not in self._sources:
             keys = {} if source.labelled_by == "teachers" else {f"{name}.{q}": k for q, k in source.keys().items()}
-            data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where, keys)
+            try:
+                data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where, keys)
+            except DataError as exc:  # e.g. a key the file lacks: say which YAML block named it
+                raise DataError(f"{where}: {exc}") from None
             learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
             if learns_atoms and not _one_per_atom(data, f"{name}.atom_energies"):
                 raise DataError(f"{where}.atom_energies: key {source.atom_energies!r} of {source.path} does not hold "
