@@ -225,7 +225,10 @@ class Potential(torch.nn.Module):
                             f"({first.rstrip('.')}){altered}") from None
         return model
 
-    def n_weights(self) -> int:
+    def n_weights(self, frozen_too: bool = False) -> int:
+        """Trainable weights; ``frozen_too``: also those frozen (a pretrained teacher's), as when it was trained."""
+        if frozen_too:
+            return sum(p.numel() for p in self.net.parameters() if p.is_floating_point())
         return sum(p.numel() for p in self.trainable_weights())
 
     def trainable_weights(self) -> list[torch.nn.Parameter]:

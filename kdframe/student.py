@@ -63,13 +63,24 @@ SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's fil
 SPREAD = "spread"  # a confidence-weighted source's spread, as label SOURCE.spread
 
 
-class Confidence(Strict):
-    """Weight each configuration of a teacher-labelled source by the teachers' agreement on it: its squared
-    residuals count ``1 / (1 + (spread / scale)^2)`` in the training loss (1 where the spread is missing), so
-    configurations the ensemble disagrees on teach less. Validation errors stay unweighted."""
+SPREADS = ("teacher.forces_std", "teacher.energy_std")  # per-configuration spreads teacher labelling writes
 
-    key: str = "teacher.forces_std"  # per-configuration spread in the file, eV/Å (teacher-label writes it)
-    scale: float = pydantic.Field(gt=0)  # spread at which a configuration counts half, in the key's units
+
+class Confidence(Strict):
+    """Weight each configuration of a teacher-labelled source by the teachers' agreement on it: ``w = 1 / (1 +
+    (spread / scale)^2)`` (1 where the spread is missing), normalised to mean 1 over each batch's labelled entries of
+    the source, so the source keeps its loss weight and configurations the ensemble disagrees on teach less than the
+    others (:meth:`kdframe.training.LossTerm.weighted`). Validation errors stay unweighted."""
+
+    key: str = SPREADS[0]  # per-configuration spread in the file (eV/Å or eV, as read: Hartree files are converted)
+    scale: float = pydantic.Field(gt=0, allow_inf_nan=False)  # spread at which w = 1/2, in the same units
+
+    @pydantic.field_validator("scale", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"{value} is not a number (valid: a spread > 0, e.g. 0.5 eV/Å)")
+        return value
 
 
 class Source(Strict):
@@ -106,6 +117,9 @@ class Source(Strict):
             given = [k for k in SOURCE_QUANTITIES if getattr(self, k) is not None]
             if given:
                 raise invalid((given[0],), "the teachers label this source (labelled_by: teachers): drop the key")
+            if self.confidence and self.confidence.key not in SPREADS:
+                raise invalid(("confidence", "key"), f"the teachers' labels hold no {self.confidence.key!r} "
+                              f"(valid: {', '.join(SPREADS)})")
         for name in self.weights:
             if self.labelled_by == "file" and getattr(self, name) is None:
                 raise invalid(("weights", name), f"this source has no {name}: name their key as '{name}'")

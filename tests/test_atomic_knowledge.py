@@ -108,6 +108,8 @@ def test_atomic_workflow_sweep(tmp_path, ani_file, capsys):
     assert "teacher_atom_energies" not in control
     teacher = Potential.load(run / "teacher" / "model.pt")
     assert f"| teacher | teacher | {teacher.n_weights()} |" in out and teacher.n_weights() > 0
+    frozen = Teacher(teacher, "t").model  # a pretrained teacher is frozen: the table still counts its weights
+    assert frozen.n_weights() == 0 and frozen.n_weights(frozen_too=True) == teacher.n_weights(frozen_too=True) > 0
     born_again = Potential.load(run / "born_again" / "model.pt")
     assert born_again.hyperparameters == {"width": 8} and born_again.architecture.name == "toy"
 

@@ -10,8 +10,8 @@ label (n_atoms, 3) taken along the same probes or with a Hessian label contracte
 ``energy`` is compared per configuration, or divided by its atom count (``per_atom``, as MACE's weighted
 loss does), so that a few large periodic boxes do not outweigh the energies of many small molecules.
 
-A term with ``confidence`` (a per-configuration spread label and its scale) weights the training loss: each
-configuration's squared residuals count ``1 / (1 + (spread / scale)^2)`` (:meth:`LossTerm.weighted`).
+A term with ``confidence`` (a per-configuration spread label and its scale) weights the configurations in the
+training loss by ``1 / (1 + (spread / scale)^2)``, normalised over the batch (:meth:`LossTerm.weighted`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class LossTerm:
             raise ValueError(f"{self.name}: only an energy term is compared per atom")
         if (self.quantity == "hvp") != (self.probe is not None):
             raise ValueError(f"{self.name}: a probe label is needed for (and only for) quantity 'hvp'")
-        if self.confidence is not None and self.quantity in CURVATURE:
+        if self.confidence is not None and self.quantity not in ("energy", "forces", "atom_energies"):
             raise ValueError(f"{self.name}: confidence weights are for energy, force and atom-energy terms")
 
     def target(self, batch: Batch) -> torch.Tensor:
@@ -98,18 +98,20 @@ class LossTerm:
         return f"{quantity}:{self.label}" + (f"@{self.head}" if self.head else "")
 
     def weighted(self, residual: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """:meth:`residual`'s result for the training loss: with ``confidence``, each configuration's entries times
-        the square root of ``w = 1 / (1 + (spread / scale)^2)`` (1 where the spread is missing): its squared residuals
-        count ``w`` in the RMSE part of the loss, its absolute residuals ``sqrt(w)`` in the MAE part."""
+        """:meth:`residual`'s result for the training loss. With ``confidence``, each configuration's entries are
+        multiplied by ``sqrt(w / mean w)``, ``w = 1 / (1 + (spread / scale)^2)`` (1 where the spread is missing), the
+        mean over the batch's entries: its squared residuals count ``w / mean w`` in the RMSE part of the loss (the
+        term's weight stays the term's), its absolute residuals the square root of that in the MAE part."""
         if self.confidence is None or not residual.numel():
             return residual
         label, scale = self.confidence
-        spread = batch.labels[label]
-        weight = torch.where(torch.isnan(spread), 1.0, 1.0 / (1.0 + (spread / scale) ** 2))
-        target = batch.labels[self.label]
-        per_entry = weight if target.shape[0] == batch.n_conf else weight[batch.conf_index]  # per atom
-        scale_of = per_entry[_present(target)].sqrt().to(residual.dtype)
-        return residual * scale_of.reshape(-1, *[1] * (residual.dim() - 1))
+        spread = batch.labels[label].double()
+        # float64: a tiny scale must not overflow to w = 0; the floor keeps every entry's gradient finite
+        w = torch.where(torch.isnan(spread), 1.0, 1.0 / (1.0 + (spread / scale) ** 2)).clamp_min(1e-12)
+        per_entry = w if self.quantity == "energy" else w[batch.conf_index]  # forces, atom energies: per atom
+        w = per_entry[_present(batch.labels[self.label])]
+        factor = (w / w.mean()).sqrt().to(residual.dtype)
+        return residual * factor.reshape(-1, *[1] * (residual.dim() - 1))
 
 
 def _present(target: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from .. import distributed
 from ..config import Base, DataFile, ModelSpec, resolve_path, validate
-from ..data.dataset import PER_ATOM, Dataset
+from ..data.dataset import PER_ATOM, PER_CONF, Dataset
 from ..data.mixture import Mixture
 from ..data.packed import PackedDataset
 from ..data.readers import read_dataset
@@ -31,7 +31,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..probes import ProbeSettings
 from ..report import table, write_report
-from ..student import Model, Source, Student, Sweep, source_terms
+from ..student import SPREAD, SPREADS, Model, Source, Student, Sweep, source_terms
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
 from ..training.trainer import CHECKPOINT, PREVIOUS
@@ -130,7 +130,11 @@ class Run:
             self._check_periodic(periodic)
         # Every student block's extra sources are read now: a missing key or element is an error before any work.
         self._sources: dict[str, Dataset] = {}
-        for where, source in blocks_in(config, Source):  # e.g. student.sources.NAME, fidelities.F.sources.NAME
+        found = blocks_in(config, Source)  # e.g. student.sources.NAME, fidelities.F.sources.NAME
+        names = [where.rsplit(".", 1)[-1] for where, _ in found]
+        # YAML path of each source name, for errors found when a source is read again (labelled by the teachers)
+        self._source_paths = {n: where for n, (where, _) in zip(names, found) if names.count(n) == 1}
+        for where, source in found:
             if source.labelled_by == "teachers" and not workflow.labels_sources:
                 raise ConfigError(f"{where}.labelled_by", f"workflow {workflow.name!r} has no teachers to label a "
                                   "source; label it first (kdframe data teacher-label)", ["file"])
@@ -264,7 +268,7 @@ class Run:
         """The run's train and validation configurations mixed with each source's own split of its file."""
         train_parts, valid_parts = [train], [valid]
         for name, source in sources.items():
-            data = self._source(name, source, f"sources.{name}")
+            data = self._source(name, source, self._source_paths.get(name, f"sources.{name}"))
             order = np.random.default_rng(self.config.seed).permutation(len(data))
             order = order[:source.limit]  # None: all (checked against the file's size when it was read)
             cut = max(1, int(round(source.valid_fraction * len(order)))) if source.valid_fraction else 0
@@ -282,6 +286,8 @@ class Run:
                 data = self.read(DataFile(path=source.path, energy=source.energy or "", units=source.units), where, keys)
             except DataError as exc:  # e.g. a key the file lacks: say which YAML block named it
                 raise DataError(f"{where}: {exc}") from None
+            if source.confidence and source.labelled_by == "file":
+                _check_spread(data, f"{name}.{SPREAD}", f"{where}.confidence.key", source)
             learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
             if learns_atoms and not _one_per_atom(data, f"{name}.atom_energies"):
                 raise DataError(f"{where}.atom_energies: key {source.atom_energies!r} of {source.path} does not hold "
@@ -390,6 +396,22 @@ class Scored:
     forces: str = "forces"
     hessian: str = "hessian"
     stress: str = "stress"
+
+
+def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None:
+    """A confidence key holds one spread ≥ 0 per configuration, not all 0 (a single teacher has no spread)."""
+    what = f"{where}: key {source.confidence.key!r} of {source.path}"
+    one_each = data.label_kind(label) == PER_CONF and (
+        len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].ndim == 1)
+    if not one_each:
+        raise DataError(f"{what} does not hold one value per configuration (valid: a per-configuration spread, "
+                        f"e.g. {', '.join(SPREADS)})")
+    spread = np.asarray(data.labels[label], dtype=np.float64)
+    if (spread < 0).any() or np.isinf(spread).any():
+        raise DataError(f"{what} holds negative or infinite values: not a spread")
+    if not (spread[~np.isnan(spread)] > 0).any():
+        raise DataError(f"{what} is 0 (or missing) for every configuration: a single teacher has no spread; "
+                        "confidence weighting needs an ensemble of 2 or more")
 
 
 def _one_per_atom(data: Dataset, label: str) -> bool:

@@ -63,6 +63,12 @@ class Ekd(Workflow):
     def check(self, config: EkdConfig, source: str) -> None:
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
+        teachers = config.teachers
+        single = (teachers.train is not None and teachers.train.count == 1) or len(teachers.files) == 1
+        for name, block in config.student.sources.items():
+            if single and block.labelled_by == "teachers" and block.confidence:
+                raise ConfigError(f"student.sources.{name}.confidence", "one teacher has no spread to weight by: "
+                                  "give teachers.train.count or teachers.files 2 or more, or drop confidence")
         if config.explore is not None:
             if config.generations == 2:
                 raise ConfigError("explore", "explores the first-generation student: use it with generations: 1")

@@ -32,11 +32,11 @@ class SweepRow:
     kind: str  # teacher, student, control or born-again
     model: Potential | Ensemble
     metrics_csv: Path  # the stage's per-epoch metrics (absent for a model loaded from a file)
-    n_weights: int = 0  # trainable weights (of all members); taken at creation (a teacher is frozen later)
+    n_weights: int = 0  # trainable weights of all members (a frozen pretrained teacher: all its weights)
 
     def __post_init__(self) -> None:
         members = self.model.members if isinstance(self.model, Ensemble) else [self.model]
-        self.n_weights = self.n_weights or sum(m.n_weights() for m in members)
+        self.n_weights = self.n_weights or sum(m.n_weights() or m.n_weights(frozen_too=True) for m in members)
 
 
 def _value(metrics: Metrics | None, key: str) -> float:
