@@ -61,8 +61,6 @@ class Model(Strict):
 
 SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's file can label
 SPREAD = "spread"  # a confidence-weighted source's spread, as label SOURCE.spread
-
-
 SPREADS = ("teacher.forces_std", "teacher.energy_std")  # per-configuration spreads teacher labelling writes
 
 
