@@ -15,6 +15,7 @@ Pareto figure, and validation learning curves (mean over seeds).
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ MODEL, METRICS = "model.pt", "metrics.csv"
 COLUMNS = {"E": "E rmse (kcal/mol)", "dE": "dE rmse (kcal/mol)", "F": "F rmse (kcal/mol/Å)"}
 SETS = ("test", "extensibility")
 STAGE = re.compile(r"(teacher|student|control|born_again)(?:_(\d+))?$")
-LINES = ["-", ":", "-."]  # one per config
+LINES = ["-", ":", "-.", "--"]  # one per config, repeated beyond four
 
 
 @dataclass
@@ -118,7 +119,7 @@ def pareto_figure(path: Path, models: list[Model], sets: Sequence[str]) -> Path:
               ("peak KiB per atom", lambda m: m.cost[1]))
     for row, set_name in zip(axes, sets):
         for ax, (x_label, x_of) in zip(row, x_axes):
-            for config, ls in zip(configs, LINES):
+            for config, ls in zip(configs, itertools.cycle(LINES)):
                 for kind, (colour, marker) in STYLE.items():
                     chosen = sorted((m for m in models if m.config == config and m.kind == kind
                                      and np.isfinite(x_of(m))), key=x_of)
