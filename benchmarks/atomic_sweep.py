@@ -35,7 +35,7 @@ from kdframe.potential import Ensemble, Potential  # noqa: E402
 from kdframe.report import plt, save_figure  # noqa: E402
 from kdframe.units import EV_TO_KCAL_MOL  # noqa: E402
 from kdframe.workflows.base import Run, load_config  # noqa: E402
-from kdframe.workflows.sweep import FORCE_COLUMN, STYLE, read_curve  # noqa: E402
+from kdframe.workflows.sweep import FORCE_COLUMN, STYLE, read_curve, weights_of  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "atomic"
 MODEL, METRICS = "model.pt", "metrics.csv"
@@ -90,16 +90,11 @@ def train_and_score(name: str, seed: int, models: dict[tuple[str, str], Model]) 
         results = run.scores(loaded)
         for stage, model in loaded.items():
             path = run.dir / stage / MODEL if stage in stages else None
-            entry = models.setdefault((name, stage), Model(name, stage, _n_weights(model), first=model, path=path))
+            entry = models.setdefault((name, stage), Model(name, stage, weights_of(model), first=model, path=path))
             entry.scores.append({s: {k: by_model[stage].values[c] for k, c in COLUMNS.items()}
                                  for s, by_model in results.items()})
             epochs, values = read_curve(run.dir / stage / METRICS, FORCE_COLUMN.format(split="valid"))
             entry.curves.append((epochs, [v * EV_TO_KCAL_MOL for v in values]))
-
-
-def _n_weights(model: Potential | Ensemble) -> int:
-    members = model.members if isinstance(model, Ensemble) else [model]
-    return sum(m.n_weights() or m.n_weights(frozen_too=True) for m in members)
 
 
 def measure_cost(model: Model, atoms, repeats: int) -> tuple[float, float]:

@@ -289,7 +289,7 @@ class Run:
             if source.confidence and source.labelled_by == "file":
                 _check_spread(data, f"{name}.{SPREAD}", f"{where}.confidence.key", source)
             learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
-            if learns_atoms and not _one_per_atom(data, f"{name}.atom_energies"):
+            if learns_atoms and not _one_value_each(data, f"{name}.atom_energies", PER_ATOM):
                 raise DataError(f"{where}.atom_energies: key {source.atom_energies!r} of {source.path} does not hold "
                                 "one value per atom (valid: a per-atom energy key, e.g. teacher.atom_energies)")
             extra = sorted(set(data.elements().tolist()) - set(self.species))
@@ -401,9 +401,7 @@ class Scored:
 def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None:
     """A confidence key holds one spread ≥ 0 per configuration, not all 0 (a single teacher has no spread)."""
     what = f"{where}: key {source.confidence.key!r} of {source.path}"
-    one_each = data.label_kind(label) == PER_CONF and (
-        len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].ndim == 1)
-    if not one_each:
+    if not _one_value_each(data, label, PER_CONF):
         raise DataError(f"{what} does not hold one value per configuration (valid: a per-configuration spread, "
                         f"e.g. {', '.join(SPREADS)})")
     spread = np.asarray(data.labels[label], dtype=np.float64)
@@ -414,9 +412,10 @@ def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None
                         "confidence weighting needs an ensemble of 2 or more")
 
 
-def _one_per_atom(data: Dataset, label: str) -> bool:
-    """Whether ``label`` holds one value per atom (atom energies; not per configuration, not a vector per atom)."""
-    if data.label_kind(label) != PER_ATOM:
+def _one_value_each(data: Dataset, label: str, kind: str) -> bool:
+    """Whether ``label`` holds one value per atom (``kind`` PER_ATOM: atom energies) or per configuration
+    (PER_CONF: a spread), not values of the other kind and not a vector each."""
+    if data.label_kind(label) != kind:
         return False
     return len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].ndim == 1
 

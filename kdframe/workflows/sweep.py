@@ -35,8 +35,13 @@ class SweepRow:
     n_weights: int = 0  # trainable weights of all members (a frozen pretrained teacher: all its weights)
 
     def __post_init__(self) -> None:
-        members = self.model.members if isinstance(self.model, Ensemble) else [self.model]
-        self.n_weights = self.n_weights or sum(m.n_weights() or m.n_weights(frozen_too=True) for m in members)
+        self.n_weights = self.n_weights or weights_of(self.model)
+
+
+def weights_of(model: Potential | Ensemble) -> int:
+    """Trainable weights of all members; a frozen member (a pretrained teacher's) counts all its weights."""
+    members = model.members if isinstance(model, Ensemble) else [model]
+    return sum(m.n_weights() or m.n_weights(frozen_too=True) for m in members)
 
 
 def _value(metrics: Metrics | None, key: str) -> float:
