@@ -8,6 +8,9 @@ not depend on the size: the control is trained in the first size's run only. The
 are made once (in the first run) and copied into the others' ``knowledge/`` (same teacher and file: the
 cached file a run would make itself). Writes a markdown table and a plot of E, dE and F error vs size per
 evaluation set, with the teacher's and the control's errors as horizontal lines.
+
+Each finished run is one JSON line in OUT.jsonl (beside the report, committed with it), keyed by config, source,
+size and seed and with the commit and date it ran at: a rerun or an extended curve trains only what is missing.
 """
 
 from __future__ import annotations
@@ -98,22 +101,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_curve.md")
     args = parser.parse_args()
     results = []
-    done = args.run_root / "results.jsonl"  # finished runs, so a restarted curve scores only what is missing
-    finished = {(r["requested"], r["seed"]): r for r in map(json.loads, done.read_text().splitlines())} \
+    done = args.out.with_suffix(".jsonl")
+    config = str(args.config.resolve().relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config)
+    key = ("config", "source", "requested", "seed")
+    finished = {tuple(r[k] for k in key): r for r in map(json.loads, done.read_text().splitlines())} \
         if done.is_file() else {}
+    done.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for i, size in enumerate(args.sizes):
-            result = finished.get((size, seed))
+            result = finished.get((config, args.source, size, seed))
             if result is None:
                 result = {**one_run(args.config, args.source, size, seed, args.run_root, control=i == 0),
-                          "requested": size, "seed": seed}
-                args.run_root.mkdir(parents=True, exist_ok=True)
+                          "config": config, "source": args.source, "requested": size, "seed": seed,
+                          "provenance": provenance("cpu")}
                 with open(done, "a") as f:
                     f.write(json.dumps(result) + "\n")
             results.append(result)
             print(json.dumps(result), flush=True)
-    rows = []
+    rows, runs = [], []
     for r in results:
+        runs.append(f"- {r['size']} configurations, seed {r['seed']}: {r['provenance']}")
         for set_name, by_model in r["scores"].items():
             for model, v in by_model.items():
                 rows.append(f"| {r['size']} | {r['seed']} | {set_name} | {model} | "
@@ -122,11 +129,11 @@ def main() -> None:
     atomic_write_text(args.out, f"""# Learning curve: student errors vs teacher-labelled configurations
 
 - command: `{' '.join(sys.argv)}`
-- {provenance('cpu')}
-- config: `{args.config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
+- config: `{config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
   out for validation). Teacher ensemble and control do not depend on the size (control: first size's run).
-  RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule. Sizes finished by an
-  earlier invocation are read from `{done.relative_to(ROOT) if done.is_relative_to(ROOT) else done}` (one JSON line per run).
+  RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule. Runs finished by an
+  earlier invocation are read from `{done.name}` (one JSON line per run); when each ran:
+{chr(10).join(runs)}
 
 | configurations | seed | set | model | E | dE | F |
 |---|---|---|---|---|---|---|

@@ -9,7 +9,7 @@ may name), so a mistake is reported before any work, with its YAML path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
@@ -62,6 +62,16 @@ class Model(Strict):
 SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's file can label
 SPREAD = "spread"  # a confidence-weighted source's spread, as label SOURCE.spread
 SPREADS = ("teacher.forces_std", "teacher.energy_std")  # per-configuration spreads teacher labelling writes
+
+
+def shares_problem(shares: Mapping[str, float], rest: str) -> str | None:
+    """Why sources with these shares of every batch (by YAML path) leave none of it to ``rest``; None when they
+    leave some."""
+    total = sum(shares.values())
+    if total < 1:
+        return None
+    return (" + ".join(f"{path} {share:g}" for path, share in shares.items())
+            + f" = {total:g}: leave some of every batch to {rest}")
 
 
 class Confidence(Strict):
@@ -154,13 +164,16 @@ class Student(Model):
     weights: dict[str, Any] = {"energy": 1.0}
     # More training data by name, each with its loss weights and share of every batch (the run's data gets the rest).
     sources: dict[str, Source] = {}
+    # The loss term whose validation RMSE picks the model kept, lowers the learning rate and stops training: a name
+    # in `weights` or a source's SOURCE.QUANTITY (e.g. sampled.energy). Default: the first term (the run's energies).
+    monitor: str | None = None
 
     @pydantic.field_validator("sources")
     @classmethod
     def _shares(cls, sources: dict[str, Source]) -> dict[str, Source]:
-        total = sum(s.share for s in sources.values())
-        if total >= 1:
-            raise ValueError(f"the sources' shares sum to {total:g}: leave some of every batch to the run's data")
+        shares = {f"{name}.share": source.share for name, source in sources.items()}
+        if problem := shares_problem(shares, "the run's data (data.train)"):
+            raise ValueError(problem)
         return sources
 
     @pydantic.field_validator("weights")
@@ -168,20 +181,49 @@ class Student(Model):
     def _known_terms(cls, weights: dict[str, Any]) -> dict[str, Any]:
         return check_weights(weights, cls.LABELS)
 
+    @pydantic.model_validator(mode="after")
+    def _monitor_is_a_term(self) -> "Student":
+        valid = [*self.weights, *(f"{name}.{quantity}" for name, s in self.sources.items() for quantity in s.weights)]
+        if self.monitor is not None and self.monitor not in valid:
+            raise invalid(("monitor",), f"{self.monitor!r} is not a loss term of this block "
+                          f"(valid: {', '.join(valid)})")
+        source = self.sources.get(str(self.monitor).rpartition(".")[0])
+        if source is not None and not source.valid_fraction:
+            raise invalid(("monitor",), f"{self.monitor!r}: that source holds no configurations out for validation "
+                          "(valid_fraction: 0); give it a valid_fraction > 0 or monitor another term")
+        return self
+
+    def _names(self) -> list[str]:
+        """The names in ``weights``, in the order of :meth:`terms`."""
+        return sorted(self.weights, key=lambda n: self.FIRST.index(n) if n in self.FIRST else len(self.FIRST))
+
     def terms(self, rename: Mapping[str, str] | None = None) -> list[LossTerm]:
         """The loss terms of ``weights``; ``rename`` maps a dataset label to the one to use instead."""
         rename = rename or {}
-        names = sorted(self.weights, key=lambda n: self.FIRST.index(n) if n in self.FIRST else len(self.FIRST))
         terms = []
-        for name in names:
+        for name in self._names():
             quantity, label, *probe = self.LABELS[name]
             terms.append(LossTerm(quantity, rename.get(label, label), make_schedule(self.weights[name], name),
                                   probe=next(iter(probe), None)))
         return terms
 
+    def monitored(self, terms: Sequence[LossTerm]) -> LossTerm | None:
+        """The term ``monitor`` names among ``terms`` (this block's own in :meth:`terms` order, then its sources');
+        None when unset (the trainer monitors the first)."""
+        if self.monitor is None:
+            return None
+        if self.monitor in self.weights:
+            return terms[self._names().index(self.monitor)]
+        found = [term for term in terms if term.label == self.monitor]
+        if not found:
+            raise ConfigError("monitor", f"{self.monitor!r} is not among this stage's loss terms (valid: "
+                              f"{', '.join(self.weights)}, {', '.join(t.label for t in terms if '.' in t.label)})")
+        return found[0]
+
     def with_weights(self, weights: dict[str, Any]) -> "Student":
         """The same model and training on the run's data alone, with other loss weights (a control of its size)."""
-        return self.model_copy(update={"weights": weights, "sources": {}})
+        monitor = self.monitor if self.monitor in weights else None
+        return self.model_copy(update={"weights": weights, "sources": {}, "monitor": monitor})
 
 
 class Sweep(Strict):

@@ -91,14 +91,14 @@ def test_a_toy_model_learns_a_sources_forces_through_the_mixture(tmp_path):
     assert errors[10.0] < 0.9 * errors[0.0], errors  # seeded and single-threaded: deterministic
 
 
-def _ekd_config(tmp_path, ani_file, sources: dict) -> str:
+def _ekd_config(tmp_path, ani_file, sources: dict, training: dict | None = None, **student) -> str:
     import yaml
 
     raw = {"workflow": "ekd", "run_dir": str(tmp_path / "run"), "device": "cpu",
            "data": {"train": {"path": str(ani_file), "energy": "morse.energy"}},
-           "training": {"batch_size": 8, "max_epochs": 2},
+           "training": training or {"batch_size": 8, "max_epochs": 2},
            "teachers": {"train": {"count": 2, "model": {"architecture": "toy", "width": 4}}},
-           "student": {"model": {"architecture": "toy", "width": 4}, "sources": sources}}
+           "student": {"model": {"architecture": "toy", "width": 4}, "sources": sources, **student}}
     path = tmp_path / "ekd.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -119,6 +119,29 @@ def test_an_ekd_student_trains_on_a_teacher_labelled_source_streamed_from_a_pack
     assert "sampled" not in control  # the control learns the run's energies alone
 
 
+def test_the_student_can_monitor_a_sources_validation_error(tmp_path, ani_file, capsys):
+    """``student.monitor: SOURCE.QUANTITY``: that validation RMSE, not the run's energies', picks the kept weights,
+    lowers the learning rate and stops training (recorded in the stage); the control keeps the default."""
+    import json
+
+    from kdframe.cli import main
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=20, seed=5)
+    sources = {"sampled": {"path": "sampled.h5", "energy": "morse.energy", "forces": "morse.forces",
+                           "weights": {"energy": 1, "forces": 10}, "share": 0.5, "valid_fraction": 0.25}}
+    training = {"batch_size": 8, "max_epochs": 8, "lr": 0.05, "termination_patience": 2}
+    config = _ekd_config(tmp_path, ani_file, sources, training, monitor="sampled.forces")
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    stage = tmp_path / "run" / "student"
+    header, *rows = [line.split(",") for line in (stage / "metrics.csv").read_text().splitlines()]
+    column = [float(row[header.index("valid_rmse[forces:sampled.forces]")]) for row in rows]
+    energies = [float(row[header.index("valid_rmse[energy:energy]")]) for row in rows]
+    best = torch.load(stage / "checkpoint.pt", weights_only=False)["best_metric"]
+    assert best == min(column) and best not in energies
+    assert json.loads((stage / "stage.json").read_text())["monitor"] == "forces:sampled.forces"
+    assert "monitor" not in json.loads((tmp_path / "run" / "control" / "stage.json").read_text())
+
+
 def test_bad_sources_are_refused_before_any_work(tmp_path, ani_file, capsys):
     from kdframe.cli import main
 
@@ -129,13 +152,31 @@ def test_bad_sources_are_refused_before_any_work(tmp_path, ani_file, capsys):
               "student.sources.s.weights.forces: this source has no forces"),
              ({"a": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.6},
                "b": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5}},
-              "student.sources: the sources' shares sum to 1.1"),
+              "student.sources: a.share 0.6 + b.share 0.5 = 1.1: leave some of every batch to the run's data"),
              ({"s": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5,
                      "limit": 99}}, "student.sources.s.limit: 99 is more than the 16 configurations of sampled.h5")]
     for sources, message in cases:
         assert main(["run", _ekd_config(tmp_path, ani_file, sources), "--quiet"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("monitor, valid_fraction, message", [
+    ("s.forces", 0.05, "student.monitor: 's.forces' is not a loss term of this block (valid: energy, forces, "
+                       "s.energy)"),
+    ("stress", 0.05, "student.monitor: 'stress' is not a loss term of this block (valid: energy, forces, s.energy)"),
+    ("s.energy", 0, "student.monitor: 's.energy': that source holds no configurations out for validation"),
+])
+def test_a_monitor_that_names_no_validated_term_is_refused(tmp_path, ani_file, capsys, monitor, valid_fraction,
+                                                           message):
+    from kdframe.cli import main
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=4)
+    sources = {"s": {"path": "sampled.h5", "energy": "morse.energy", "weights": {"energy": 1}, "share": 0.5,
+                     "valid_fraction": valid_fraction}}
+    assert main(["run", _ekd_config(tmp_path, ani_file, sources, monitor=monitor), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_source_limit_takes_nested_random_subsets(tmp_path, ani_file):

@@ -187,7 +187,7 @@ def test_single_fidelity_run_scores_its_only_head(tmp_path, mf_file, capsys):
                                                                          "share": 0.5, "weights": {"energy": 1}}}},
                      "low": {"energy": "low.energy", "sources": {"b": {"path": "EXTRA", "energy": "low.energy",
                                                                        "share": 0.5, "weights": {"energy": 1}}}}}},
-     "fidelities: the fidelities' sources' shares sum to 1"),
+     "fidelities: fidelities.high.sources.a.share 0.5 + fidelities.low.sources.b.share 0.5 = 1: leave some"),
     ({"fidelities": {"high": {"energy": "high.energy"},
                      "low": {"energy": "low.energy", "sources": {"x": {"path": "EXTRA", "labelled_by": "teachers",
                                                                        "share": 0.5, "weights": {"energy": 1}}}}}},

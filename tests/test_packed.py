@@ -92,6 +92,30 @@ def test_per_atom_scalars_are_packed_too(tmp_path, ani_file):
     assert np.allclose(got.labels["forces"], expected.labels["forces"], rtol=1e-15, atol=0)
 
 
+def test_spreads_are_converted_as_their_quantities_are(tmp_path, ani_file, capsys):
+    """Ensemble spreads of energies and forces in a Hartree ANI file are packed in eV (they were kept in Hartree: a
+    confidence scale in eV/Å then weighed the packed copy differently from the file read directly)."""
+    import h5py
+
+    with h5py.File(ani_file, "a") as f:
+        for group in f.values():
+            k, n = group["coordinates"].shape[:2]
+            group["x.forces_std"] = np.linspace(1e-3, 2e-2, k)
+            group["x.forces_std_atoms"] = np.full((k, n), 1e-2)
+            group["x.t1_diagnostic"] = np.full(k, 0.01)
+    path = packed.pack_ani(ani_file, tmp_path / "p.h5")
+    keys = {"s": "x.forces_std", "a": "x.forces_std_atoms"}
+    expected, got = read_dataset(ani_file, keys), read_dataset(path, keys)
+    for label in keys:
+        assert np.allclose(got.labels[label], expected.labels[label], rtol=1e-15, atol=0), label
+    assert np.allclose(read_dataset(path, {"t": "x.t1_diagnostic"}).labels["t"], 0.01)  # not an energy: kept
+    assert main(["data", "info", str(path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    median, p90, p99 = np.percentile(expected.labels["s"], [50, 90, 99])
+    assert f"spread: median {median:.3g}, 90th percentile {p90:.3g}, 99th {p99:.3g} eV/Å" in lines["x.forces_std"]
+    assert "spread" not in lines["x.t1_diagnostic"] + lines["x.forces_std_atoms"] + lines["morse.energy"]
+
+
 def test_packed_file_errors_name_the_key_and_the_workflow(tmp_path, packed_file):
     with pytest.raises(DataError, match=r"key 'morse.hessian' \(for 'hessian'\) not found \(available: morse.energy, morse.forces\)"):
         read_dataset(packed_file, {"hessian": "morse.hessian"})

@@ -85,6 +85,13 @@ def test_labels_are_the_ensembles_own_predictions_with_spreads(tmp_path, ani_fil
     with h5py.File(out, "r") as f:
         assert f.attrs["teacher.members"] == 3 and json.loads(f.attrs["teacher.skipped"]) == {}
         assert json.loads(f.attrs["teacher.aligned_to"]) is None
+    assert main(["data", "info", str(out)]) == 0  # the spreads' percentiles, to choose a confidence scale from
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    for label, unit in (("forces_std", "eV/Å"), ("energy_std", "eV")):
+        median, p90, p99 = np.percentile(got[label], [50, 90, 99])
+        assert lines[f"teacher.{label}"].endswith(f"spread: median {median:.3g}, 90th percentile {p90:.3g}, "
+                                                  f"99th {p99:.3g} {unit}")
+    assert "spread" not in lines["teacher.forces"] + lines["teacher.forces_std_atoms"]
 
 
 def test_alignment_recovers_known_offsets(tmp_path, ani_file, capsys, monkeypatch):

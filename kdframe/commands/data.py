@@ -119,7 +119,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing target (never the source)")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges")
+    p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges, spread percentiles")
     p.add_argument("file")
     p.add_argument("--per-molecule", action="store_true", help="one line per molecule")
     p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")

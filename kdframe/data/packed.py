@@ -48,6 +48,12 @@ SKIPPED = ("coordinates", "atomic_numbers", "species")
 CONVERTED = ("energy", "energies", "forces")  # key endings converted to eV; others (e.g. t1_diagnostic) kept as they are
 
 
+def in_energy_units(key: str) -> bool:
+    """Whether a key holds energies or forces (Hartree in ANI files, so converted): ``*.energy``, ``*.forces``, their
+    spreads ``*_std`` and per-atom spreads ``*_std_atoms``."""
+    return key.removesuffix("_atoms").removesuffix("_std").endswith(CONVERTED)
+
+
 def is_packed(path: str | os.PathLike) -> bool:
     try:
         with h5py.File(path, "r") as f:
@@ -259,7 +265,7 @@ def pack_ani(source: str | os.PathLike, target: str | os.PathLike, units: str = 
                                                    "forces" if shapes[key] else key,
                                                    real_numbers(f"{source}:/{name}/{key}", key, group[key][()]), k, n),
                                       keep, n)
-                          * (to_ev if key.endswith(CONVERTED) else 1.0) for key in kinds if key in group}
+                          * (to_ev if in_energy_units(key) else 1.0) for key in kinds if key in group}
                 writer.add(name, z, xyz, labels)
         return writer.path
 
@@ -336,8 +342,18 @@ def describe(path: str | os.PathLike) -> str:
     lines.append(f"  {'label':<28} {'conformations':>13}")
     for key in sorted(store.kinds):
         present = store.present[key] if key in store.present else ~np.isnan(store.conf_labels[key])
-        lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}")
+        lines.append(f"  {key:<28} {int(present.sum()):>8}/{n_conf}" + _spread_summary(key, store, present))
     return "\n".join(lines)
+
+
+def _spread_summary(key: str, store: _Store, present: np.ndarray) -> str:
+    """Percentiles of a per-configuration spread of energies or forces (``*.energy_std``, ``*.forces_std``), to
+    choose a confidence scale from; else ""."""
+    if not (key.endswith("_std") and in_energy_units(key)) or key not in store.conf_labels or not present.any():
+        return ""
+    median, p90, p99 = np.percentile(store.conf_labels[key][present], [50, 90, 99])
+    unit = "eV/Å" if key.removesuffix("_std").endswith("forces") else "eV"
+    return f"  spread: median {median:.3g}, 90th percentile {p90:.3g}, 99th {p99:.3g} {unit}"
 
 
 class PackedDataset(Batching):

@@ -240,6 +240,9 @@ class Run:
         if sources:
             record["sources"] = {name: [source.model_dump(), part.content_hash()] for (name, source), part
                                  in zip(sources.items(), train.parts[1:])}
+        monitor = student.monitored(terms) if isinstance(student, Student) else None
+        if monitor is not None:
+            record["monitor"] = monitor.name
         if energy_labels is not None:
             record["reference_labels"] = list(energy_labels)
         if probes:
@@ -257,7 +260,7 @@ class Run:
                 return finished.to(self.device)
         model = self.build(student.model, heads, seed, energy_labels) if start is None else Potential.load(start)
         trainer = Trainer(model, terms, train, valid, settings, stage_dir, seed, self.device, online=online,
-                          probes=probes, progress=self.progress)
+                          probes=probes, progress=self.progress, monitor=monitor)
         model = trainer.fit()
         if distributed.is_main():
             model.save(stage_dir / MODEL_FILE)

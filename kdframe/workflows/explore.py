@@ -32,7 +32,7 @@ from ..exploration import FAILURES, Dynamics, Selection, Trajectory, Watcher, ru
 from ..io import atomic_write_text, file_sha256, make_dir, note
 from ..potential import Ensemble, Potential
 from ..schedule import make_schedule
-from ..student import Source, Student, TrainingOverrides, check_weights
+from ..student import Source, Student, TrainingOverrides, check_weights, shares_problem
 from ..teacher import Teacher
 from ..training.trainer import METRICS
 from .sweep import read_curve
@@ -88,10 +88,10 @@ class Explore(Strict):
         """The explored frames join the student's sources: their name is free and the shares leave the run's data some."""
         if self.SOURCE in student.sources:
             raise ConfigError(f"student.sources.{self.SOURCE}", "the name is taken by the explored frames; rename it")
-        total = sum(s.share for s in student.sources.values()) + self.share
-        if total >= 1:
-            raise ConfigError("explore.share", f"with the student's sources the shares sum to {total:g}: leave some "
-                              "of every fine-tuning batch to the run's data")
+        shares = {"explore.share": self.share,
+                  **{f"student.sources.{name}.share": source.share for name, source in student.sources.items()}}
+        if problem := shares_problem(shares, "the run's data (data.train)"):
+            raise ConfigError("explore.share", f"with the student's sources, {problem}")
 
 
 def starting_systems(explore: Explore, run) -> list[tuple[str, Any]]:

@@ -29,7 +29,7 @@ from ..data.dataset import Dataset
 from ..hookspecs import hookimpl
 from ..potential import Ensemble, Potential
 from ..schedule import make_schedule
-from ..student import Model, Source, check_weights
+from ..student import Model, Source, check_weights, shares_problem
 from ..teacher import Teacher
 from ..training import LossTerm
 from ..training.trainer import without_later_defaults
@@ -99,10 +99,10 @@ class MultiFidelityConfig(Base):
                     raise invalid(("fidelities", name, "sources", source), "the name is taken by another source or "
                                   "a fidelity: give every source its own name")
                 seen.add(source)
-        total = sum(s.share for _, s in self.sources().values())
-        if total >= 1:
-            raise invalid(("fidelities",), f"the fidelities' sources' shares sum to {total:g}: leave some of every "
-                          "batch to data.train")
+        shares = {f"fidelities.{fid}.sources.{name}.share": source.share
+                  for fid, fidelity in self.fidelities.items() for name, source in fidelity.sources.items()}
+        if problem := shares_problem(shares, "the run's data (data.train)"):
+            raise invalid(("fidelities",), problem)
         return self
 
     def sources(self) -> dict[str, tuple[int, Source]]:
