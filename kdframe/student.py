@@ -183,7 +183,7 @@ class Student(Model):
 
     @pydantic.model_validator(mode="after")
     def _monitor_is_a_term(self) -> "Student":
-        valid = [*self.weights, *(f"{name}.{quantity}" for name, s in self.sources.items() for quantity in s.weights)]
+        valid = [*self.weights, *(term.label for term in source_terms(self.sources))]
         if self.monitor is not None and self.monitor not in valid:
             raise invalid(("monitor",), f"{self.monitor!r} is not a loss term of this block "
                           f"(valid: {', '.join(valid)})")
