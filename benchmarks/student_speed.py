@@ -6,7 +6,9 @@ Workloads: every conformation of the bundled extensibility set as one batch (mol
 boxes (``molecular_box(N)`` of benchmarks/run.py: the MD suite's 196, and a large one). Calls alternate between
 the two models (noisy machines); the median of the repeats is reported, and the ratio. Peak memory per atom of
 one energy + forces call: in a fresh process per model and workload, VmHWM - VmRSS around the first call after a
-warm-up on a small box (what the call adds: activations and autograd graph, not the weights).
+warm-up on a small box (what the call adds: activations and autograd graph, not the weights). With ``--device cuda``
+the calls are timed between device synchronisations and the memory is the peak of allocated device memory that the
+call adds (torch.cuda.max_memory_allocated), measured in the same process.
 """
 
 from __future__ import annotations
@@ -32,22 +34,30 @@ from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Potential, model_dtype  # noqa: E402
 
 
-def timed(models: dict[str, torch.nn.Module], batch: Batch, repeats: int) -> dict[str, float]:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed(models: dict[str, torch.nn.Module], batch: Batch, repeats: int, device: str) -> dict[str, float]:
     """Median seconds of one energy + forces call per model, calls interleaved."""
-    calls = {name: (m, batch.to("cpu", model_dtype(m))) for name, m in models.items()}
+    calls = {name: (m, batch.to(device, model_dtype(m))) for name, m in models.items()}
     for model, b in calls.values():  # warm-up (kernels, caches)
         model(b, forces=True)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, (model, b) in calls.items():
+            synchronize(device)
             start = time.perf_counter()
             model(b, forces=True)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def load(kind: str, args: argparse.Namespace) -> torch.nn.Module:
-    return (Potential.load(args.student) if kind == "student" else registry().pretrained[args.pretrained]()).eval()
+    model = Potential.load(args.student) if kind == "student" else registry().pretrained[args.pretrained]()
+    return model.to(args.device).eval()
 
 
 def workloads(box_atoms: list[int]) -> dict[str, Batch]:
@@ -58,14 +68,31 @@ def workloads(box_atoms: list[int]) -> dict[str, Batch]:
     return out
 
 
-def peak_bytes(model: torch.nn.Module, batch: Batch) -> int:
-    """What one energy + forces call adds to the resident set at its peak (after a warm-up on a small box)."""
-    model(Batch.from_atoms([molecular_box(20, seed=3, periodic=False)]).to("cpu", model_dtype(model)), forces=True)
-    batch = batch.to("cpu", model_dtype(model))
+def peak_bytes(model: torch.nn.Module, batch: Batch, device: str) -> int:
+    """What one energy + forces call adds to the resident set (on a GPU: to the allocated device memory) at its
+    peak, after a warm-up on a small box."""
+    model(Batch.from_atoms([molecular_box(20, seed=3, periodic=False)]).to(device, model_dtype(model)), forces=True)
+    batch = batch.to(device, model_dtype(model))
+    if device.startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        model(batch, forces=True)
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
     base = proc_status_kib("VmRSS")
     model(batch, forces=True)
     return (proc_status_kib("VmHWM") - base) * 1024
+
+
+def peak_kib(kind: str, index: int, model: torch.nn.Module, batch: Batch, args: argparse.Namespace) -> float:
+    """peak_bytes of one call in KiB: on a GPU in this process (the allocator counts exactly), on the CPU in a fresh
+    one (the resident set's high-water mark is per process)."""
+    if args.device.startswith("cuda"):
+        return peak_bytes(model, batch, args.device) / 1024
+    command = [sys.executable, __file__, *sys.argv[1:], "--memory-of", kind, str(index)]
+    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1]) / 1024
 
 
 def main() -> None:
@@ -74,22 +101,21 @@ def main() -> None:
     parser.add_argument("--pretrained", required=True, help="its teacher: a registered pretrained ensemble")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--box-atoms", type=int, nargs="+", default=[196, 3791])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (memory then: allocated device memory)")
     parser.add_argument("--memory-of", nargs=2, metavar=("MODEL", "WORKLOAD"), help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     torch.set_num_threads(1)
     loads = workloads(args.box_atoms)
     if args.memory_of:  # one measurement in this fresh process
         kind, index = args.memory_of
-        print(peak_bytes(load(kind, args), list(loads.values())[int(index)]))
+        print(peak_bytes(load(kind, args), list(loads.values())[int(index)], args.device))
         return
     models = {kind: load(kind, args) for kind in ("student", "teacher")}
     print("| workload | atoms | student ms | teacher ms | teacher / student | student KiB/atom | teacher KiB/atom "
           "| student / teacher memory |\n|---|---|---|---|---|---|---|---|")
     for index, (name, batch) in enumerate(loads.items()):
-        t = timed(models, batch, args.repeats)
-        memory = {kind: int(subprocess.run([sys.executable, __file__, *sys.argv[1:], "--memory-of", kind, str(index)],
-                                           check=True, capture_output=True, text=True).stdout.split()[-1]) / 1024
-                  / batch.n_atoms for kind in models}
+        t = timed(models, batch, args.repeats, args.device)
+        memory = {kind: peak_kib(kind, index, models[kind], batch, args) / batch.n_atoms for kind in models}
         print(f"| {name} | {batch.n_atoms} | {1e3 * t['student']:.1f} | {1e3 * t['teacher']:.1f} | "
               f"{t['teacher'] / t['student']:.2f} | {memory['student']:.1f} | {memory['teacher']:.1f} | "
               f"{memory['student'] / memory['teacher']:.2f} |", flush=True)

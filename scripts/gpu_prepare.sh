@@ -25,6 +25,9 @@ fetch base hippynn==0.1.3 torchani==2.9.0 mace-torch==0.3.16 e3nn==0.4.4 opt-ein
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection \
   cuequivariance==0.13.0 cuequivariance-torch==0.13.0 platformdirs
 python3 -m pip download -q --no-deps --no-binary=:all: -d .whl/base python-hostlist
+# Wheels of the pure-Python packages, built here: that machine then only unpacks wheels.
+python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl/base . plugins/hippynn plugins/torchani plugins/mace \
+  .whl/base/python_hostlist-*.tar.gz && rm .whl/base/python_hostlist-*.tar.gz
 fetch cue_ops cuequivariance-ops-cu13==0.13.0
 fetch cue_torch cuequivariance-ops-torch-cu13==0.13.0
 
