@@ -25,16 +25,22 @@ fetch base hippynn==0.1.3 torchani==2.9.0 mace-torch==0.3.16 e3nn==0.4.4 opt-ein
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection \
   cuequivariance==0.13.0 cuequivariance-torch==0.13.0 platformdirs
 python3 -m pip download -q --no-deps --no-binary=:all: -d .whl/base python-hostlist
-# Wheels of the pure-Python packages, built here: that machine then only unpacks wheels.
+# Wheels of the pure-Python packages, built here from clean build folders (setuptools reuses build/lib, which
+# would keep deleted modules): that machine then only unpacks wheels.
+rm -rf .whl/base/kdframe*.whl build plugins/*/build
 python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl/base . plugins/hippynn plugins/torchani plugins/mace \
-  .whl/base/python_hostlist-*.tar.gz && rm .whl/base/python_hostlist-*.tar.gz
+  .whl/base/python_hostlist-*.tar.gz
+rm .whl/base/python_hostlist-*.tar.gz
 fetch cue_ops cuequivariance-ops-cu13==0.13.0
 fetch cue_torch cuequivariance-ops-torch-cu13==0.13.0
 
 # The models the GPU suites use: the cross runs' students, controls and teachers (train them first, README:
 # Results) and the pretrained ANI-1ccx ensemble (kdframe models fetch ani1ccx), model files only.
-rm -rf .gpu && mkdir -p .gpu/cache
-find runs/cross -name model.pt -path '*/student/*' -o -name model.pt -path '*/control/*' \
-  -o -name model.pt -path '*/teacher_*' | while read -r f; do mkdir -p ".gpu/$(dirname "$f")"; cp "$f" ".gpu/$f"; done
+# .gpu/models (the students `gpu_session.sh scale` times) is left as it is.
+rm -rf .gpu/runs .gpu/cache && mkdir -p .gpu/cache
+if [ -d runs/cross ]; then
+  find runs/cross -name model.pt -path '*/student/*' -o -name model.pt -path '*/control/*' \
+    -o -name model.pt -path '*/teacher_*' | while read -r f; do mkdir -p ".gpu/$(dirname "$f")"; cp "$f" ".gpu/$f"; done
+fi
 cp -r "${KDFRAME_CACHE:-$HOME/.cache/kdframe}/models" .gpu/cache/
 du -sh .whl/* .gpu
