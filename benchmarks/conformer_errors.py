@@ -41,7 +41,8 @@ def main() -> None:
     print(f"\n| molecule | conformers | pairs | {' | '.join(models)} |\n|---|---|---|{'---|' * len(models)}")
     for m in np.unique(data.molecule):
         rows = np.flatnonzero(data.molecule == m)
-        pairs = {name: conformer_pairs(data.subset(rows), reference[rows], e[rows]) for name, e in energies.items()}
+        molecule = data.subset(rows)
+        pairs = {name: conformer_pairs(molecule, reference[rows], e[rows]) for name, e in energies.items()}
         n_pairs = len(next(iter(pairs.values()))[0])
         if n_pairs == 0:
             continue

@@ -183,11 +183,13 @@ class Student(Model):
 
     @pydantic.model_validator(mode="after")
     def _monitor_is_a_term(self) -> "Student":
+        if self.monitor is None:
+            return self
         valid = [*self.weights, *(term.label for term in source_terms(self.sources))]
-        if self.monitor is not None and self.monitor not in valid:
+        if self.monitor not in valid:
             raise invalid(("monitor",), f"{self.monitor!r} is not a loss term of this block "
                           f"(valid: {', '.join(valid)})")
-        source = self.sources.get(str(self.monitor).rpartition(".")[0])
+        source = self.sources.get(self.monitor.rpartition(".")[0])
         if source is not None and not source.valid_fraction:
             raise invalid(("monitor",), f"{self.monitor!r}: that source holds no configurations out for validation "
                           "(valid_fraction: 0); give it a valid_fraction > 0 or monitor another term")
