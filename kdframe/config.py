@@ -173,12 +173,15 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; anything else, an empty mapping ``{}``, and a model block of another
-    ``architecture`` (whose keys would not fit) replace the base value."""
+    """Mappings merge key by key; anything else, an empty mapping ``{}``, a model block of another
+    ``architecture`` (whose keys would not fit) and a table keyed by epochs (a schedule: merged, its epochs would
+    interleave with the base's) replace the base value."""
     merged = dict(base)
     for key, value in override.items():
         nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
         if nested and "architecture" in value and value["architecture"] != merged[key].get("architecture"):
+            nested = False
+        if nested and all(isinstance(k, int) for k in value):
             nested = False
         merged[key] = deep_merge(merged[key], value) if nested else value
     return merged

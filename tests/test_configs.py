@@ -32,6 +32,16 @@ def test_extends_merges_mappings_and_empty_mapping_clears(tmp_path):
     assert deep_merge({"m": model}, {"m": {"architecture": "hippynn", "width": 8}}) == {"m": {**model, "width": 8}}
 
 
+def test_extends_replaces_an_epoch_schedule(tmp_path):
+    """A schedule given again replaces the base's: merged, a shorter table's epochs would interleave with it."""
+    (tmp_path / "base.yaml").write_text("w: {energy: 1, forces: {1: 10, 6: 9, 60: 0.5}}\n"
+                                        "l: {forces: {type: linear, table: {1: 10, 60: 1}}}\n")
+    (tmp_path / "run.yaml").write_text("extends: base.yaml\nw: {forces: {1: 10, 3: 9, 26: 0.5}}\n"
+                                       "l: {forces: {table: {1: 5, 20: 1}}}\n")
+    assert load_yaml(tmp_path / "run.yaml") == {"w": {"energy": 1, "forces": {1: 10, 3: 9, 26: 0.5}},
+                                                "l": {"forces": {"type": "linear", "table": {1: 5, 20: 1}}}}
+
+
 def test_extends_loop_and_missing_base(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
