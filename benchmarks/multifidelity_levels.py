@@ -1,11 +1,11 @@
-"""One, two and three levels of theory in one multi-fidelity model, over seeds (issue 25).
+"""One, two and three levels of theory in one multi-fidelity model, over seeds (issue 25); EKD on the same data.
 
     python benchmarks/multifidelity_levels.py --configs sf_cc mf2 mf3_pool mf3 --seeds 0 1 2
 
 Each config of ``configs/multifidelity/levels/`` runs at each seed in its own run_dir
-(``runs/multifidelity/levels/NAME_seedS``; a finished run is reused). The CC head is scored (E and dE against
-CCSD(T), F against wB97X) on the seed's test split and on the extensibility set. Writes mean ± std over seeds and
-each config's ratio of means to the first config's (the baseline).
+(``runs/multifidelity/levels/NAME_seedS``; a finished run is reused). The CC head (an EKD student's only head) is
+scored (E and dE against CCSD(T), F against wB97X) on the seed's test split and on the extensibility set. Writes
+mean ± std over seeds and each config's ratio of means to the first config's (the baseline).
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ def scores(name: str, seed: int, run_root: Path) -> dict[str, dict[str, float]]:
     path = CONFIGS / f"{name}.yaml"
     workflow, config = load_config(path)
     config = config.model_copy(update={"seed": seed, "run_dir": str(run_root / f"{name}_seed{seed}")})
+    # a multi-fidelity model scored at its evaluated head; an EKD run (ekd.yaml) at its student's one head
+    stage, head = ("potential", config.evaluate_head) if hasattr(config, "evaluate_head") else ("student", None)
     with Run(config, path, workflow, progress=False) as run:
         workflow.run(run)
-        model = Potential.load(Path(config.run_dir) / "potential" / "model.pt").to(run.device)
-        return {s: {k: by_model["potential"].values.get(c, np.nan) for k, c in COLUMNS.items()}
-                for s, by_model in run.scores({"potential": Scored(model, config.evaluate_head)}).items()}
+        model = Potential.load(Path(config.run_dir) / stage / "model.pt").to(run.device)
+        return {s: {k: by_model[stage].values.get(c, np.nan) for k, c in COLUMNS.items()}
+                for s, by_model in run.scores({stage: Scored(model, head)}).items()}
 
 
 def main() -> None:
@@ -68,8 +70,8 @@ def main() -> None:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance('cpu')}
-- configs: `configs/multifidelity/levels/` ({', '.join(args.configs)}); the CC head scored: E and dE (conformer
-  energy differences within a molecule) against CCSD(T)/cc-pVDZ, F against wB97X/6-31G*; kcal/mol and kcal/mol/Å.
+- configs: `configs/multifidelity/levels/` ({', '.join(args.configs)}); the CC head (EKD: the student) scored: E and dE
+  (conformer energy differences within a molecule) against CCSD(T)/cc-pVDZ, F against wB97X/6-31G*; kcal/mol and kcal/mol/Å.
   Test split: each seed's own (10 % of the pool's configurations); extensibility: 32 conformers of 10 larger molecules.
 
 ## Mean ± sample std over seeds {', '.join(map(str, args.seeds))}

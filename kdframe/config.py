@@ -181,10 +181,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
         if nested and "architecture" in value and value["architecture"] != merged[key].get("architecture"):
             nested = False
-        if nested and all(isinstance(k, int) for k in value):
+        if nested and _is_schedule(value):
             nested = False
         merged[key] = deep_merge(merged[key], value) if nested else value
     return merged
+
+
+def _is_schedule(mapping: dict) -> bool:
+    """Keyed by epochs, as a schedule table reads them (``int(key)``: ``1`` or ``'1'``)."""
+    return all(isinstance(k, int) or (isinstance(k, str) and k.strip().isdigit()) for k in mapping)
 
 
 def validate(model: type[pydantic.BaseModel], raw: Any, source: str, prefix: str = "") -> Any:

@@ -40,6 +40,7 @@ def test_extends_replaces_an_epoch_schedule(tmp_path):
                                        "l: {forces: {table: {1: 5, 20: 1}}}\n")
     assert load_yaml(tmp_path / "run.yaml") == {"w": {"energy": 1, "forces": {1: 10, 3: 9, 26: 0.5}},
                                                 "l": {"forces": {"type": "linear", "table": {1: 5, 20: 1}}}}
+    assert deep_merge({"f": {1: 75, 100: 63}}, {"f": {"1": 75, "10": 63}}) == {"f": {"1": 75, "10": 63}}
 
 
 def test_extends_loop_and_missing_base(tmp_path):
