@@ -71,7 +71,8 @@ def main() -> None:
 - command: `{' '.join(sys.argv)}`
 - {provenance('cpu')}
 - configs: `configs/multifidelity/levels/` ({', '.join(args.configs)}); the CC head (EKD: the student) scored: E and dE
-  (conformer energy differences within a molecule) against CCSD(T)/cc-pVDZ, F against wB97X/6-31G*; kcal/mol and kcal/mol/Å.
+  (conformer energy differences within a molecule) against CCSD(T)/cc-pVDZ, F against wB97X/6-31G*; kcal/mol and
+  kcal/mol/Å.
   Test split: each seed's own (10 % of the pool's configurations); extensibility: 32 conformers of 10 larger molecules.
 
 ## Mean ± sample std over seeds {', '.join(map(str, args.seeds))}

@@ -179,9 +179,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     merged = dict(base)
     for key, value in override.items():
         nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
-        if nested and "architecture" in value and value["architecture"] != merged[key].get("architecture"):
-            nested = False
-        if nested and _is_schedule(value):
+        if nested and ("architecture" in value and value["architecture"] != merged[key].get("architecture")
+                       or _is_schedule(value)):
             nested = False
         merged[key] = deep_merge(merged[key], value) if nested else value
     return merged
