@@ -44,7 +44,11 @@ def test_training_split_errors_are_logged_per_epoch(ani_file, tmp_path):
     assert "train_rmse[forces:forces]" in (tmp_path / "still" / "metrics.csv").read_text().splitlines()[0]
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"ema_decay": 0.9})], ids=["plain", "ema"])
+COSINE = SETTINGS.model_copy(update={"lr_schedule": "cosine", "lr_min": 1e-4})
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, SETTINGS.model_copy(update={"ema_decay": 0.9}), COSINE],
+                         ids=["plain", "ema", "cosine"])
 def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path, settings):
     straight = _trainer(ani_file, tmp_path / "straight", settings).fit()
     interrupted = _trainer(ani_file, tmp_path / "resumed", settings)
@@ -53,6 +57,28 @@ def test_resumed_run_ends_with_the_same_weights(ani_file, tmp_path, settings):
     resumed = _trainer(ani_file, tmp_path / "resumed", settings).fit()  # a new process would start like this
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_cosine_schedule_anneals_from_lr_to_lr_min_over_max_epochs(ani_file, tmp_path):
+    trainer = _trainer(ani_file, tmp_path / "c", COSINE)
+    trainer.fit()
+    logged = [r["lr"] for r in trainer.history]
+    expected = [1e-4 + (3e-3 - 1e-4) * (1 + np.cos(np.pi * e / 6)) / 2 for e in range(6)]
+    assert logged == pytest.approx(expected, rel=1e-9)
+    assert COSINE.record()["lr_schedule"] == "cosine" and "lr_schedule" not in SETTINGS.record()
+
+
+def test_plateau_schedule_logs_the_rate_each_epoch_trained_at(ani_file, tmp_path):
+    """The rate drops after an epoch that ends a plateau; that epoch itself trained at the old rate."""
+    settings = SETTINGS.model_copy(update={"lr": 1e-7, "lr_patience": 1, "max_epochs": 4})  # gains < 1e-4: plateau
+    trainer = _trainer(ani_file, tmp_path / "p", settings)
+    trainer.fit()
+    assert [r["lr"] for r in trainer.history] == pytest.approx([1e-7, 1e-7, 1e-7, 0.5e-7], rel=1e-9, abs=0)
+
+
+def test_lr_min_must_be_below_lr():
+    with pytest.raises(ValueError, match=r"lr_min \(0.01\) must be below lr \(0.003\)"):
+        TrainSettings(lr=3e-3, lr_min=1e-2, lr_schedule="cosine")
 
 
 def test_missing_labels_are_masked_not_zero(tmp_path):

@@ -1,7 +1,8 @@
 """The training loop shared by every workflow and architecture.
 
 Adam; the learning rate is multiplied by ``lr_factor`` when the monitored validation
-error has not improved for ``lr_patience`` epochs; training stops after
+error has not improved for ``lr_patience`` epochs (``lr_schedule: plateau``), or follows a cosine from ``lr``
+down to ``lr_min`` over ``max_epochs`` (``lr_schedule: cosine``); training stops after
 ``termination_patience`` epochs without improvement or at ``max_epochs``. A checkpoint
 is written atomically every epoch and training resumes from it (the one before is kept as
 ``checkpoint.prev.pt``: a damaged checkpoint is passed over for it, with a note); the shuffle order (and
@@ -56,6 +57,10 @@ class TrainSettings(pydantic.BaseModel):
     lr: float = pydantic.Field(1e-3, gt=0)
     lr_factor: float = pydantic.Field(0.5, gt=0, lt=1)
     lr_patience: int = pydantic.Field(20, ge=1)
+    # "cosine": lr -> lr_min over max_epochs whatever the validation error does (an anneal to the end, which a
+    # plateau rule on a few noisy validation energies may never reach); lr_factor and lr_patience then unused
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    lr_min: float = pydantic.Field(0.0, ge=0)
     termination_patience: int = pydantic.Field(40, ge=1)
     weight_l2: float = pydantic.Field(1e-4, ge=0)  # w_L2 on weight matrices (not biases)
     regularisers: dict[str, pydantic.NonNegativeFloat] = {}  # plugin regularisers by name, e.g. {hierarchicality: 0.1}
@@ -67,13 +72,19 @@ class TrainSettings(pydantic.BaseModel):
     # 0 or unset: off (0 switches off one block's inherited average)
     ema_decay: float | None = pydantic.Field(None, ge=0, lt=1)
 
+    @pydantic.model_validator(mode="after")
+    def _lr_min_below_lr(self) -> "TrainSettings":
+        if self.lr_min >= self.lr:
+            raise ValueError(f"lr_min ({self.lr_min:g}) must be below lr ({self.lr:g})")
+        return self
+
     def record(self) -> dict:
         """The settings as a stage records them (:func:`without_later_defaults`)."""
         return without_later_defaults(self.model_dump())
 
 
 # Settings added after runs were made, with the values that behave as before they existed.
-ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,)}
+ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,), "lr_schedule": ("plateau",), "lr_min": (0.0,)}
 
 
 def without_later_defaults(settings: dict, added_later: dict[str, tuple] = ADDED_LATER) -> dict:
@@ -152,8 +163,13 @@ class Trainer:
         self.skipped_steps: dict[tuple[str, ...], int] = {}  # this epoch's steps skipped for non-finite gradients
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
         self.average = WeightAverage(self.params, settings.ema_decay) if settings.ema_decay else None
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+        if settings.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=settings.max_epochs, eta_min=settings.lr_min)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
         self.epoch, self.best_metric, self.bad_epochs = 0, math.inf, 0
         self.best_state = state_copy(self.model)
         self.history: list[dict[str, float]] = []
@@ -277,9 +293,13 @@ class Trainer:
                     self.best_state = state_copy(self.model)
                 else:
                     self.bad_epochs += 1
-            self.plateau.step(monitored)
+            lr = self.optimizer.param_groups[0]["lr"]  # this epoch's
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(monitored)
+            else:
+                self.scheduler.step()
             self.epoch = epoch
-            self.history.append({"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+            self.history.append({"epoch": epoch, "lr": lr,
                                  "train_loss": train_loss, **metrics, **train_metrics,
                                  **{f"weight[{t.name}]": t.weight(epoch) for t in self.terms},
                                  "seconds": time.perf_counter() - start})
@@ -295,7 +315,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         state = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "plateau": self.plateau.state_dict(), "best_metric": self.best_metric,
+                 "lr_scheduler": self.scheduler.state_dict(), "best_metric": self.best_metric,
                  "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
         if self.average:
             state["ema"] = self.average.state_dict()
@@ -351,8 +371,9 @@ class Trainer:
     def _restore(self, state: object) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}, not a kdframe checkpoint")
-        missing = [k for k in ("epoch", "model", "optimizer", "plateau", "best_metric", "bad_epochs", "best_state",
-                               "history") if k not in state]
+        state.setdefault("lr_scheduler", state.get("plateau"))  # checkpoints written before cosine existed
+        missing = [k for k in ("epoch", "model", "optimizer", "lr_scheduler", "best_metric", "bad_epochs",
+                               "best_state", "history") if state.get(k) is None]
         if missing:
             raise KeyError(f"no {', '.join(missing)} in it")
         if self.average and "ema" not in state:
@@ -362,7 +383,7 @@ class Trainer:
         if self.average:
             self.average.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.plateau.load_state_dict(state["plateau"])
+        self.scheduler.load_state_dict(state["lr_scheduler"])
         self.epoch, self.best_metric, self.bad_epochs = state["epoch"], state["best_metric"], state["bad_epochs"]
         self.best_state, self.history = state["best_state"], state["history"]
 
