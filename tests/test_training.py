@@ -76,6 +76,18 @@ def test_plateau_schedule_logs_the_rate_each_epoch_trained_at(ani_file, tmp_path
     assert [r["lr"] for r in trainer.history] == pytest.approx([1e-7, 1e-7, 1e-7, 0.5e-7], rel=1e-9, abs=0)
 
 
+def test_a_checkpoint_from_before_lr_schedule_resumes(ani_file, tmp_path):
+    """Checkpoints written before ``lr_schedule`` existed keep the plateau rule's state under ``plateau``."""
+    _trainer(ani_file, tmp_path / "old", SETTINGS.model_copy(update={"max_epochs": 1})).fit()
+    path = tmp_path / "old" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["plateau"] = state.pop("lr_scheduler")
+    torch.save(state, path)
+    trainer = _trainer(ani_file, tmp_path / "old", SETTINGS.model_copy(update={"max_epochs": 2}))
+    trainer.fit()
+    assert [r["epoch"] for r in trainer.history] == [1, 2]
+
+
 def test_lr_min_must_be_below_lr():
     with pytest.raises(ValueError, match=r"lr_min \(0.01\) must be below lr \(0.003\)"):
         TrainSettings(lr=3e-3, lr_min=1e-2, lr_schedule="cosine")
