@@ -371,9 +371,9 @@ class Trainer:
     def _restore(self, state: object) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}, not a kdframe checkpoint")
-        state.setdefault("lr_scheduler", state.get("plateau"))  # checkpoints written before cosine existed
-        missing = [k for k in ("epoch", "model", "optimizer", "lr_scheduler", "best_metric", "bad_epochs",
-                               "best_state", "history") if state.get(k) is None]
+        scheduler = state.get("lr_scheduler", state.get("plateau"))  # "plateau": written before lr_schedule existed
+        missing = [k for k in ("epoch", "model", "optimizer", "best_metric", "bad_epochs", "best_state", "history")
+                   if k not in state] + (["lr_scheduler"] if scheduler is None else [])
         if missing:
             raise KeyError(f"no {', '.join(missing)} in it")
         if self.average and "ema" not in state:
@@ -383,7 +383,7 @@ class Trainer:
         if self.average:
             self.average.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["lr_scheduler"])
+        self.scheduler.load_state_dict(scheduler)
         self.epoch, self.best_metric, self.bad_epochs = state["epoch"], state["best_metric"], state["bad_epochs"]
         self.best_state, self.history = state["best_state"], state["history"]
 
