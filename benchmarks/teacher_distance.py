@@ -37,13 +37,16 @@ def main() -> None:
     parser.add_argument("--forces", required=True, help="the reference forces label, e.g. wb97x_dz.forces")
     parser.add_argument("--mean", action="store_true", help="also score the mean of the students' predictions")
     args = parser.parse_args()
+    pretrained = registry().pretrained
+    if args.pretrained not in pretrained:
+        parser.error(f"--pretrained {args.pretrained}: not a registered pretrained ensemble (valid: {sorted(pretrained)})")
     torch.set_num_threads(1)
     data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    ensemble = registry().pretrained[args.pretrained]().eval()
+    ensemble = pretrained[args.pretrained]().eval()
     teacher = predict(ensemble, data)
     against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces)
 
-    def row(name: str, metrics) -> str:
+    def row(name: str, metrics: Metrics) -> str:
         return f"| {name} | " + " | ".join(f"{metrics.values[c]:.2f}" for c in COLUMNS) + " |"
 
     print(f"Set `{args.data}`; E after per-element offsets refit on the set.\n")
