@@ -42,8 +42,8 @@ def main() -> None:
         parser.error(f"--pretrained {args.pretrained}: not a registered pretrained ensemble (valid: {sorted(pretrained)})")
     torch.set_num_threads(1)
     data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
-    ensemble = pretrained[args.pretrained]().eval()
-    teacher = predict(ensemble, data)
+    member_predictions = [predict(m, data) for m in pretrained[args.pretrained]().eval().members]
+    teacher = mean_predictions(member_predictions)  # the ensemble's energies and forces, each member run once
     against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces)
 
     def row(name: str, metrics: Metrics) -> str:
@@ -52,8 +52,8 @@ def main() -> None:
     print(f"Set `{args.data}`; E after per-element offsets refit on the set.\n")
     print("| model, against | E | dE | F |\n|---|---|---|---|")
     print(row(f"teacher ({args.pretrained}), reference", metrics_of(teacher, data, "energy", "forces", refit=True)))
-    members = [metrics_of(predict(m, data), against_teacher, "teacher_energy", "teacher_forces", refit=True)
-               for m in ensemble.members]
+    members = [metrics_of(p, against_teacher, "teacher_energy", "teacher_forces", refit=True)
+               for p in member_predictions]
     low = Metrics({c: min(m.values[c] for m in members) for c in COLUMNS})
     high = Metrics({c: max(m.values[c] for m in members) for c in COLUMNS})
     print(row(f"its {len(members)} members, teacher (lowest)", low))
