@@ -1,12 +1,15 @@
 """A student's energy + forces time against its own teacher ensemble, side by side in one process, one thread.
 
     python benchmarks/student_speed.py --student runs/scale/ani1ccx_to_hipnn_10k/student/model.pt --pretrained ani1ccx
+    python benchmarks/student_speed.py --student MODEL.pt --pretrained ani1x --reshape aev.angular_cutoff=3.25  # untrained
 
 Workloads: every conformation of the bundled extensibility set as one batch (molecules), and condensed periodic
 boxes (``molecular_box(N)`` of benchmarks/run.py: the MD suite's 196, and a large one). Calls alternate between
 the two models (noisy machines); the median of the repeats is reported, and the ratio. Peak memory per atom of
 one energy + forces call: in a fresh process per model and workload, VmHWM - VmRSS around the first call after a
-warm-up on a small box (what the call adds: activations and autograd graph, not the weights). With ``--device cuda``
+warm-up on a small box (what the call adds: activations and autograd graph, not the weights); the median of
+``--memory-repeats`` such processes, with the range of the student's ratio over them (the resident set's peak of one
+process varies by up to 15 % between identical runs). With ``--device cuda``
 the calls are timed between device synchronisations and the memory is the peak of allocated device memory that the
 call adds (torch.cuda.max_memory_allocated), measured in the same process.
 """
@@ -14,6 +17,7 @@ call adds (torch.cuda.max_memory_allocated), measured in the same process.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import subprocess
 import sys
@@ -21,7 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import proc_status_kib  # noqa: E402
@@ -55,8 +61,32 @@ def timed(models: dict[str, torch.nn.Module], batch: Batch, repeats: int, device
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def reshaped(model: Potential, changes: list[str]) -> Potential:
+    """A freshly initialised model of ``model``'s architecture with hyperparameters changed by ``KEY=VALUE`` items
+    (dotted keys into nested ones, YAML values): the cost of a shape before training it, which does not depend on
+    the weights."""
+    hyperparameters = copy.deepcopy(model.hyperparameters)
+    for change in changes:
+        key, sep, value = change.partition("=")
+        *parents, leaf = key.split(".")
+        node = hyperparameters
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not sep or not isinstance(node, dict):
+            raise SystemExit(f"--reshape {change!r}: give KEY=VALUE with KEY a hyperparameter of {model.hyperparameters}")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return Potential(model.architecture, hyperparameters, model.species, model.heads, model.reference_energies)
+    except pydantic.ValidationError as error:
+        raise SystemExit(f"--reshape {' '.join(changes)}: not a valid {model.architecture.name} model: {error}") from None
+
+
 def load(kind: str, args: argparse.Namespace) -> torch.nn.Module:
-    model = Potential.load(args.student) if kind == "student" else registry().pretrained[args.pretrained]()
+    if kind == "student":
+        model = Potential.load(args.student)
+        model = reshaped(model, args.reshape) if args.reshape else model
+    else:
+        model = registry().pretrained[args.pretrained]()
     return model.to(args.device).eval()
 
 
@@ -102,6 +132,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--box-atoms", type=int, nargs="+", default=[196, 3791])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (memory then: allocated device memory)")
+    parser.add_argument("--reshape", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="time an untrained student of the same architecture with these hyperparameters changed, "
+                        "e.g. aev.angular_cutoff=3.25 hidden=[256,192,128]")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per memory figure (CPU)")
     parser.add_argument("--memory-of", nargs=2, metavar=("MODEL", "WORKLOAD"), help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -115,10 +149,15 @@ def main() -> None:
           "| student / teacher memory |\n|---|---|---|---|---|---|---|---|")
     for index, (name, batch) in enumerate(loads.items()):
         t = timed(models, batch, args.repeats, args.device)
-        memory = {kind: peak_kib(kind, index, models[kind], batch, args) / batch.n_atoms for kind in models}
+        repeats = 1 if args.device.startswith("cuda") else args.memory_repeats  # exact on a GPU
+        samples = {kind: [peak_kib(kind, index, models[kind], batch, args) / batch.n_atoms for _ in range(repeats)]
+                   for kind in models}
+        memory = {kind: statistics.median(s) for kind, s in samples.items()}
+        spread = "" if repeats == 1 else (f" ({min(samples['student']) / memory['teacher']:.2f}-"
+                                          f"{max(samples['student']) / memory['teacher']:.2f})")
         print(f"| {name} | {batch.n_atoms} | {1e3 * t['student']:.1f} | {1e3 * t['teacher']:.1f} | "
               f"{t['teacher'] / t['student']:.2f} | {memory['student']:.1f} | {memory['teacher']:.1f} | "
-              f"{memory['student'] / memory['teacher']:.2f} |", flush=True)
+              f"{memory['student'] / memory['teacher']:.2f}{spread} |", flush=True)
 
 
 if __name__ == "__main__":
