@@ -17,12 +17,12 @@ call adds (torch.cuda.max_memory_allocated), measured in the same process.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydantic
@@ -34,7 +34,7 @@ from common import proc_status_kib  # noqa: E402
 from run import molecular_box  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
-from kdframe.config import resolve_path  # noqa: E402
+from kdframe.config import deep_merge, resolve_path  # noqa: E402
 from kdframe.data.readers import read_dataset  # noqa: E402
 from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Potential, model_dtype  # noqa: E402
@@ -63,18 +63,17 @@ def timed(models: dict[str, torch.nn.Module], batch: Batch, repeats: int, device
 
 def reshaped(model: Potential, changes: list[str]) -> Potential:
     """A freshly initialised model of ``model``'s architecture with hyperparameters changed by ``KEY=VALUE`` items
-    (dotted keys into nested ones, YAML values): the cost of a shape before training it, which does not depend on
-    the weights."""
-    hyperparameters = copy.deepcopy(model.hyperparameters)
+    (dotted keys into nested ones, YAML values, merged as a config's ``extends:`` merges): the cost of a shape before
+    training it, which does not depend on the weights."""
+    hyperparameters = model.hyperparameters
     for change in changes:
         key, sep, value = change.partition("=")
-        *parents, leaf = key.split(".")
-        node = hyperparameters
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if not sep or not isinstance(node, dict):
+        if not sep:
             raise SystemExit(f"--reshape {change!r}: give KEY=VALUE with KEY a hyperparameter of {model.hyperparameters}")
-        node[leaf] = yaml.safe_load(value)
+        override: Any = yaml.safe_load(value)
+        for part in reversed(key.split(".")):
+            override = {part: override}
+        hyperparameters = deep_merge(hyperparameters, override)
     try:
         return Potential(model.architecture, hyperparameters, model.species, model.heads, model.reference_energies)
     except pydantic.ValidationError as error:
