@@ -21,6 +21,7 @@ import torch
 
 from kdframe.config import resolve_path
 from kdframe.data.readers import read_dataset
+from kdframe.errors import KdframeError
 from kdframe.evaluation import REFIT, Metrics, mean_predictions, metrics_of, predict
 from kdframe.plugins import registry
 from kdframe.potential import Potential
@@ -41,7 +42,11 @@ def main() -> None:
     if args.pretrained not in pretrained:
         parser.error(f"--pretrained {args.pretrained}: not a registered pretrained ensemble (valid: {sorted(pretrained)})")
     torch.set_num_threads(1)
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
+    try:  # every input read before any prediction
+        data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy, "forces": args.forces})
+        student_models = [Potential.load(path).eval() for path in args.students]
+    except KdframeError as error:
+        parser.error(str(error))
     member_predictions = [predict(m, data) for m in pretrained[args.pretrained]().eval().members]
     teacher = mean_predictions(member_predictions)  # the ensemble's energies and forces, each member run once
     against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces)
@@ -58,7 +63,7 @@ def main() -> None:
     high = Metrics({c: max(m.values[c] for m in members) for c in COLUMNS})
     print(row(f"its {len(members)} members, teacher (lowest)", low))
     print(row(f"its {len(members)} members, teacher (highest)", high))
-    students = {f"student {i}": predict(Potential.load(path).eval(), data) for i, path in enumerate(args.students)}
+    students = {f"student {i}": predict(model, data) for i, model in enumerate(student_models)}
     if args.mean:
         students["mean of the students"] = mean_predictions(list(students.values()))
     for name, student in students.items():
