@@ -1,0 +1,159 @@
+"""Harmonic frequencies of curvature-distilled students at their own minima, against their teacher's at its own.
+
+    python benchmarks/frequencies_at_minima.py --configs configs/hessian/ani1ccx_curvature_w3.yaml \
+        --out benchmarks/results/curvature_minima.md
+
+The hessian workflow scores frequencies at the data's geometries, most of them distorted (normal-mode samples, MD
+frames), where a few soft or imaginary modes weigh heavily. A chemist compares frequencies at minima. For every
+optimised conformer (origin ``opt:``) of a run's test molecules this optimises the geometry with the run's pretrained
+teacher (float64, BFGS to ``--fmax``), then each trained model (student, control) from the teacher's minimum to its
+own, and compares the sorted harmonic frequencies (cm-1, :mod:`kdframe.frequencies`) mode by mode; the frequencies
+at the teacher's minimum without re-optimising are scored too. Runs must be finished (``kdframe run CONFIG``).
+Several configs (seeds) give a row each and the mean of the per-run student / control ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from ase import Atoms
+from ase.optimize import BFGS
+
+from kdframe.calculator import KdframeCalculator
+from kdframe.config import resolve_path
+from kdframe.data.dataset import Dataset
+from kdframe.errors import KdframeError
+from kdframe.evaluation import predict
+from kdframe.frequencies import harmonic_frequencies
+from kdframe.io import atomic_write_text
+from kdframe.potential import Ensemble, Potential
+from kdframe.workflows.base import Run, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import provenance  # noqa: E402
+
+STAGES = ("student", "control")
+MAX_STEPS = 2000
+
+
+def optimised(model: Potential | Ensemble, numbers: np.ndarray, positions: np.ndarray, fmax: float) -> tuple[np.ndarray, bool]:
+    """The geometry BFGS reaches from ``positions`` on ``model`` (float64), and whether it converged to ``fmax``."""
+    atoms = Atoms(numbers=numbers, positions=positions)
+    atoms.calc = KdframeCalculator(model)
+    converged = BFGS(atoms, logfile=None).run(fmax=fmax, steps=MAX_STEPS)
+    return atoms.get_positions(), bool(converged)
+
+
+def frequencies(model: Potential | Ensemble, numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Sorted harmonic frequencies (cm-1) of ``model`` at ``positions``, Hessian by autograd."""
+    n = len(numbers)
+    one = Dataset(species=np.asarray(numbers, np.int64), positions=np.asarray(positions, np.float64),
+                  atom_ptr=np.array([0, n]), molecule=np.zeros(1, np.int64), molecule_names=["m"])
+    hessian = predict(model, one, hessian_width=n).hessian
+    return harmonic_frequencies(hessian, numbers, positions)
+
+
+def minima(data_path: Path, molecules: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(molecule, atomic numbers, positions) of every ``opt:`` conformer of ``molecules`` in an ANI-layout file."""
+    found = []
+    with h5py.File(data_path, "r") as f:
+        for name in molecules:
+            origins = json.loads(f[name].attrs["origins"])
+            numbers = f[name]["atomic_numbers"][()]
+            found += [(name, numbers, f[name]["coordinates"][i]) for i, o in enumerate(origins) if o.startswith("opt")]
+    return found
+
+
+def score(config_path: Path, fmax: float) -> dict[str, dict[str, float]]:
+    """Frequency errors (cm-1) of each stage of one finished run against its teacher, at minima: RMSE at the model's
+    own minimum (``own``) and at the teacher's (``teacher``), MAE at its own; and how many conformers it took."""
+    workflow, config = load_config(config_path)
+    with Run(config, config_path, workflow, progress=False) as run:
+        test = run.eval_sets["test"]
+        teacher = config.distillation.teacher.ensemble(run, "distillation.teacher", "teacher", config.seed).double()
+        models = {stage: Potential.load(run.dir / stage / "model.pt").double().eval() for stage in STAGES}
+        data_path = resolve_path(config.data.train.path, config_path.parent)
+    molecules = sorted({test.molecule_names[m] for m in test.molecule})
+    errors: dict[str, dict[str, list[np.ndarray]]] = {s: {"own": [], "teacher": []} for s in STAGES}
+    unconverged = 0
+    for _, numbers, start in minima(data_path, molecules):
+        at_teacher, ok = optimised(teacher, numbers, start, fmax)
+        unconverged += not ok
+        reference = frequencies(teacher, numbers, at_teacher)
+        for stage, model in models.items():
+            own, ok = optimised(model, numbers, at_teacher, fmax)
+            unconverged += not ok
+            errors[stage]["own"].append(frequencies(model, numbers, own) - reference)
+            errors[stage]["teacher"].append(frequencies(model, numbers, at_teacher) - reference)
+    out: dict[str, dict[str, float]] = {}
+    for stage, by_geometry in errors.items():
+        own, at_teacher = np.concatenate(by_geometry["own"]), np.concatenate(by_geometry["teacher"])
+        out[stage] = {"own": float(np.sqrt(np.mean(own ** 2))), "teacher": float(np.sqrt(np.mean(at_teacher ** 2))),
+                      "mae": float(np.mean(np.abs(own)))}
+    out["count"] = {"conformers": len(errors[STAGES[0]]["own"]), "molecules": len(molecules),
+                    "unconverged": unconverged}
+    return out
+
+
+def check(parser: argparse.ArgumentParser, path: Path) -> None:
+    """One argparse error unless ``path`` is a finished hessian run with a pretrained teacher, student and control."""
+    try:
+        workflow, config = load_config(path)
+    except KdframeError as error:
+        parser.error(str(error))
+    block = getattr(config, "distillation", None)
+    if workflow.name != "hessian" or block is None or isinstance(block.teacher, str) or not block.teacher.pretrained:
+        parser.error(f"{path}: not a hessian-workflow run with a pretrained teacher (distillation.teacher: "
+                     "{pretrained: NAME})")
+    missing = [s for s in STAGES if not (resolve_path(config.run_dir, Path.cwd()) / s / "model.pt").is_file()]
+    if missing:
+        parser.error(f"{path}: stages {missing} not trained in {config.run_dir}; run `kdframe run {path}` first")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", required=True, type=Path,
+                        help="finished hessian-workflow runs with a pretrained teacher, a student and a control")
+    parser.add_argument("--fmax", type=float, default=1e-3, help="BFGS force criterion (eV/Å)")
+    parser.add_argument("--out", type=Path, help="markdown file to write (default: stdout only)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for path in args.configs:  # every run checked before any optimisation
+        check(parser, path)
+    command = " ".join(["python benchmarks/frequencies_at_minima.py", *sys.argv[1:]])
+    lines = ["# Harmonic frequencies at minima: students vs controls against their teacher\n",
+             f"- command: `{command}`", f"- {provenance('cpu')}",
+             "- every `opt:` conformer of each run's test molecules, optimised with the teacher (float64 BFGS, "
+             f"fmax {args.fmax:g} eV/Å), then with each model from there; sorted frequencies compared mode by mode "
+             "(cm-1 RMSE; translations and rotations projected out)\n",
+             "| run | conformers (molecules) | student, own minimum | control, own minimum | ratio "
+             "| student, teacher's minimum | control, teacher's minimum | ratio | MAE student / control |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    ratios: dict[str, list[float]] = {"own": [], "teacher": []}
+    for path in args.configs:
+        result = score(path, args.fmax)
+        s, c, n = result["student"], result["control"], result["count"]
+        for geometry, values in ratios.items():
+            values.append(s[geometry] / c[geometry])
+        lines.append(f"| `{path.name}` | {n['conformers']} ({n['molecules']}) | {s['own']:.1f} | {c['own']:.1f} | "
+                     f"{ratios['own'][-1]:.2f} | {s['teacher']:.1f} | {c['teacher']:.1f} | {ratios['teacher'][-1]:.2f} "
+                     f"| {s['mae']:.1f} / {c['mae']:.1f} |")
+        if n["unconverged"]:
+            lines.append(f"| | {n['unconverged']} optimisations short of fmax after {MAX_STEPS} steps | | | | | | | |")
+    lines += ["", "Mean of the per-run student / control RMSE ratios: "
+              f"{np.mean(ratios['own']):.2f} at each model's own minimum, {np.mean(ratios['teacher']):.2f} at the "
+              "teacher's minimum."]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
