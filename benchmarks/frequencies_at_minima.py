@@ -9,13 +9,15 @@ optimised conformer (origin ``opt:``) of a run's test molecules this optimises t
 teacher (float64, BFGS to ``--fmax``), then each trained model (student, control) from the teacher's minimum to its
 own, and compares the sorted harmonic frequencies (cm-1, :mod:`kdframe.frequencies`) mode by mode; the frequencies
 at the teacher's minimum without re-optimising are scored too. Runs must be finished (``kdframe run CONFIG``).
-Several configs (seeds) give a row each and the mean of the per-run student / control ratios.
+Several configs give a row each; configs named alike but for a ``_seedN`` suffix are one recipe, and each recipe
+gets the mean of its runs' student / control ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from kdframe.calculator import KdframeCalculator
 from kdframe.config import resolve_path
 from kdframe.data.dataset import Dataset
 from kdframe.errors import KdframeError
-from kdframe.evaluation import predict
+from kdframe.evaluation import evaluate, predict
 from kdframe.frequencies import harmonic_frequencies
 from kdframe.io import atomic_write_text
 from kdframe.potential import Ensemble, Potential
@@ -40,6 +42,8 @@ from common import provenance  # noqa: E402
 
 STAGES = ("student", "control")
 MAX_STEPS = 2000
+FREQ_RMSE = "freq rmse (cm-1)"
+SEED_SUFFIX = re.compile(r"_seed\d+$")  # configs of one recipe at other seeds
 
 
 def optimised(model: Potential | Ensemble, numbers: np.ndarray, positions: np.ndarray, fmax: float) -> tuple[np.ndarray, bool]:
@@ -72,12 +76,16 @@ def minima(data_path: Path, molecules: list[str]) -> list[tuple[str, np.ndarray,
 
 def score(config_path: Path, fmax: float) -> dict[str, dict[str, float]]:
     """Frequency errors (cm-1) of each stage of one finished run against its teacher, at minima: RMSE at the model's
-    own minimum (``own``) and at the teacher's (``teacher``), MAE at its own; and how many conformers it took."""
+    own minimum (``own``), at the teacher's (``teacher``) and at the test split's geometries (``data``), MAE at its
+    own minimum; and how many conformers it took."""
     workflow, config = load_config(config_path)
     with Run(config, config_path, workflow, progress=False) as run:
         test = run.eval_sets["test"]
         teacher = config.distillation.teacher.ensemble(run, "distillation.teacher", "teacher", config.seed).double()
-        models = {stage: Potential.load(run.dir / stage / "model.pt").double().eval() for stage in STAGES}
+        models = {stage: Potential.load(run.dir / stage / "model.pt").eval() for stage in STAGES}
+        at_data = {stage: evaluate(model, test, "energy", "forces", hessian_label="hessian").values[FREQ_RMSE]
+                   for stage, model in models.items()}  # as the run's report: saved dtype, the data's geometries
+        models = {stage: model.double() for stage, model in models.items()}
         data_path = resolve_path(config.data.train.path, config_path.parent)
     molecules = sorted({test.molecule_names[m] for m in test.molecule})
     errors: dict[str, dict[str, list[np.ndarray]]] = {s: {"own": [], "teacher": []} for s in STAGES}
@@ -95,7 +103,7 @@ def score(config_path: Path, fmax: float) -> dict[str, dict[str, float]]:
     for stage, by_geometry in errors.items():
         own, at_teacher = np.concatenate(by_geometry["own"]), np.concatenate(by_geometry["teacher"])
         out[stage] = {"own": float(np.sqrt(np.mean(own ** 2))), "teacher": float(np.sqrt(np.mean(at_teacher ** 2))),
-                      "mae": float(np.mean(np.abs(own)))}
+                      "data": at_data[stage], "mae": float(np.mean(np.abs(own)))}
     out["count"] = {"conformers": len(errors[STAGES[0]]["own"]), "molecules": len(molecules),
                     "unconverged": unconverged}
     return out
@@ -132,23 +140,28 @@ def main() -> None:
              "- every `opt:` conformer of each run's test molecules, optimised with the teacher (float64 BFGS, "
              f"fmax {args.fmax:g} eV/Å), then with each model from there; sorted frequencies compared mode by mode "
              "(cm-1 RMSE; translations and rotations projected out)\n",
+             "- last columns: RMSE over every test configuration with a Hessian label, at its own geometry (mostly "
+             "distorted), as the run's report.md\n",
              "| run | conformers (molecules) | student, own minimum | control, own minimum | ratio "
-             "| student, teacher's minimum | control, teacher's minimum | ratio | MAE student / control |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    ratios: dict[str, list[float]] = {"own": [], "teacher": []}
+             "| student, teacher's minimum | control, teacher's minimum | ratio | MAE student / control, own minimum "
+             "| student, test geometries | control, test geometries | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios: dict[str, dict[str, list[float]]] = {}  # recipe -> geometry -> per-run ratios
     for path in args.configs:
         result = score(path, args.fmax)
         s, c, n = result["student"], result["control"], result["count"]
-        for geometry, values in ratios.items():
+        mine = ratios.setdefault(SEED_SUFFIX.sub("", path.stem), {"own": [], "teacher": [], "data": []})
+        for geometry, values in mine.items():
             values.append(s[geometry] / c[geometry])
         lines.append(f"| `{path.name}` | {n['conformers']} ({n['molecules']}) | {s['own']:.1f} | {c['own']:.1f} | "
-                     f"{ratios['own'][-1]:.2f} | {s['teacher']:.1f} | {c['teacher']:.1f} | {ratios['teacher'][-1]:.2f} "
-                     f"| {s['mae']:.1f} / {c['mae']:.1f} |")
+                     f"{mine['own'][-1]:.2f} | {s['teacher']:.1f} | {c['teacher']:.1f} | {mine['teacher'][-1]:.2f} "
+                     f"| {s['mae']:.1f} / {c['mae']:.1f} | {s['data']:.1f} | {c['data']:.1f} | {mine['data'][-1]:.2f} |")
         if n["unconverged"]:
-            lines.append(f"| | {n['unconverged']} optimisations short of fmax after {MAX_STEPS} steps | | | | | | | |")
-    lines += ["", "Mean of the per-run student / control RMSE ratios: "
-              f"{np.mean(ratios['own']):.2f} at each model's own minimum, {np.mean(ratios['teacher']):.2f} at the "
-              "teacher's minimum."]
+            lines.append(f"| | {n['unconverged']} optimisations short of fmax after {MAX_STEPS} steps | | | | | | | | | | |")
+    lines += ["", "Mean of the per-run student / control RMSE ratios, per recipe (its seeds):", "",
+              "| recipe | runs | at own minima | at the teacher's minima | at the test geometries |", "|---|---|---|---|---|"]
+    lines += [f"| `{recipe}` | {len(r['own'])} | {np.mean(r['own']):.2f} | {np.mean(r['teacher']):.2f} | {np.mean(r['data']):.2f} |"
+              for recipe, r in ratios.items()]
     text = "\n".join(lines) + "\n"
     if args.out:
         atomic_write_text(args.out, text)
