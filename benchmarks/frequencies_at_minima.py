@@ -8,7 +8,9 @@ frames), where a few soft or imaginary modes weigh heavily. A chemist compares f
 optimised conformer (origin ``opt:``) of a run's test molecules this optimises the geometry with the run's pretrained
 teacher (float64, BFGS to ``--fmax``), then each trained model (student, control) from the teacher's minimum to its
 own, and compares the sorted harmonic frequencies (cm-1, :mod:`kdframe.frequencies`) mode by mode; the frequencies
-at the teacher's minimum without re-optimising are scored too. Runs must be finished (``kdframe run CONFIG``).
+at the teacher's minimum without re-optimising are scored too, and (as the run's report.md) those at the test
+split's own geometries against the data's Hessian labels. The runs must be finished (``kdframe run CONFIG``) and
+their data must record each configuration's origin, as ``kdframe data sample`` writes it.
 Several configs give a row each; configs named alike but for a ``_seedN`` suffix are one recipe, and each recipe
 gets the mean of its runs' student / control ratios.
 """
@@ -74,7 +76,17 @@ def minima(data_path: Path, molecules: list[str]) -> list[tuple[str, np.ndarray,
     return found
 
 
-def score(config_path: Path, fmax: float) -> dict[str, dict[str, float]]:
+def has_minima(data_path: Path) -> bool:
+    """Whether an ANI-layout file records at least one optimised conformer (origin ``opt:``)."""
+    try:
+        with h5py.File(data_path, "r") as f:
+            return any(o.startswith("opt") for group in f.values()
+                       for o in json.loads(group.attrs.get("origins", "[]")))
+    except OSError:
+        return False
+
+
+def score(config_path: Path, fmax: float) -> dict[str, dict]:
     """Frequency errors (cm-1) of each stage of one finished run against its teacher, at minima: RMSE at the model's
     own minimum (``own``), at the teacher's (``teacher``) and at the test split's geometries (``data``), MAE at its
     own minimum; and how many conformers it took."""
@@ -89,17 +101,17 @@ def score(config_path: Path, fmax: float) -> dict[str, dict[str, float]]:
         data_path = resolve_path(config.data.train.path, config_path.parent)
     molecules = sorted({test.molecule_names[m] for m in test.molecule})
     errors: dict[str, dict[str, list[np.ndarray]]] = {s: {"own": [], "teacher": []} for s in STAGES}
-    unconverged = 0
+    unconverged = {name: 0 for name in ("teacher", *STAGES)}  # relaxations short of fmax, per model
     for _, numbers, start in minima(data_path, molecules):
         at_teacher, ok = optimised(teacher, numbers, start, fmax)
-        unconverged += not ok
+        unconverged["teacher"] += not ok
         reference = frequencies(teacher, numbers, at_teacher)
         for stage, model in models.items():
             own, ok = optimised(model, numbers, at_teacher, fmax)
-            unconverged += not ok
+            unconverged[stage] += not ok
             errors[stage]["own"].append(frequencies(model, numbers, own) - reference)
             errors[stage]["teacher"].append(frequencies(model, numbers, at_teacher) - reference)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict] = {}
     for stage, by_geometry in errors.items():
         own, at_teacher = np.concatenate(by_geometry["own"]), np.concatenate(by_geometry["teacher"])
         out[stage] = {"own": float(np.sqrt(np.mean(own ** 2))), "teacher": float(np.sqrt(np.mean(at_teacher ** 2))),
@@ -119,9 +131,19 @@ def check(parser: argparse.ArgumentParser, path: Path) -> None:
     if workflow.name != "hessian" or block is None or isinstance(block.teacher, str) or not block.teacher.pretrained:
         parser.error(f"{path}: not a hessian-workflow run with a pretrained teacher (distillation.teacher: "
                      "{pretrained: NAME})")
+    if not block.control:
+        parser.error(f"{path}: distillation.control is false; the student is compared with its control")
+    data_path = resolve_path(config.data.train.path, path.parent)
+    if not has_minima(data_path):
+        parser.error(f"{path}: data.train.path {data_path} records no optimised conformers (an `origins` attribute "
+                     "with 'opt:' entries per molecule, as `kdframe data sample` writes); nothing to relax")
     missing = [s for s in STAGES if not (resolve_path(config.run_dir, Path.cwd()) / s / "model.pt").is_file()]
     if missing:
         parser.error(f"{path}: stages {missing} not trained in {config.run_dir}; run `kdframe run {path}` first")
+    try:  # the data and its labels, as the run reads them
+        Run(config, path, workflow, progress=False).close()
+    except KdframeError as error:
+        parser.error(f"{path}: {error}")
 
 
 def main() -> None:
@@ -156,8 +178,9 @@ def main() -> None:
         lines.append(f"| `{path.name}` | {n['conformers']} ({n['molecules']}) | {s['own']:.1f} | {c['own']:.1f} | "
                      f"{mine['own'][-1]:.2f} | {s['teacher']:.1f} | {c['teacher']:.1f} | {mine['teacher'][-1]:.2f} "
                      f"| {s['mae']:.1f} / {c['mae']:.1f} | {s['data']:.1f} | {c['data']:.1f} | {mine['data'][-1]:.2f} |")
-        if n["unconverged"]:
-            lines.append(f"| | {n['unconverged']} optimisations short of fmax after {MAX_STEPS} steps | | | | | | | | | | |")
+        short = ", ".join(f"{model} {count}" for model, count in n["unconverged"].items() if count)
+        if short:
+            lines.append(f"| | relaxations short of fmax after {MAX_STEPS} steps: {short} | | | | | | | | | | |")
     lines += ["", "Mean of the per-run student / control RMSE ratios, per recipe (its seeds):", "",
               "| recipe | runs | at own minima | at the teacher's minima | at the test geometries |", "|---|---|---|---|---|"]
     lines += [f"| `{recipe}` | {len(r['own'])} | {np.mean(r['own']):.2f} | {np.mean(r['teacher']):.2f} | {np.mean(r['data']):.2f} |"
