@@ -141,9 +141,12 @@ def check(parser: argparse.ArgumentParser, path: Path) -> None:
     if missing:
         parser.error(f"{path}: stages {missing} not trained in {config.run_dir}; run `kdframe run {path}` first")
     try:  # the data and its labels, as the run reads them
-        Run(config, path, workflow, progress=False).close()
+        with Run(config, path, workflow, progress=False) as run:
+            test = run.eval_sets["test"]
     except KdframeError as error:
         parser.error(f"{path}: {error}")
+    if not minima(data_path, sorted({test.molecule_names[m] for m in test.molecule})):
+        parser.error(f"{path}: none of the test split's molecules has an optimised conformer in {data_path}")
 
 
 def main() -> None:
