@@ -65,44 +65,34 @@ def frequencies(model: Potential | Ensemble, numbers: np.ndarray, positions: np.
     return harmonic_frequencies(hessian, numbers, positions)
 
 
-def minima(data_path: Path, molecules: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(molecule, atomic numbers, positions) of every ``opt:`` conformer of ``molecules`` in an ANI-layout file."""
+def minima(run: Run) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(molecule, atomic numbers, positions) of every ``opt:`` conformer of the run's test molecules, from the
+    origins its ANI-layout data file records (none where it records no origins)."""
+    test = run.eval_sets["test"]
     found = []
-    with h5py.File(data_path, "r") as f:
-        for name in molecules:
-            origins = json.loads(f[name].attrs["origins"])
+    with h5py.File(resolve_path(run.config.data.train.path, run.config_dir), "r") as f:
+        for name in sorted({test.molecule_names[m] for m in test.molecule}):
+            origins = json.loads(f[name].attrs.get("origins", "[]"))
             numbers = f[name]["atomic_numbers"][()]
             found += [(name, numbers, f[name]["coordinates"][i]) for i, o in enumerate(origins) if o.startswith("opt")]
     return found
 
 
-def has_minima(data_path: Path) -> bool:
-    """Whether an ANI-layout file records at least one optimised conformer (origin ``opt:``)."""
-    try:
-        with h5py.File(data_path, "r") as f:
-            return any(o.startswith("opt") for group in f.values()
-                       for o in json.loads(group.attrs.get("origins", "[]")))
-    except OSError:
-        return False
-
-
-def score(config_path: Path, fmax: float) -> dict[str, dict]:
+def score(run: Run, fmax: float) -> dict[str, dict]:
     """Frequency errors (cm-1) of each stage of one finished run against its teacher, at minima: RMSE at the model's
     own minimum (``own``), at the teacher's (``teacher``) and at the test split's geometries (``data``), MAE at its
     own minimum; and how many conformers it took."""
-    workflow, config = load_config(config_path)
-    with Run(config, config_path, workflow, progress=False) as run:
-        test = run.eval_sets["test"]
+    config, test = run.config, run.eval_sets["test"]
+    with run:
         teacher = config.distillation.teacher.ensemble(run, "distillation.teacher", "teacher", config.seed).double()
         models = {stage: Potential.load(run.dir / stage / "model.pt").eval() for stage in STAGES}
-        at_data = {stage: evaluate(model, test, "energy", "forces", hessian_label="hessian").values[FREQ_RMSE]
-                   for stage, model in models.items()}  # as the run's report: saved dtype, the data's geometries
-        models = {stage: model.double() for stage, model in models.items()}
-        data_path = resolve_path(config.data.train.path, config_path.parent)
-    molecules = sorted({test.molecule_names[m] for m in test.molecule})
+    at_data = {stage: evaluate(model, test, "energy", "forces", hessian_label="hessian").values[FREQ_RMSE]
+               for stage, model in models.items()}  # as the run's report: saved dtype, the data's geometries
+    models = {stage: model.double() for stage, model in models.items()}
+    conformers = minima(run)
     errors: dict[str, dict[str, list[np.ndarray]]] = {s: {"own": [], "teacher": []} for s in STAGES}
     unconverged = {name: 0 for name in ("teacher", *STAGES)}  # relaxations short of fmax, per model
-    for _, numbers, start in minima(data_path, molecules):
+    for _, numbers, start in conformers:
         at_teacher, ok = optimised(teacher, numbers, start, fmax)
         unconverged["teacher"] += not ok
         reference = frequencies(teacher, numbers, at_teacher)
@@ -116,13 +106,14 @@ def score(config_path: Path, fmax: float) -> dict[str, dict]:
         own, at_teacher = np.concatenate(by_geometry["own"]), np.concatenate(by_geometry["teacher"])
         out[stage] = {"own": float(np.sqrt(np.mean(own ** 2))), "teacher": float(np.sqrt(np.mean(at_teacher ** 2))),
                       "data": at_data[stage], "mae": float(np.mean(np.abs(own)))}
-    out["count"] = {"conformers": len(errors[STAGES[0]]["own"]), "molecules": len(molecules),
+    out["count"] = {"conformers": len(conformers), "molecules": len({name for name, _, _ in conformers}),
                     "unconverged": unconverged}
     return out
 
 
-def check(parser: argparse.ArgumentParser, path: Path) -> None:
-    """One argparse error unless ``path`` is a finished hessian run with a pretrained teacher, student and control."""
+def checked_run(parser: argparse.ArgumentParser, path: Path) -> Run:
+    """The run of config ``path`` (its data read and split), or one argparse error unless it is a finished hessian
+    run with a pretrained teacher, a student and a control, whose test molecules have optimised conformers."""
     try:
         workflow, config = load_config(path)
     except KdframeError as error:
@@ -133,20 +124,17 @@ def check(parser: argparse.ArgumentParser, path: Path) -> None:
                      "{pretrained: NAME})")
     if not block.control:
         parser.error(f"{path}: distillation.control is false; the student is compared with its control")
-    data_path = resolve_path(config.data.train.path, path.parent)
-    if not has_minima(data_path):
-        parser.error(f"{path}: data.train.path {data_path} records no optimised conformers (an `origins` attribute "
-                     "with 'opt:' entries per molecule, as `kdframe data sample` writes); nothing to relax")
     missing = [s for s in STAGES if not (resolve_path(config.run_dir, Path.cwd()) / s / "model.pt").is_file()]
     if missing:
         parser.error(f"{path}: stages {missing} not trained in {config.run_dir}; run `kdframe run {path}` first")
     try:  # the data and its labels, as the run reads them
-        with Run(config, path, workflow, progress=False) as run:
-            test = run.eval_sets["test"]
+        run = Run(config, path, workflow, progress=False)
     except KdframeError as error:
         parser.error(f"{path}: {error}")
-    if not minima(data_path, sorted({test.molecule_names[m] for m in test.molecule})):
-        parser.error(f"{path}: none of the test split's molecules has an optimised conformer in {data_path}")
+    if not minima(run):
+        parser.error(f"{path}: none of the test split's molecules has an optimised conformer in {config.data.train.path} "
+                     "(an `origins` attribute with 'opt:' entries per molecule, as `kdframe data sample` writes)")
+    return run
 
 
 def main() -> None:
@@ -157,8 +145,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="markdown file to write (default: stdout only)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for path in args.configs:  # every run checked before any optimisation
-        check(parser, path)
+    runs = {path: checked_run(parser, path) for path in args.configs}  # every run checked before any optimisation
     command = " ".join(["python benchmarks/frequencies_at_minima.py", *sys.argv[1:]])
     lines = ["# Harmonic frequencies at minima: students vs controls against their teacher\n",
              f"- command: `{command}`", f"- {provenance('cpu')}",
@@ -172,8 +159,8 @@ def main() -> None:
              "| student, test geometries | control, test geometries | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios: dict[str, dict[str, list[float]]] = {}  # recipe -> geometry -> per-run ratios
-    for path in args.configs:
-        result = score(path, args.fmax)
+    for path, run in runs.items():
+        result = score(run, args.fmax)
         s, c, n = result["student"], result["control"], result["count"]
         mine = ratios.setdefault(SEED_SUFFIX.sub("", path.stem), {"own": [], "teacher": [], "data": []})
         for geometry, values in mine.items():
