@@ -101,6 +101,14 @@ def provenance(device: str) -> str:
     return f"commit: {CODE_COMMIT}; date: {datetime.date.today()}; device: {name}"
 
 
+def print_and_write(lines: Sequence[str], out: Path | None) -> None:
+    """Print a markdown report's lines and write them to ``out`` (atomically) where given."""
+    text = "\n".join(lines) + "\n"
+    if out:
+        atomic_write_text(out, text)
+    print(text)
+
+
 def write_epoch_report(args: argparse.Namespace, script: str, title: str, details: str, column: str,
                        times: dict[str, list[float]], summary: str) -> str:
     """Write (atomically, to ``args.out``) and return a markdown result: command, provenance, timings, summary."""

@@ -35,12 +35,11 @@ from kdframe.data.dataset import Dataset
 from kdframe.errors import KdframeError
 from kdframe.evaluation import evaluate, predict
 from kdframe.frequencies import harmonic_frequencies
-from kdframe.io import atomic_write_text
 from kdframe.potential import Ensemble, Potential
 from kdframe.workflows.base import Run, load_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import provenance  # noqa: E402
+from common import print_and_write, provenance  # noqa: E402
 
 STAGES = ("student", "control")
 MAX_STEPS = 2000
@@ -175,10 +174,7 @@ def main() -> None:
               "| recipe | runs | at own minima | at the teacher's minima | at the test geometries |", "|---|---|---|---|---|"]
     lines += [f"| `{recipe}` | {len(r['own'])} | {np.mean(r['own']):.2f} | {np.mean(r['teacher']):.2f} | {np.mean(r['data']):.2f} |"
               for recipe, r in ratios.items()]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        atomic_write_text(args.out, text)
-    print(text)
+    print_and_write(lines, args.out)
 
 
 if __name__ == "__main__":

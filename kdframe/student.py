@@ -99,8 +99,9 @@ class Source(Strict):
     """
 
     path: str  # ANI-layout HDF5, extxyz or a packed file (streamed from disk)
-    # "file": its own labels (the keys below); "teachers": the run's (aligned) teachers label it first (EKD), into
-    # a packed file in run_dir/knowledge, resumable, so unlabelled configurations (kdframe data generate) will do.
+    # "file": its own labels (the keys below); "teachers": the run's (aligned) teachers label it first (EKD's student,
+    # the atomic workflow's students and Born-Again), into a packed file in run_dir/knowledge, resumable, so unlabelled
+    # configurations (kdframe data generate) will do.
     labelled_by: Literal["file", "teachers"] = "file"
     energy: str | None = None  # keys in that file
     forces: str | None = None
@@ -168,13 +169,7 @@ class Student(Model):
     # in `weights` or a source's SOURCE.QUANTITY (e.g. sampled.energy). Default: the first term (the run's energies).
     monitor: str | None = None
 
-    @pydantic.field_validator("sources")
-    @classmethod
-    def _shares(cls, sources: dict[str, Source]) -> dict[str, Source]:
-        shares = {f"{name}.share": source.share for name, source in sources.items()}
-        if problem := shares_problem(shares, "the run's data (data.train)"):
-            raise ValueError(problem)
-        return sources
+    _shares = pydantic.field_validator("sources")(lambda sources: checked_shares(sources))
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -235,6 +230,8 @@ class Sweep(Strict):
     models: list[ModelSpec] = pydantic.Field(min_length=1)
     training: TrainingOverrides = TrainingOverrides()  # type: ignore[valid-type]
     weights: dict[str, Any] = {"energy": 1.0}
+    sources: dict[str, Source] = {}  # more training data for every student (as Student.sources)
+    _shares = pydantic.field_validator("sources")(lambda sources: checked_shares(sources))
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -242,7 +239,16 @@ class Sweep(Strict):
         return check_weights(weights, cls.STUDENT.LABELS)
 
     def students(self) -> list[Student]:
-        return [self.STUDENT(model=spec, training=self.training, weights=self.weights) for spec in self.models]
+        return [self.STUDENT(model=spec, training=self.training, weights=self.weights).model_copy(
+            update={"sources": self.sources}) for spec in self.models]  # sources checked already, with their paths
+
+
+def checked_shares(sources: dict[str, Source]) -> dict[str, Source]:
+    """``sources`` whose shares leave some of every batch to the run's data (ValueError otherwise)."""
+    shares = {f"{name}.share": source.share for name, source in sources.items()}
+    if problem := shares_problem(shares, "the run's data (data.train)"):
+        raise ValueError(problem)
+    return sources
 
 
 def check_weights(weights: dict[str, Any], labels: Mapping[str, Any]) -> dict[str, Any]:

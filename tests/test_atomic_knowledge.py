@@ -114,6 +114,56 @@ def test_atomic_workflow_sweep(tmp_path, ani_file, capsys):
     assert born_again.hyperparameters == {"width": 8} and born_again.architecture.name == "toy"
 
 
+def test_students_learn_teacher_labelled_sources_and_controls_do_not(tmp_path, ani_file, capsys):
+    """``students.sources`` and ``born_again.sources`` labelled by the trained teacher (energies, forces, atom energies
+    summing to them; once) reach the students and the Born-Again model; the controls train on the run's data alone."""
+    from kdframe.data.packed import PackedDataset
+
+    write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=7)
+    sources = {"sampled": {"path": "sampled.h5", "labelled_by": "teachers", "share": 0.5,
+                           "weights": {"energy": 1, "forces": 10, "atom_energies": 10}}}
+    born_again = {"weights": {"atom_energies": {1: 200, 2: 0}, "forces": {1: 75, 2: 15}, "energy": {1: 0, 2: 1}},
+                  "sources": sources}
+    config = _config(tmp_path, ani_file, born_again=born_again,
+                     students={"models": [{"architecture": "toy", "width": 2}], "sources": sources})
+    assert main(["run", config, "--quiet"]) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    labelled = list((run / "knowledge").glob("teacher_labels-sampled-*.h5"))
+    assert len(labelled) == 1
+    data = PackedDataset.open(labelled[0], {"e": "teacher.energy", "a": "teacher.atom_energies"})
+    batch = data.batch(np.arange(len(data)))
+    assert np.allclose(batch.sum_per_conf(batch.labels["a"]).numpy(), batch.labels["e"].numpy(), atol=1e-5)
+    teacher = Potential.load(run / "teacher" / "model.pt")
+    assert np.allclose(predict(teacher, data, forces=False).energy, batch.labels["e"].numpy(), atol=1e-4)
+    student, control, born = ((run / s / "metrics.csv").read_text().splitlines()[0]
+                              for s in ("student_1", "control_1", "born_again"))
+    assert "valid_rmse[atom_energies:sampled.atom_energies]" in student and "sampled" not in control
+    assert "valid_rmse[forces:sampled.forces]" in born
+    mtime = labelled[0].stat().st_mtime
+    assert main(["run", config, "--quiet"]) == 0 and labelled[0].stat().st_mtime == mtime  # labelled once
+
+
+@pytest.mark.parametrize("where, message", [
+    ("shares", "students.sources: a.share 0.6 + b.share 0.5 = 1.1"),
+    ("confidence", "students.sources.a.confidence: one teacher has no spread to weight by"),
+    ("teacher", "teacher.train.sources.a.labelled_by: workflow 'atomic' only the sources of students.sources and "
+                "born_again.sources are labelled by its teachers"),
+])
+def test_bad_teacher_labelled_sources_are_refused_before_any_work(tmp_path, ani_file, capsys, where, message):
+    write_ani_file(tmp_path / "sampled.h5", n_conf=4, seed=7)
+    source = {"path": "sampled.h5", "labelled_by": "teachers", "share": 0.6, "weights": {"energy": 1}}
+    students = {"models": [{"architecture": "toy"}], "sources": {"a": source}}
+    teacher = {"train": {"model": {"architecture": "toy", "width": 8}}}
+    if where == "shares":
+        students["sources"]["b"] = {**source, "share": 0.5}
+    elif where == "confidence":
+        source["confidence"] = {"scale": 0.5}
+    else:
+        teacher["train"]["sources"], students["sources"] = {"a": {**source, "share": 0.5}}, {}
+    assert main(["run", _config(tmp_path, ani_file, students=students, teacher=teacher), "--quiet"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"students": {"models": []}}, "students.models: List should have at least 1 item"),
     ({"students": {"models": [{"architecture": "toy", "widht": 2}]}}, "students.models[0].widht: unknown key"),

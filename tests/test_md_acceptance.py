@@ -139,3 +139,40 @@ def test_suite_on_a_periodic_box_and_its_errors(run_py, tmp_path, monkeypatch):
         run_py.main(["md", "--models", f"a={tmp_path / 'model.pt'}", "--reference", "b"])
     with pytest.raises(SystemExit, match="not one of --timesteps"):
         run_py.main(["md", "--models", f"a={tmp_path / 'model.pt'}", "--rdf-timestep", "3", "--timesteps", "1"])
+
+
+class Pair(Calculator):
+    """Two atoms on a spring of rest length ``r0``; with ``r0=None`` they repel (E = k / |d|) and fly apart."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, r0: float | None, k: float = 5.0):
+        super().__init__()
+        self.r0, self.k = r0, k
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        d = self.atoms.positions[1] - self.atoms.positions[0]
+        r = float(np.linalg.norm(d))
+        if self.r0 is None:
+            energy, pull = self.k / r, -self.k / r**2  # dE/dr
+        else:
+            energy, pull = 0.5 * self.k * (r - self.r0) ** 2, self.k * (r - self.r0)
+        force = -pull * d / r  # on atom 1
+        self.results = {"energy": energy, "forces": np.array([-force, force])}
+
+
+def test_curvature_md_counts_failed_broken_and_intact_runs(run_py):
+    import curvature_md
+
+    h2 = ase.Atoms("HH", positions=[[0, 0, 0], [0.74, 0, 0]])
+    assert curvature_md.bonds(h2) == {(0, 1)}
+    molecules = [("H2", h2)]
+    intact = curvature_md.md_runs(Pair(r0=0.74), molecules, dt=0.5, steps=100, replicas=2)
+    assert (intact["runs"], intact["failed"], intact["broken"], intact["lost"]) == (2, 0, 0, [])
+    assert len(intact["drifts"]) == 2 and np.all(np.isfinite(intact["drifts"]))
+    apart = curvature_md.md_runs(Pair(r0=None), molecules, dt=0.5, steps=100, replicas=2)
+    assert (apart["failed"], apart["broken"], apart["lost"], apart["drifts"]) == (0, 2, ["H2"], [])
+    collapsed = curvature_md.md_runs(Pair(r0=0.0), molecules, dt=0.5, steps=400, replicas=1)
+    assert (collapsed["failed"], collapsed["broken"], len(collapsed["times"])) == (1, 0, 1)
+    assert "| 1/1 | 1 |" in curvature_md.row("x", "m", 0.5, collapsed)

@@ -3,7 +3,9 @@
 A large teacher learns energies and forces; its per-atom energies become an extra per-atom
 target for a sweep of smaller students (loss w_E L(E) + w_F L(F) + w_A L(e)); a control of
 every student's size learns E and F only; a Born-Again student has the teacher's architecture
-and a schedule that moves weight from the teacher's atom energies to the true labels.
+and a schedule that moves weight from the teacher's atom energies to the true labels. Students (not controls) may
+train on more configurations (``students.sources``); ``labelled_by: teachers`` ones get the teacher's energies,
+forces and, with an ``atom_energies`` weight, atom energies.
 
 Atom energies follow the core's reference convention (see :mod:`kdframe.knowledge.atomic`):
 they include the per-species reference energies, so they sum to the total energy whatever
@@ -87,10 +89,13 @@ class AtomicConfig(Base):
 class Atomic(Workflow):
     name = "atomic"
     Config = AtomicConfig
+    labelled_sources_at = ("students.sources", "born_again.sources")
 
     def check(self, config: AtomicConfig, source: str) -> None:
         if config.data.train.forces is None:
             raise ConfigError(f"{source}: data.train.forces", "the atomic workflow trains on forces: name their key")
+        config.teacher.check_confidence(config.students.sources, "students.sources", "teacher")
+        config.teacher.check_confidence(config.born_again.sources, "born_again.sources", "teacher")
 
     def run(self, run: Run, until: str = "run") -> str:
         config: AtomicConfig = run.config
@@ -105,19 +110,24 @@ class Atomic(Workflow):
             return f"Teacher atom energies cached in {run.dir / 'knowledge'}"
         data, identity = run.data.with_labels(**{TEACHER_LABEL: atoms}), {"teacher": knowledge.fingerprint()}
 
+        def labelled(block: StudentSweep | BornAgain) -> StudentSweep | BornAgain:  # sources labelled by the teacher
+            return block.model_copy(update={"sources": config.teacher.labelled_sources(
+                run, block.sources, identity["teacher"], "teacher")})
+
         def fit(name: str, stage: str, block: Student, data, seed: int, **kwargs) -> None:
             model = run.fit(stage, block, data, seed, **kwargs)
             rows.append(SweepRow(name, name.split()[0], model, run.dir / stage / METRICS))
 
-        for i, student in enumerate(config.students.students()):
+        for i, student in enumerate(labelled(config.students).students()):
             fit(f"student {i + 1}", f"student_{i + 1}", student, data, config.seed + 100 + i, identity=identity)
             if config.controls.enabled:
                 control = Control(model=student.model, training=student.training, weights=config.controls.weights)
                 fit(f"control {i + 1}", f"control_{i + 1}", control, run.data, config.seed + 100 + i)
         if config.born_again.enabled:
+            born_again = labelled(config.born_again)
             first = teachers.members[0]
-            spec = config.born_again.model or ModelSpec(architecture=first.architecture.name, **first.hyperparameters)
-            fit("born-again", "born_again", config.born_again.model_copy(update={"model": spec}), data,
+            spec = born_again.model or ModelSpec(architecture=first.architecture.name, **first.hyperparameters)
+            fit("born-again", "born_again", born_again.model_copy(update={"model": spec}), data,
                 config.seed + 99, identity=identity)
         return sweep_report(run, rows, "Atomic-energy distillation")
 

@@ -46,7 +46,8 @@ class Workflow(ABC):
     Config: ClassVar[type[Base]]
     stages: ClassVar[tuple[str, ...]] = ("train", "label", "run")  # what `kdframe train/label/run` stop after
     streams_data: ClassVar[bool] = False  # trains from a packed (larger than memory) data.train file
-    labels_sources: ClassVar[bool] = False  # has teachers that label student sources (``labelled_by: teachers``)
+    # YAML blocks whose ``sources`` the run's teachers label (``labelled_by: teachers``), e.g. ("student.sources",)
+    labelled_sources_at: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def run(self, run: "Run", until: str = "run") -> str:
@@ -135,9 +136,12 @@ class Run:
         # YAML path of each source name, for errors found when a source is read again (labelled by the teachers)
         self._source_paths = {n: where for n, (where, _) in zip(names, found) if names.count(n) == 1}
         for where, source in found:
-            if source.labelled_by == "teachers" and not workflow.labels_sources:
-                raise ConfigError(f"{where}.labelled_by", f"workflow {workflow.name!r} has no teachers to label a "
-                                  "source; label it first (kdframe data teacher-label)", ["file"])
+            if source.labelled_by == "teachers" and not where.startswith(tuple(f"{block}." for block in
+                                                                               workflow.labelled_sources_at)):
+                labelled_here = (f"only the sources of {' and '.join(workflow.labelled_sources_at)} are labelled by "
+                                 "its teachers" if workflow.labelled_sources_at else "has no teachers to label a source")
+                raise ConfigError(f"{where}.labelled_by", f"workflow {workflow.name!r} {labelled_here}; label this one "
+                                  "first (kdframe data teacher-label)", ["file"])
             self._source(where.rsplit(".", 1)[-1], source, where)
 
     # --- the run directory ----------------------------------------------------------------------

@@ -15,15 +15,13 @@ from typing import Any, Literal
 
 import pydantic
 
-from ..config import Base, resolve_path
+from ..config import Base
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
-from ..io import make_dir
 from ..potential import Ensemble, Potential
 from ..student import TRUE_LABELS, Student
 from ..teacher import Teacher
-from ..teacher_labelling import ATOM_ENERGIES, ENERGY, FORCES, teacher_label
-from .base import Run, Workflow, compare_files, compared, fingerprint, knowledge_source
+from .base import Run, Workflow, compare_files, compared, knowledge_source
 from .explore import Explore, exploration_table, explore, starting_systems
 from .teachers import TeacherSource
 
@@ -58,17 +56,12 @@ class EkdConfig(Base):
 class Ekd(Workflow):
     name = "ekd"
     Config = EkdConfig
-    labels_sources = True
+    labelled_sources_at = ("student.sources",)
 
     def check(self, config: EkdConfig, source: str) -> None:
         for name in config.compare:
             compare_files(config.compare, name, Path(source).parent)
-        teachers = config.teachers
-        single = (teachers.train is not None and teachers.train.count == 1) or len(teachers.files) == 1
-        for name, block in config.student.sources.items():
-            if single and block.labelled_by == "teachers" and block.confidence:
-                raise ConfigError(f"student.sources.{name}.confidence", "one teacher has no spread to weight by: "
-                                  "give teachers.train.count or teachers.files 2 or more, or drop confidence")
+        config.teachers.check_confidence(config.student.sources, "student.sources", "teachers")
         if config.explore is not None:
             if config.generations == 2:
                 raise ConfigError("explore", "explores the first-generation student: use it with generations: 1")
@@ -88,7 +81,8 @@ class Ekd(Workflow):
         data = self.distil(run, ensemble, "teachers")
         if until == "label":
             return f"Ensemble forces of {len(ensemble.members)} teachers cached in {run.dir / 'knowledge'}"
-        block = self.labelled_sources(run, config, data[1])
+        block = config.student.model_copy(update={"sources": config.teachers.labelled_sources(
+            run, config.student.sources, data[1], "teacher")})
         n_first = config.students_per_generation if config.generations == 2 else 1
         first = [self.student(run, block, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
                  for j in range(n_first)]
@@ -120,32 +114,6 @@ class Ekd(Workflow):
         knowledge = {label: run.knowledge(knowledge_source(source, label), teacher, run.data)
                      for label, source in wanted.items()}
         return run.data.with_labels(**knowledge), teacher.fingerprint()
-
-    @staticmethod
-    def labelled_sources(run: Run, config: EkdConfig, teacher_fingerprint: str) -> EkdStudent:
-        """The student block with each ``labelled_by: teachers`` source replaced by the packed file the (aligned)
-        teachers labelled; labelled once into run_dir/knowledge, resumable, reused while teachers and file stay."""
-        block = config.student
-        todo = {name: s for name, s in block.sources.items() if s.labelled_by == "teachers"}
-        if not todo:
-            return block
-        spec, offsets = config.teachers.labelling_spec(run, "teacher")
-        sources = dict(block.sources)
-        for name, source in todo.items():
-            path = resolve_path(source.path, run.config_dir)
-            stat = path.stat()
-            atoms = "atom_energies" in source.weights  # the teachers' per-atom energies too (a file of its own)
-            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-                              + (["atom_energies"] if atoms else []))
-            out = run.dir / "knowledge" / f"teacher_labels-{name}-{key}.h5"
-            if not out.is_file():
-                run.lock()
-                make_dir(out.parent)
-                teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
-                              device=str(run.device))
-            keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
-            sources[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **keys})
-        return block.model_copy(update={"sources": sources})
 
     @staticmethod
     def student(run: Run, block: EkdStudent, distilled, stage: str, index: int, start: Path | None = None) -> Potential:

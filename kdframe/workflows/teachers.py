@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pydantic
 
 from ..config import Strict, invalid, resolve_path
 from ..errors import ConfigError
+from ..io import make_dir
 from ..plugins import registry
 from ..potential import Ensemble, Potential
-from ..student import Student
+from ..student import Source, Student
 from ..teacher import Teacher, align_reference_energies
-from ..teacher_labelling import TeacherSpec
-
-if TYPE_CHECKING:
-    from .base import Run
+from ..teacher_labelling import ATOM_ENERGIES, ENERGY, FORCES, TeacherSpec, teacher_label
+from .base import Run, fingerprint
 
 # Keys of the blocks this one replaced, and where they went.
 OLD_KEYS = {"count": "train.count", "model": "train.model", "training": "train.training", "weights": "train.weights",
@@ -73,7 +72,7 @@ class TeacherSource(Strict):
                               "YAML file)", path)
         return self
 
-    def ensemble(self, run: "Run", where: str, stage: str, seed: int, energy_label: str = "energy",
+    def ensemble(self, run: Run, where: str, stage: str, seed: int, energy_label: str = "energy",
                  rename: Mapping[str, str] | None = None) -> Ensemble:
         """The teachers: trained as stages ``stage`` (``stage_1``... when several) or loaded and aligned.
 
@@ -96,7 +95,7 @@ class TeacherSource(Strict):
             self._offsets = align_reference_energies(Teacher(ensemble, stage), run.train_set, energy_label, run.device)
         return ensemble
 
-    def labelling_spec(self, run: "Run", stage: str) -> tuple[TeacherSpec, np.ndarray | None]:
+    def labelling_spec(self, run: Run, stage: str) -> tuple[TeacherSpec, np.ndarray | None]:
         """How :func:`kdframe.teacher_labelling.teacher_label` loads these teachers (after :meth:`ensemble`), and the
         energy offsets their alignment added (None: none)."""
         if self.pretrained is not None:
@@ -107,7 +106,41 @@ class TeacherSource(Strict):
         names = [stage] if self.train.count == 1 else [f"{stage}_{i + 1}" for i in range(self.train.count)]
         return TeacherSpec(models=tuple(str(run.dir / name / "model.pt") for name in names)), None
 
-    def _trained(self, run: "Run", stage: str, seed: int, rename: Mapping[str, str] | None) -> list[Potential]:
+    def check_confidence(self, sources: Mapping[str, Source], where: str, teacher_key: str) -> None:
+        """One error unless these teachers give the spread that ``labelled_by: teachers`` sources weight by."""
+        single = (self.train is not None and self.train.count == 1) or len(self.files) == 1
+        for name, source in sources.items():
+            if single and source.labelled_by == "teachers" and source.confidence:
+                raise ConfigError(f"{where}.{name}.confidence", "one teacher has no spread to weight by: give "
+                                  f"{teacher_key}.train.count or {teacher_key}.files 2 or more, or drop confidence")
+
+    def labelled_sources(self, run: Run, sources: Mapping[str, Source], teacher_fingerprint: str,
+                         stage: str) -> dict[str, Source]:
+        """``sources`` with each ``labelled_by: teachers`` one replaced by the packed file these teachers (stages
+        ``stage``..., after :meth:`ensemble`) labelled, aligned; labelled once into run_dir/knowledge, resumable, and
+        reused while teachers and file stay."""
+        todo = {name: s for name, s in sources.items() if s.labelled_by == "teachers"}
+        if not todo:
+            return dict(sources)
+        spec, offsets = self.labelling_spec(run, stage)
+        labelled = dict(sources)
+        for name, source in todo.items():
+            path = resolve_path(source.path, run.config_dir)
+            stat = path.stat()
+            atoms = "atom_energies" in source.weights  # the teachers' per-atom energies too (a file of its own)
+            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+                              + (["atom_energies"] if atoms else []))
+            out = run.dir / "knowledge" / f"teacher_labels-{name}-{key}.h5"
+            if not out.is_file():
+                run.lock()
+                make_dir(out.parent)
+                teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
+                              device=str(run.device))
+            keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
+            labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **keys})
+        return labelled
+
+    def _trained(self, run: Run, stage: str, seed: int, rename: Mapping[str, str] | None) -> list[Potential]:
         block = self.train
         assert block is not None
         if block.count == 1:
