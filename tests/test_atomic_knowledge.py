@@ -146,7 +146,7 @@ def test_students_learn_teacher_labelled_sources_and_controls_do_not(tmp_path, a
 @pytest.mark.parametrize("where, message", [
     ("shares", "students.sources: a.share 0.6 + b.share 0.5 = 1.1"),
     ("confidence", "students.sources.a.confidence: one teacher has no spread to weight by"),
-    ("teacher", "teacher.train.sources.a.labelled_by: workflow 'atomic' only the sources of students.sources and "
+    ("teacher", "teacher.train.sources.a.labelled_by: in workflow 'atomic' only the sources of students.sources and "
                 "born_again.sources are labelled by its teachers"),
 ])
 def test_bad_teacher_labelled_sources_are_refused_before_any_work(tmp_path, ani_file, capsys, where, message):

@@ -138,10 +138,11 @@ class Run:
         for where, source in found:
             if source.labelled_by == "teachers" and not where.startswith(tuple(f"{block}." for block in
                                                                                workflow.labelled_sources_at)):
-                labelled_here = (f"only the sources of {' and '.join(workflow.labelled_sources_at)} are labelled by "
-                                 "its teachers" if workflow.labelled_sources_at else "has no teachers to label a source")
-                raise ConfigError(f"{where}.labelled_by", f"workflow {workflow.name!r} {labelled_here}; label this one "
-                                  "first (kdframe data teacher-label)", ["file"])
+                why = (f"in workflow {workflow.name!r} only the sources of {' and '.join(workflow.labelled_sources_at)} "
+                       "are labelled by its teachers" if workflow.labelled_sources_at
+                       else f"workflow {workflow.name!r} has no teachers to label a source")
+                raise ConfigError(f"{where}.labelled_by", f"{why}; label this one first (kdframe data teacher-label)",
+                                  ["file"])
             self._source(where.rsplit(".", 1)[-1], source, where)
 
     # --- the run directory ----------------------------------------------------------------------
