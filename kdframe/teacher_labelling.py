@@ -178,11 +178,13 @@ class MemberPredictor:
 # ----------------------------------------------------------------------------- input
 
 
-def open_input(path: str | os.PathLike):
-    """The configurations of a packed, ANI-layout or extxyz file (a packed file is read lazily)."""
+def open_input(path: str | os.PathLike, confs: Sequence[int] | None = None):
+    """The configurations of a packed, ANI-layout or extxyz file (a packed file is read lazily); only ``confs``
+    (indices, in their order) when given."""
     from .data.readers import read_dataset
 
-    return read_dataset(path, {})
+    dataset = read_dataset(path, {})
+    return dataset if confs is None else dataset.subset(confs)
 
 
 def _cells_of(dataset) -> bool:
@@ -320,7 +322,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(pickled: bytes, fingerprint: str, offsets: list[float] | None, head: int, input_path: str,
-                 parent: int) -> None:
+                 confs: list[int] | None, parent: int) -> None:
     """A worker: one thread; the parent's (unaligned) teacher, sent pickled, so that a teacher only the parent can
     load (a model of an architecture registered at run time) labels in workers too."""
     from .labelling import THREAD_VARIABLES, die_with_parent
@@ -335,7 +337,7 @@ def _init_worker(pickled: bytes, fingerprint: str, offsets: list[float] | None, 
                             f"{teacher.fingerprint()}, expected {fingerprint})")
     if offsets is not None:
         apply_offsets(teacher, np.asarray(offsets), head)
-    _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path))
+    _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path, confs))
 
 
 def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: str, batch_size: int,
@@ -380,8 +382,10 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                   align_to: str | os.PathLike | None = None, energy_key: str | None = None, head: str | None = None,
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
                   spread: bool = True, per_atom: bool = False, atom_energies: bool = False, force: bool = False,
-                  keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None) -> Summary:
-    """Label every configuration of ``input_path`` with the teacher ``spec``; OUTPUT as a packed file. Resumable.
+                  keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None,
+                  confs: Sequence[int] | None = None) -> Summary:
+    """Label every configuration of ``input_path`` (or only those at the indices ``confs``, in their order) with the
+    teacher ``spec``; OUTPUT as a packed file of them. Resumable.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
     alignment), used instead of fitting them to ``align_to``."""
@@ -412,7 +416,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", f"{device}: no CUDA device available", ["cpu"])
 
-    dataset = open_input(input_path)
+    if confs is not None:
+        confs = [int(i) for i in confs]
+    dataset = open_input(input_path, confs)  # a subset's content hash, in the run key, names its configurations
     if len(dataset) == 0:
         raise DataError(f"{input_path}: no configurations")
     teacher = spec.load()
@@ -501,7 +507,7 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
 
         began = time.perf_counter()
         for record in _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head_index, input_path,
-                                    dataset, skip, batch_size, device, workers, outputs, progress):
+                                    confs, dataset, skip, batch_size, device, workers, outputs, progress):
             append_journal(journal, record)
             summary.computed += record["labelled"]
         summary.seconds = time.perf_counter() - began
@@ -520,8 +526,8 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     return summary
 
 
-def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head, input_path, dataset, skip,
-                  batch_size, device, workers, outputs: Outputs, progress) -> Iterator[dict]:
+def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, offsets, head, input_path, confs, dataset,
+                  skip, batch_size, device, workers, outputs: Outputs, progress) -> Iterator[dict]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"labelling with {spec.name}", unit="chunk", disable=not progress, file=sys.stderr)
@@ -546,7 +552,8 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
         os.environ.update({var: "1" for var in THREAD_VARIABLES})  # inherited by the spawned workers
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                     initargs=(unaligned, fingerprint, offsets, head, str(input_path), os.getpid())) as pool:
+                                     initargs=(unaligned, fingerprint, offsets, head, str(input_path), confs,
+                                               os.getpid())) as pool:
                 queue = iter(todo)
                 running = {}
 

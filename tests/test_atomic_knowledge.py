@@ -120,7 +120,7 @@ def test_students_learn_teacher_labelled_sources_and_controls_do_not(tmp_path, a
     from kdframe.data.packed import PackedDataset
 
     write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=7)
-    sources = {"sampled": {"path": "sampled.h5", "labelled_by": "teachers", "share": 0.5,
+    sources = {"sampled": {"path": "sampled.h5", "labelled_by": "teachers", "share": 0.5, "limit": 12,
                            "weights": {"energy": 1, "forces": 10, "atom_energies": 10}}}
     born_again = {"weights": {"atom_energies": {1: 200, 2: 0}, "forces": {1: 75, 2: 15}, "energy": {1: 0, 2: 1}},
                   "sources": sources}
@@ -135,6 +135,9 @@ def test_students_learn_teacher_labelled_sources_and_controls_do_not(tmp_path, a
     assert np.allclose(batch.sum_per_conf(batch.labels["a"]).numpy(), batch.labels["e"].numpy(), atol=1e-5)
     teacher = Potential.load(run / "teacher" / "model.pt")
     assert np.allclose(predict(teacher, data, forces=False).energy, batch.labels["e"].numpy(), atol=1e-4)
+    drawn = np.sort(np.random.default_rng(0).permutation(len(read_dataset(tmp_path / "sampled.h5", {})))[:12])
+    assert np.array_equal(batch.positions.numpy(),  # only the 12 configurations the limit draws are labelled
+                          read_dataset(tmp_path / "sampled.h5", {}).batch(drawn).positions.numpy())
     student, control, born = ((run / s / "metrics.csv").read_text().splitlines()[0]
                               for s in ("student_1", "control_1", "born_again"))
     assert "valid_rmse[atom_energies:sampled.atom_energies]" in student and "sampled" not in control

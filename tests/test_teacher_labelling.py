@@ -171,6 +171,24 @@ def test_workers_match_one_process(tmp_path, ani_file):
     assert all(np.array_equal(one[k], two[k]) for k in one)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_subset_is_labelled_as_in_the_whole_file(tmp_path, ani_file, workers):
+    """``confs`` labels only those configurations (a source's ``limit``), each as when the whole file is labelled."""
+    from kdframe.teacher_labelling import TeacherSpec, teacher_label
+
+    models = tuple(_members(tmp_path, 2)[1::2])
+    spec = TeacherSpec(models=models)
+    teacher_label(ani_file, tmp_path / "all.h5", spec, chunk_size=12)
+    confs = [1, 5, 6, 20, 33, 47]
+    summary = teacher_label(ani_file, tmp_path / "some.h5", spec, chunk_size=4, workers=workers, confs=confs)
+    assert summary.configurations == len(confs)
+    whole = PackedDataset.open(tmp_path / "all.h5", KEYS).subset(confs)
+    expected = whole.batch(np.arange(len(confs)))
+    got = _packed(tmp_path / "some.h5")
+    assert np.array_equal(got["positions"], expected.positions.numpy())
+    assert all(np.allclose(got[k], expected.labels[k].numpy(), rtol=0, atol=1e-9) for k in KEYS)
+
+
 # Run from a file, not -c: spawned workers run it again (as __mp_main__) before they unpickle their initialiser, so
 # they get the serialised one.
 ONE_AT_A_TIME = textwrap.dedent("""

@@ -277,13 +277,22 @@ class Run:
         train_parts, valid_parts = [train], [valid]
         for name, source in sources.items():
             data = self._source(name, source, self._source_paths.get(name, f"sources.{name}"))
-            order = np.random.default_rng(self.config.seed).permutation(len(data))
-            order = order[:source.limit]  # None: all (checked against the file's size when it was read)
+            order = self._draw(len(data), source.limit)
             cut = max(1, int(round(source.valid_fraction * len(order)))) if source.valid_fraction else 0
             valid_parts.append(data.subset(np.sort(order[:cut])))
             train_parts.append(data.subset(np.sort(order[cut:])))
         shares = [s.share for s in sources.values()]
         return Mixture(train_parts, [1 - sum(shares), *shares]), Mixture(valid_parts)
+
+    def _draw(self, size: int, limit: int | None) -> np.ndarray:
+        """``limit`` (None: all) of ``size`` configurations in a random order fixed by the run's seed; a smaller limit
+        takes the first ones of the same draw."""
+        return np.random.default_rng(self.config.seed).permutation(size)[:limit]
+
+    def drawn(self, name: str, source: Any) -> np.ndarray:
+        """The sorted indices of the configurations a source's ``limit`` takes from its file (read at start-up)."""
+        return np.sort(self._draw(len(self._source(name, source, self._source_paths.get(name, f"sources.{name}"))),
+                                  source.limit))
 
     def _source(self, name: str, source: Any, where: str) -> Dataset:
         """One ``sources`` entry's file with its labels named ``NAME.QUANTITY``; read once per run."""
