@@ -85,7 +85,8 @@ for c in sys.argv[1:]: print(load_config(c)[1].run_dir)" "${configs[@]}") || exi
   train "${configs[0]}"
   knowledge=${dirs[0]}/knowledge
   # The teachers label the sampled configurations once; the other runs of the same seed reuse that file (same
-  # key: same aligned teachers, same input file; another seed aligns the teachers on another split and labels anew).
+  # key: same aligned teachers, same input file and limit, or the whole file labelled; another seed aligns the
+  # teachers on another split and labels anew).
   until ls "$knowledge"/teacher_labels-*.h5 >/dev/null 2>&1 || [ "$(date +%s)" -ge "$deadline" ] \
       || [ -z "$last" ] || ! kill -0 "$last" 2>/dev/null; do sleep 2; done
   echo "== labelled after $(( $(date +%s) - start )) s: $(ls "$knowledge" 2>&1)" | tee -a "$log"

@@ -4,9 +4,10 @@
 
 Each size is the config's run with ``student.sources.SOURCE.limit`` = size (0: the whole file), in its own
 run_dir under ``runs/curve/``; subsets are nested (one seeded draw). The control and the teacher ensemble do
-not depend on the size: the control is trained in the first size's run only. The teacher labels of the file
-are made once (in the first run) and copied into the others' ``knowledge/`` (same teacher and file: the
-cached file a run would make itself). Writes a markdown table and a plot of E, dE and F error vs size per
+not depend on the size: the control is trained in the first size's run only. A size's run has its teacher label
+only the configurations it draws; the labels a run made are copied into the later runs' ``knowledge/``, so once the
+whole file is labelled (size 0) every later size reuses it (same teacher and file: the cached file a run would
+make itself). Writes a markdown table and a plot of E, dE and F error vs size per
 evaluation set, with the teacher's and the control's errors as horizontal lines.
 
 Each finished run is one JSON line in OUT.jsonl (beside the report, committed with it), keyed by config, source,
@@ -43,7 +44,7 @@ def one_run(config_path: Path, source: str, size: int, seed: int, run_root: Path
     sources[source] = sources[source].model_copy(update={"limit": size or None})
     run_dir = run_root / f"n{size or 'all'}_seed{seed}"
     first_knowledge = run_root / "knowledge"
-    if first_knowledge.is_dir():  # the teacher labels of the whole file, made by an earlier size's run
+    if first_knowledge.is_dir():  # the teacher labels earlier sizes' runs made (the whole file's serve every size)
         for path in first_knowledge.glob("teacher_labels-*.h5"):
             if not (run_dir / "knowledge" / path.name).exists():
                 (run_dir / "knowledge").mkdir(parents=True, exist_ok=True)

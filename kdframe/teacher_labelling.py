@@ -416,9 +416,12 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", f"{device}: no CUDA device available", ["cpu"])
 
+    dataset = open_input(input_path)
     if confs is not None:
         confs = [int(i) for i in confs]
-    dataset = open_input(input_path, confs)  # a subset's content hash, in the run key, names its configurations
+        if len(set(confs)) != len(confs) or not all(0 <= i < len(dataset) for i in confs):
+            raise ConfigError("confs", f"indices into the {len(dataset)} configurations of {input_path}, each once")
+        dataset = dataset.subset(confs)  # its content hash, in the run key, names these configurations
     if len(dataset) == 0:
         raise DataError(f"{input_path}: no configurations")
     teacher = spec.load()

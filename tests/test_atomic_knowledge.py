@@ -1,5 +1,7 @@
 """Atomic-energy distillation (methods.md §2): the reference convention, a cross-architecture student, the workflow."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from kdframe.schedule import Constant
 from kdframe.teacher import Teacher
 from kdframe.training import LossTerm, Trainer
 from kdframe.training.trainer import TrainSettings
+from kdframe.workflows.base import Run, load_config
 
 from toy import write_ani_file
 
@@ -135,15 +138,27 @@ def test_students_learn_teacher_labelled_sources_and_controls_do_not(tmp_path, a
     assert np.allclose(batch.sum_per_conf(batch.labels["a"]).numpy(), batch.labels["e"].numpy(), atol=1e-5)
     teacher = Potential.load(run / "teacher" / "model.pt")
     assert np.allclose(predict(teacher, data, forces=False).energy, batch.labels["e"].numpy(), atol=1e-4)
-    drawn = np.sort(np.random.default_rng(0).permutation(len(read_dataset(tmp_path / "sampled.h5", {})))[:12])
-    assert np.array_equal(batch.positions.numpy(),  # only the 12 configurations the limit draws are labelled
-                          read_dataset(tmp_path / "sampled.h5", {}).batch(drawn).positions.numpy())
+    # Only the 12 configurations the limit draws are labelled, and a redraw of them holds out the draw's first one
+    # (valid_fraction 0.05 of 12), as the whole file with the limit would.
+    whole = read_dataset(tmp_path / "sampled.h5", {})
+    draw = np.random.default_rng(0).permutation(len(whole))[:12]
+    index = {whole.batch([i]).positions.numpy().tobytes(): i for i in range(len(whole))}
+    labelled_as = np.array([index[data.batch([i]).positions.numpy().tobytes()] for i in range(len(data))])
+    assert sorted(labelled_as) == sorted(draw)
+    assert labelled_as[np.random.default_rng(0).permutation(12)[0]] == draw[0]
     student, control, born = ((run / s / "metrics.csv").read_text().splitlines()[0]
                               for s in ("student_1", "control_1", "born_again"))
     assert "valid_rmse[atom_energies:sampled.atom_energies]" in student and "sampled" not in control
     assert "valid_rmse[forces:sampled.forces]" in born
     mtime = labelled[0].stat().st_mtime
     assert main(["run", config, "--quiet"]) == 0 and labelled[0].stat().st_mtime == mtime  # labelled once
+    workflow, parsed = load_config(config)  # the whole file's labels, once there, serve a limit too
+    source = parsed.students.sources["sampled"]
+    with Run(parsed, Path(config), workflow, progress=False) as again:
+        whole = parsed.teacher.labelled_sources(again, {"s": source.model_copy(update={"limit": None})}, "t", "teacher")
+        limited = parsed.teacher.labelled_sources(again, {"s": source}, "t", "teacher")
+    assert limited["s"].path == whole["s"].path and limited["s"].limit == 12
+    assert len(PackedDataset.open(whole["s"].path, {})) == len(read_dataset(tmp_path / "sampled.h5", {}))
 
 
 @pytest.mark.parametrize("where, message", [

@@ -19,6 +19,7 @@ import torch
 from kdframe.cli import main
 from kdframe.data.packed import PackedDataset
 from kdframe.data.readers import read_dataset
+from kdframe.errors import ConfigError
 from kdframe.evaluation import predict
 from kdframe.plugins import registry
 from kdframe.potential import Ensemble, Potential
@@ -179,7 +180,7 @@ def test_a_subset_is_labelled_as_in_the_whole_file(tmp_path, ani_file, workers):
     models = tuple(_members(tmp_path, 2)[1::2])
     spec = TeacherSpec(models=models)
     teacher_label(ani_file, tmp_path / "all.h5", spec, chunk_size=12)
-    confs = [1, 5, 6, 20, 33, 47]
+    confs = [33, 1, 5, 6, 47, 20]  # kept in this order
     summary = teacher_label(ani_file, tmp_path / "some.h5", spec, chunk_size=4, workers=workers, confs=confs)
     assert summary.configurations == len(confs)
     whole = PackedDataset.open(tmp_path / "all.h5", KEYS).subset(confs)
@@ -187,6 +188,8 @@ def test_a_subset_is_labelled_as_in_the_whole_file(tmp_path, ani_file, workers):
     got = _packed(tmp_path / "some.h5")
     assert np.array_equal(got["positions"], expected.positions.numpy())
     assert all(np.allclose(got[k], expected.labels[k].numpy(), rtol=0, atol=1e-9) for k in KEYS)
+    with pytest.raises(ConfigError, match="each once"):
+        teacher_label(ani_file, tmp_path / "bad.h5", spec, confs=[1, 1, 48])
 
 
 # Run from a file, not -c: spawned workers run it again (as __mp_main__) before they unpickle their initialiser, so

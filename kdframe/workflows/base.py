@@ -290,9 +290,14 @@ class Run:
         return np.random.default_rng(self.config.seed).permutation(size)[:limit]
 
     def drawn(self, name: str, source: Any) -> np.ndarray:
-        """The sorted indices of the configurations a source's ``limit`` takes from its file (read at start-up)."""
-        return np.sort(self._draw(len(self._source(name, source, self._source_paths.get(name, f"sources.{name}"))),
-                                  source.limit))
+        """Indices into a source's file (read at start-up) of the configurations its ``limit`` draws, ordered so that
+        a file of just them, drawn again without a limit by :meth:`_with_sources`, holds out and trains on the same
+        configurations as the whole file with the limit (nested across limits)."""
+        chosen = self._draw(len(self._source(name, source, self._source_paths.get(name, f"sources.{name}"))),
+                            source.limit)
+        confs = np.empty_like(chosen)
+        confs[self._draw(len(chosen), None)] = chosen  # the redraw's k-th pick is then the limit's k-th
+        return confs
 
     def _source(self, name: str, source: Any, where: str) -> Dataset:
         """One ``sources`` entry's file with its labels named ``NAME.QUANTITY``; read once per run."""

@@ -118,8 +118,9 @@ class TeacherSource(Strict):
                          stage: str) -> dict[str, Source]:
         """``sources`` with each ``labelled_by: teachers`` one replaced by the packed file these teachers (stages
         ``stage``..., after :meth:`ensemble`) labelled, aligned; labelled once into run_dir/knowledge, resumable, and
-        reused while teachers and file stay. A source with a ``limit`` has only its subset labelled (the draw of
-        :meth:`Run._with_sources`, fixed by the run's seed), and the labelled file holds just that subset."""
+        reused while teachers and file stay. A source with a ``limit`` has only the configurations it draws labelled
+        (:meth:`Run.drawn`: the same ones held out and trained on), unless the whole file's labels are already
+        there (made by a run without a limit, or copied from one)."""
         todo = {name: s for name, s in sources.items() if s.labelled_by == "teachers"}
         if not todo:
             return dict(sources)
@@ -129,18 +130,21 @@ class TeacherSource(Strict):
             path = resolve_path(source.path, run.config_dir)
             stat = path.stat()
             atoms = "atom_energies" in source.weights  # the teachers' per-atom energies too (a file of its own)
-            confs = None if source.limit is None else run.drawn(name, source)
-            key = fingerprint([teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-                              + (["atom_energies"] if atoms else [])
-                              + ([] if confs is None else ["limit", source.limit, run.config.seed]))
-            out = run.dir / "knowledge" / f"teacher_labels-{name}-{key}.h5"
+            key = [teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+            key += ["atom_energies"] if atoms else []
+            out = run.dir / "knowledge" / f"teacher_labels-{name}-{fingerprint(key)}.h5"
+            confs, update = None, {}
+            if source.limit is not None and not out.is_file():
+                key += ["drawn", source.limit, run.config.seed]
+                out = out.with_name(f"teacher_labels-{name}-{fingerprint(key)}.h5")
+                confs, update = run.drawn(name, source), {"limit": None}
             if not out.is_file():
                 run.lock()
                 make_dir(out.parent)
                 teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
                               device=str(run.device), confs=confs)
             keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
-            labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", "limit": None, **keys})
+            labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **update, **keys})
         return labelled
 
     def _trained(self, run: Run, stage: str, seed: int, rename: Mapping[str, str] | None) -> list[Potential]:
