@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +169,12 @@ def test_a_plugin_that_fails_to_import_is_reported_and_skipped(monkeypatch, caps
         plugins.BROKEN.clear()
         for cached in (plugins.plugin_manager, plugins.registry):
             cached.cache_clear()
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """``kdframe ... | head`` closes stdout early: the command stops quietly, status 1, no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "kdframe.cli", "plugins"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has started writing
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
