@@ -276,7 +276,7 @@ class Run:
         """The run's train and validation configurations mixed with each source's own split of its file."""
         train_parts, valid_parts = [train], [valid]
         for name, source in sources.items():
-            data = self._source(name, source, self._source_paths.get(name, f"sources.{name}"))
+            data = self._named_source(name, source)
             order = self._draw(len(data), source.limit)
             cut = max(1, int(round(source.valid_fraction * len(order)))) if source.valid_fraction else 0
             valid_parts.append(data.subset(np.sort(order[:cut])))
@@ -293,11 +293,14 @@ class Run:
         """Indices into a source's file (read at start-up) of the configurations its ``limit`` draws, ordered so that
         a file of just them, drawn again without a limit by :meth:`_with_sources`, holds out and trains on the same
         configurations as the whole file with the limit (nested across limits)."""
-        chosen = self._draw(len(self._source(name, source, self._source_paths.get(name, f"sources.{name}"))),
-                            source.limit)
+        chosen = self._draw(len(self._named_source(name, source)), source.limit)
         confs = np.empty_like(chosen)
         confs[self._draw(len(chosen), None)] = chosen  # the redraw's k-th pick is then the limit's k-th
         return confs
+
+    def _named_source(self, name: str, source: Any) -> Dataset:
+        """:meth:`_source`, its errors naming the source's YAML path where the name is unique in the config."""
+        return self._source(name, source, self._source_paths.get(name, f"sources.{name}"))
 
     def _source(self, name: str, source: Any, where: str) -> Dataset:
         """One ``sources`` entry's file with its labels named ``NAME.QUANTITY``; read once per run."""
