@@ -180,11 +180,15 @@ class MemberPredictor:
 
 def open_input(path: str | os.PathLike, confs: Sequence[int] | None = None):
     """The configurations of a packed, ANI-layout or extxyz file (a packed file is read lazily); only ``confs``
-    (indices, in their order) when given."""
+    (indices, each once, in their order) when given."""
     from .data.readers import read_dataset
 
     dataset = read_dataset(path, {})
-    return dataset if confs is None else dataset.subset(confs)
+    if confs is None:
+        return dataset
+    if len(set(confs)) != len(confs) or not all(0 <= i < len(dataset) for i in confs):
+        raise ConfigError("confs", f"indices into the {len(dataset)} configurations of {path}, each once")
+    return dataset.subset(confs)  # its content hash, in the run key, names these configurations
 
 
 def _cells_of(dataset) -> bool:
@@ -416,12 +420,8 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", f"{device}: no CUDA device available", ["cpu"])
 
-    dataset = open_input(input_path)
-    if confs is not None:
-        confs = [int(i) for i in confs]
-        if len(set(confs)) != len(confs) or not all(0 <= i < len(dataset) for i in confs):
-            raise ConfigError("confs", f"indices into the {len(dataset)} configurations of {input_path}, each once")
-        dataset = dataset.subset(confs)  # its content hash, in the run key, names these configurations
+    confs = None if confs is None else [int(i) for i in confs]  # plain ints for the worker processes
+    dataset = open_input(input_path, confs)
     if len(dataset) == 0:
         raise DataError(f"{input_path}: no configurations")
     teacher = spec.load()
