@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 KD="$PY -m kdframe.cli data"
-WORKERS=${WORKERS:-1}  # labelling processes
+WORKERS=${WORKERS:-1}  # sampling and labelling processes (the same file whatever the number)
 OUT=runs/data/xtb_sampled.h5
 mkdir -p runs/data
 
 $KD sample "$OUT" --append --seed 0 --smiles-file data/molecules/organic_chno.smi \
     --conformers 2 --max-conformers 1 --normal-modes 12 --nms-temperatures 300 600 \
-    --md-frames 12 --md-temperatures 500 1000
+    --md-frames 12 --md-temperatures 500 1000 --workers "$WORKERS"
 $KD label "$OUT" --method xtb --workers "$WORKERS" --no-progress
 $KD info "$OUT"

@@ -4,8 +4,8 @@ Every finished conformation is appended as one JSON line to ``<file>.labelling/<
 (flushed and fsynced; the ``<file>.labelling/`` directory is beside the file unless ``journals`` names
 another directory to hold it, as the bundled datasets' scripts do with ``data/labelling/``), so a ``kill -9`` loses only the items being computed. ``merge`` folds
 all journals of a file into the HDF5 atomically (copy, write, fsync, rename), every
-``merge_every`` items, every ``MERGE_SECONDS`` and at the end; a new run merges first and skips whatever is already
-labelled in the file or finished (or failed) in the journal. Floats go through JSON with
+``merge_every`` items (but in at most a tenth of the run's time), every ``MERGE_SECONDS`` and at the end; a new
+run merges first and skips whatever is already labelled in the file or finished (or failed) in the journal. Floats go through JSON with
 Python's round-trip ``repr``, so merged values are bit-identical to the computed ones.
 
 Workers are spawned processes with one thread each (OMP_NUM_THREADS=1 etc.).
@@ -42,6 +42,11 @@ from .labeler import HessianLabeler, Labeler, LabelError, get_labeler
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 MAX_UNEXPECTED_ERRORS = 5
 MERGE_SECONDS = 600.0  # also merge at least this often, so slow levels show up in the file
+# Each merge copies the whole file and reads every journal: with cheap labels (xTB, 5 ms) merging every
+# ``merge_every`` items costs more than labelling, and more the larger the file (5,000 xTB configurations: 3.0x
+# the time, benchmarks/results/labelling_merges.md), so a merge waits until the time since the last one is at least
+# its duration / MERGE_SHARE. The journals, not the merges, are what keeps finished work through a kill.
+MERGE_SHARE = 0.1
 
 
 @dataclass
@@ -239,7 +244,8 @@ def label_shape(quantity: str, n_conf: int, n_atoms: int) -> tuple[int, ...]:
 _WORKER_LABELER: Labeler | None = None
 
 
-def _init_worker(labeler: Labeler, parent: int | None = None) -> None:
+def init_worker(labeler: Labeler, parent: int | None = None) -> None:
+    """A worker process's set-up: one thread, ``labeler`` ready (:func:`worker_labeler`), gone with ``parent``."""
     global _WORKER_LABELER
     if parent is not None:
         die_with_parent(parent)
@@ -247,6 +253,12 @@ def _init_worker(labeler: Labeler, parent: int | None = None) -> None:
         os.environ[var] = "1"
     _WORKER_LABELER = labeler
     labeler.setup_worker()
+
+
+def worker_labeler() -> Labeler:
+    """The labeler :func:`init_worker` set up in this process."""
+    assert _WORKER_LABELER is not None, "init_worker was not called in this process"
+    return _WORKER_LABELER
 
 
 PR_SET_PDEATHSIG = 1
@@ -283,7 +295,7 @@ def die_with_parent(parent: int) -> None:
 
 def _compute(labeler: Labeler | None, item: Item) -> dict[str, Any]:
     """Label one item; returns a journal record (LabelError becomes a recorded failure)."""
-    labeler = labeler or _WORKER_LABELER
+    labeler = labeler or worker_labeler()
     start = time.perf_counter()
     record: dict[str, Any] = {"type": "item", "group": item.group, "index": item.index, "digest": item.digest}
     try:
@@ -360,10 +372,10 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
 
     bar = tqdm(total=len(pending), desc=f"{labeler.method} {path.name}", unit="conf", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    since_merge, last_merge = 0, time.monotonic()
+    since_merge, last_merge, merge_seconds = 0, time.monotonic(), 0.0
 
     def record_result(record: dict | None, item: Item, error: BaseException | None = None) -> None:
-        nonlocal since_merge, last_merge
+        nonlocal since_merge, last_merge, merge_seconds
         bar.update(1)
         if error is not None:  # unexpected: not journalled, so a later run retries it
             summary.errors += 1
@@ -379,9 +391,12 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
             summary.failed += 1
         bar.set_postfix(failed=summary.failed, s_per_conf=f"{summary.mean_seconds:.2f}")
         since_merge += 1
-        if (merge_every and since_merge >= merge_every) or time.monotonic() - last_merge > MERGE_SECONDS:
+        waited = time.monotonic() - last_merge
+        if (merge_every and since_merge >= merge_every and waited >= merge_seconds / MERGE_SHARE) or waited > MERGE_SECONDS:
+            start = time.monotonic()
             merge(path, journals)
             since_merge, last_merge = 0, time.monotonic()
+            merge_seconds = last_merge - start
             if not progress:  # a line per merge for log files
                 print(f"{datetime.now().isoformat(timespec='seconds')} {labeler.method} {path.name}: "
                       f"{summary.done + summary.failed}/{len(pending)} done ({summary.failed} failed), {summary.mean_seconds:.2f} s/conformation",
@@ -403,7 +418,7 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
         import multiprocessing
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(labeler, os.getpid())) as pool:
+                                 initializer=init_worker, initargs=(labeler, os.getpid())) as pool:
             queue = iter(pending)
             running = {}
             for item in queue:  # keep a bounded number in flight so an interrupt stops quickly

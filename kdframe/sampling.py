@@ -17,6 +17,7 @@ RDKit molecule's, i.e. bonds broke or formed; rejected draws are redrawn.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,3 +223,58 @@ def sample_molecule(name: str, smiles: str, settings: SamplingSettings, labeler:
                         coords.append(pos)
                         origins.append(f"md:{t:g}K:c{c}")
     return SampledMolecule(name, smiles, numbers, np.stack(coords), origins)
+
+
+def sample_molecules(molecules: Sequence[tuple[str, str]], settings: SamplingSettings, labeler: Labeler,
+                     workers: int = 1) -> Iterator[tuple[str, SampledMolecule | str]]:
+    """(name, its sample, or why it was skipped) for each ``(name, SMILES)``, in order. ``workers`` > 1: sampled in
+    that many processes, one thread each, with the same results (each molecule's sampling is seeded by the seed and
+    its SMILES); at most twice that many molecules are in flight, so an interrupt loses little."""
+    if workers <= 1 or len(molecules) <= 1:
+        for name, smiles in molecules:
+            yield name, _sample_or_reason(name, smiles, settings, labeler)
+        return
+    import multiprocessing
+    import os
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .labelling import THREAD_VARIABLES, init_worker
+
+    for var in THREAD_VARIABLES:  # spawned workers inherit these before importing numpy
+        os.environ[var] = "1"
+    with ProcessPoolExecutor(min(workers, len(molecules)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_worker, initargs=(labeler, os.getpid())) as pool:
+        queue = iter(molecules)
+        running: deque = deque()
+        try:
+            for name, smiles in queue:
+                running.append((name, pool.submit(_sample_in_worker, name, smiles, settings)))
+                if len(running) >= 2 * workers:
+                    break
+            while running:
+                name, future = running.popleft()
+                yield name, future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running.append((nxt[0], pool.submit(_sample_in_worker, *nxt, settings)))
+        finally:
+            for _, future in running:
+                future.cancel()
+
+
+def _sample_or_reason(name: str, smiles: str, settings: SamplingSettings, labeler: Labeler) -> SampledMolecule | str:
+    """The molecule's sample, or why it cannot be sampled (RDKit cannot embed it, xTB fails): one molecule, not hours
+    of work."""
+    from .labeler import LabelError
+
+    try:
+        return sample_molecule(name, smiles, settings, labeler)
+    except (DataError, LabelError) as exc:
+        return str(exc).removeprefix(f"{name}: ")
+
+
+def _sample_in_worker(name: str, smiles: str, settings: SamplingSettings) -> SampledMolecule | str:
+    from .labelling import worker_labeler
+
+    return _sample_or_reason(name, smiles, settings, worker_labeler())

@@ -87,6 +87,24 @@ def test_worker_processes_match_in_process(tmp_path):
     assert all(np.array_equal(la[k], lb[k]) for k in la)
 
 
+def test_merges_take_at_most_a_tenth_of_the_time_with_cheap_labels(tmp_path, monkeypatch):
+    """Each merge copies the whole file: with labels cheaper than a merge, merge_every=1 must not merge per item."""
+    from kdframe import labelling
+
+    real, calls = labelling.merge, []
+
+    def slow_merge(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.05)  # a merge dearer than a label: the next one waits 0.5 s, longer than the whole run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "merge", slow_merge)
+    path = make_file(tmp_path / "d.h5")
+    assert label_file(path, "xtb", workers=0, progress=False, merge_every=1).done == 12
+    assert len(calls) <= 4  # the first after merge_every items, the last at the end (and one before, if any)
+    assert all(np.isfinite(v).all() for v in labels(path).values())
+
+
 def test_failures_recorded_not_retried(tmp_path):
     path = make_file(tmp_path / "d.h5")
     with h5py.File(path, "r") as f:
@@ -270,6 +288,22 @@ def test_a_killed_sample_run_carries_on_with_append(tmp_path, monkeypatch, capsy
     other = ["--smiles", "methane:C", "--conformers", "1", "--normal-modes", "3", "--md-frames", "0"]
     assert main(["data", "sample", str(tmp_path / "resumed.h5"), "--append", *other]) == 2
     assert "sampled with other settings (normal_modes 2)" in capsys.readouterr().err
+
+
+def test_sampling_in_worker_processes_writes_the_same_file(tmp_path):
+    """`data sample --workers 2` samples molecules in two processes, in order: the file a single process writes."""
+    from kdframe.cli import main
+
+    args = ["--smiles", "water:O", "hcn:C#N", "methane:C", "--conformers", "1", "--normal-modes", "2", "--md-frames", "1",
+            "--md-temperatures", "500"]
+    assert main(["data", "sample", str(tmp_path / "one.h5"), *args]) == 0
+    assert main(["data", "sample", str(tmp_path / "two.h5"), "--workers", "2", *args]) == 0
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "two.h5", "r") as b:
+        assert list(a) == list(b) == ["hcn", "methane", "water"]
+        assert a.attrs["provenance.sample"] == b.attrs["provenance.sample"]
+        for name in a:
+            assert np.array_equal(a[name]["coordinates"][()], b[name]["coordinates"][()])
+            assert a[name].attrs["origins"] == b[name].attrs["origins"]
 
 
 def test_a_molecule_that_cannot_be_sampled_is_named_and_skipped(tmp_path, monkeypatch, capsys):

@@ -50,6 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
     p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes sampling molecules, one thread each (the same file whatever the number)")
     p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); "
                    "so a killed run carries on (the file is written every 5 minutes)")
     p.set_defaults(func=cmd_sample)
@@ -97,7 +99,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
     p.add_argument("--merge-every", type=non_negative_int, default=25,
-                   help="merge finished items into the file every N items (0: only every 10 minutes and at the end)")
+                   help="merge finished items into the file every N items, in at most a tenth of the time "
+                        "(0: only every 10 minutes and at the end)")
     p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
     p.add_argument("--hessian", action="store_true",
                    help="<method>.hessian (3N x 3N, Hartree/Å²): central differences of a QC method's forces, "
@@ -195,8 +198,8 @@ SAMPLE_WRITE_SECONDS = 300
 def cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..labeler import LabelError, get_labeler
-    from ..sampling import SamplingSettings, sample_molecule
+    from ..labeler import get_labeler
+    from ..sampling import SamplingSettings, sample_molecules
 
     pairs = parse_smiles(args.smiles, args.smiles_file)
     out = Path(args.output)
@@ -228,19 +231,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
         counts.extend(len(m.coordinates) for m in pending)
         pending.clear()
 
-    for name, smiles in tqdm(todo, desc="sampling", unit="mol"):
-        try:
-            pending.append(sample_molecule(name, smiles, settings, labeler))
-        except (DataError, LabelError) as exc:  # RDKit cannot embed it, xTB fails: one molecule, not hours of work
-            skipped.append(name)
-            warn(f"{name}: skipped ({str(exc).removeprefix(f'{name}: ')})")
-        except KeyboardInterrupt:
-            if pending:  # keep what is done; --append carries on
+    try:
+        results = sample_molecules(todo, settings, labeler, args.workers)
+        for name, result in tqdm(results, total=len(todo), desc="sampling", unit="mol"):
+            if isinstance(result, str):
+                skipped.append(name)
+                warn(f"{name}: skipped ({result})")
+            else:
+                pending.append(result)
+            if pending and time.monotonic() - written > SAMPLE_WRITE_SECONDS:
                 flush()
-            raise
-        if pending and time.monotonic() - written > SAMPLE_WRITE_SECONDS:
+                written = time.monotonic()
+    except KeyboardInterrupt:
+        if pending:  # keep what is done; --append carries on
             flush()
-            written = time.monotonic()
+        raise
     if pending:
         flush()
     sampled = sum(counts)
