@@ -38,7 +38,7 @@ def unlabelled_copy(source: Path, out: Path, molecules: int) -> int:
 
 def timed_labelling(path: Path, method: str, merge_share: float) -> tuple[float, int]:
     """Seconds to label ``path`` with merges rationed to ``merge_share`` of the time, and the number of merges."""
-    real, merges = labelling.merge, []
+    real, share, merges = labelling.merge, labelling.MERGE_SHARE, []
 
     def counted(*args, **kwargs):
         merges.append(1)
@@ -50,7 +50,7 @@ def timed_labelling(path: Path, method: str, merge_share: float) -> tuple[float,
         labelling.label_file(path, method, workers=0, progress=False)
         return time.perf_counter() - start, len(merges)
     finally:
-        labelling.merge, labelling.MERGE_SHARE = real, 0.1
+        labelling.merge, labelling.MERGE_SHARE = real, share
 
 
 def labels(path: Path, method: str) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ Every finished conformation is appended as one JSON line to ``<file>.labelling/<
 (flushed and fsynced; the ``<file>.labelling/`` directory is beside the file unless ``journals`` names
 another directory to hold it, as the bundled datasets' scripts do with ``data/labelling/``), so a ``kill -9`` loses only the items being computed. ``merge`` folds
 all journals of a file into the HDF5 atomically (copy, write, fsync, rename), every
-``merge_every`` items (but in at most a tenth of the run's time), every ``MERGE_SECONDS`` and at the end; a new
+``merge_every`` items (but in about a tenth of the run's time at most), every ``MERGE_SECONDS`` and at the end; a new
 run merges first and skips whatever is already labelled in the file or finished (or failed) in the journal. Floats go through JSON with
 Python's round-trip ``repr``, so merged values are bit-identical to the computed ones.
 
@@ -257,7 +257,8 @@ def init_worker(labeler: Labeler, parent: int | None = None) -> None:
 
 def worker_labeler() -> Labeler:
     """The labeler :func:`init_worker` set up in this process."""
-    assert _WORKER_LABELER is not None, "init_worker was not called in this process"
+    if _WORKER_LABELER is None:
+        raise RuntimeError("init_worker was not called in this process")
     return _WORKER_LABELER
 
 

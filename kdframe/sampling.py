@@ -25,7 +25,7 @@ from ase import Atoms, units
 from ase.data import covalent_radii
 
 from .errors import ConfigError, DataError
-from .labeler import Labeler, LabelerCalculator, get_labeler
+from .labeler import Labeler, LabelerCalculator, LabelError, get_labeler
 
 MIN_DISTANCE = 0.7  # Å
 BOND_SCALE = 1.25
@@ -228,50 +228,61 @@ def sample_molecule(name: str, smiles: str, settings: SamplingSettings, labeler:
 def sample_molecules(molecules: Sequence[tuple[str, str]], settings: SamplingSettings, labeler: Labeler,
                      workers: int = 1) -> Iterator[tuple[str, SampledMolecule | str]]:
     """(name, its sample, or why it was skipped) for each ``(name, SMILES)``, in order. ``workers`` > 1: sampled in
-    that many processes, one thread each, with the same results (each molecule's sampling is seeded by the seed and
-    its SMILES); at most twice that many molecules are in flight, so an interrupt loses little."""
+    that many spawned processes of one thread each, with the same results (each molecule's sampling is seeded by the
+    seed and its SMILES); a new molecule starts whenever any finishes, at most ``4 * workers`` ahead of the one
+    yielded next. A worker that dies (killed, out of memory) ends the run with a DataError."""
     if workers <= 1 or len(molecules) <= 1:
         for name, smiles in molecules:
             yield name, _sample_or_reason(name, smiles, settings, labeler)
         return
     import multiprocessing
     import os
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     from .labelling import THREAD_VARIABLES, init_worker
 
-    for var in THREAD_VARIABLES:  # spawned workers inherit these before importing numpy
-        os.environ[var] = "1"
-    with ProcessPoolExecutor(min(workers, len(molecules)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=init_worker, initargs=(labeler, os.getpid())) as pool:
-        queue = iter(molecules)
-        running: deque = deque()
-        try:
-            for name, smiles in queue:
-                running.append((name, pool.submit(_sample_in_worker, name, smiles, settings)))
-                if len(running) >= 2 * workers:
-                    break
-            while running:
-                name, future = running.popleft()
-                yield name, future.result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    running.append((nxt[0], pool.submit(_sample_in_worker, *nxt, settings)))
-        finally:
-            for _, future in running:
-                future.cancel()
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    os.environ.update({var: "1" for var in THREAD_VARIABLES})  # workers, spawned on demand, read them at start
+    pool = ProcessPoolExecutor(min(workers, len(molecules)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(labeler, os.getpid()))
+    running: dict = {}  # future -> index in molecules
+    finished: dict[int, SampledMolecule | str] = {}
+    submitted = yielded = 0
+    try:
+        while yielded < len(molecules):
+            while submitted < len(molecules) and len(running) < workers and submitted - yielded < 4 * workers:
+                running[pool.submit(_sample_in_worker, *molecules[submitted], settings)] = submitted
+                submitted += 1
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                try:
+                    finished[index] = future.result()
+                except BrokenProcessPool:
+                    raise DataError(f"{molecules[index][0]}: a sampling process ended unexpectedly (killed, out of "
+                                    "memory); the molecules finished are kept: add --append to carry on") from None
+            while yielded in finished:
+                yield molecules[yielded][0], finished.pop(yielded)
+                yielded += 1
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # an interrupt does not wait for molecules in flight
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def _sample_or_reason(name: str, smiles: str, settings: SamplingSettings, labeler: Labeler) -> SampledMolecule | str:
-    """The molecule's sample, or why it cannot be sampled (RDKit cannot embed it, xTB fails): one molecule, not hours
-    of work."""
-    from .labeler import LabelError
-
+    """The molecule's sample, or why it cannot be sampled (RDKit cannot embed it, xTB fails on it, ...): one
+    molecule, not hours of work."""
     try:
         return sample_molecule(name, smiles, settings, labeler)
     except (DataError, LabelError) as exc:
         return str(exc).removeprefix(f"{name}: ")
+    except Exception as exc:  # noqa: BLE001 - e.g. tblite's own errors on elements it lacks: named and skipped
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _sample_in_worker(name: str, smiles: str, settings: SamplingSettings) -> SampledMolecule | str:

@@ -50,8 +50,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
     p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="processes sampling molecules, one thread each (the same file whatever the number)")
+    p.add_argument("--workers", type=_integer_at_least(1), default=1,
+                   help="processes sampling molecules, one thread each (1: this process; the same file whatever "
+                        "the number)")
     p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); "
                    "so a killed run carries on (the file is written every 5 minutes)")
     p.set_defaults(func=cmd_sample)
@@ -99,7 +100,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
     p.add_argument("--merge-every", type=non_negative_int, default=25,
-                   help="merge finished items into the file every N items, in at most a tenth of the time "
+                   help="merge finished items into the file every N items, in about a tenth of the time at most "
                         "(0: only every 10 minutes and at the end)")
     p.add_argument("--retry-failed", action="store_true", help="recompute items recorded as failed")
     p.add_argument("--hessian", action="store_true",
@@ -242,9 +243,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             if pending and time.monotonic() - written > SAMPLE_WRITE_SECONDS:
                 flush()
                 written = time.monotonic()
-    except KeyboardInterrupt:
-        if pending:  # keep what is done; --append carries on
+    except BaseException:  # an interrupt, a worker killed: keep what is done; --append carries on
+        if pending:
             flush()
+        if counts:
+            warn(f"{out}: {len(counts)} molecules kept; add --append to the same command to carry on")
         raise
     if pending:
         flush()
