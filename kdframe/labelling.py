@@ -40,6 +40,22 @@ from .io import journal_records, open_journal, write_record
 from .labeler import HessianLabeler, Labeler, LabelError, get_labeler
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@contextmanager
+def one_thread_children() -> Iterator[None]:
+    """Processes spawned inside start with one thread each (THREAD_VARIABLES, read before they import numpy); this
+    process's own settings are restored after."""
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    os.environ.update({var: "1" for var in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 MAX_UNEXPECTED_ERRORS = 5
 MERGE_SECONDS = 600.0  # also merge at least this often, so slow levels show up in the file
 # Each merge copies the whole file and reads every journal: with cheap labels (xTB, 5 ms) merging every
@@ -414,12 +430,10 @@ def _run(pending: list[Item], labeler: Labeler, workers: int, writer: JournalWri
                 except Exception as exc:  # noqa: BLE001
                     record_result(None, item, exc)
             return
-        for var in THREAD_VARIABLES:
-            os.environ[var] = "1"
         import multiprocessing
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=init_worker, initargs=(labeler, os.getpid())) as pool:
+        with one_thread_children(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=init_worker, initargs=(labeler, os.getpid())) as pool:
             queue = iter(pending)
             running = {}
             for item in queue:  # keep a bounded number in flight so an interrupt stops quickly

@@ -16,8 +16,12 @@ RDKit molecule's, i.e. bonds broke or formed; rejected draws are redrawn.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,17 +239,16 @@ def sample_molecules(molecules: Sequence[tuple[str, str]], settings: SamplingSet
         for name, smiles in molecules:
             yield name, _sample_or_reason(name, smiles, settings, labeler)
         return
-    import multiprocessing
-    import os
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from .labelling import init_worker, one_thread_children
 
-    from .labelling import THREAD_VARIABLES, init_worker
+    with one_thread_children():  # the workers are spawned on demand, in the loop
+        yield from _sample_in_pool(molecules, settings, workers, ProcessPoolExecutor(
+            min(workers, len(molecules)), mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+            initargs=(labeler, os.getpid())))
 
-    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
-    os.environ.update({var: "1" for var in THREAD_VARIABLES})  # workers, spawned on demand, read them at start
-    pool = ProcessPoolExecutor(min(workers, len(molecules)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(labeler, os.getpid()))
+
+def _sample_in_pool(molecules: Sequence[tuple[str, str]], settings: SamplingSettings, workers: int,
+                    pool: ProcessPoolExecutor) -> Iterator[tuple[str, SampledMolecule | str]]:
     running: dict = {}  # future -> index in molecules
     finished: dict[int, SampledMolecule | str] = {}
     submitted = yielded = 0
@@ -267,11 +270,6 @@ def sample_molecules(molecules: Sequence[tuple[str, str]], settings: SamplingSet
                 yielded += 1
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # an interrupt does not wait for molecules in flight
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 def _sample_or_reason(name: str, smiles: str, settings: SamplingSettings, labeler: Labeler) -> SampledMolecule | str:

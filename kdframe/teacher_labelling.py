@@ -549,11 +549,9 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
             return
         import multiprocessing
 
-        from .labelling import THREAD_VARIABLES
+        from .labelling import one_thread_children
 
-        saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
-        os.environ.update({var: "1" for var in THREAD_VARIABLES})  # inherited by the spawned workers
-        try:
+        with one_thread_children():
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                      initargs=(unaligned, fingerprint, offsets, head, str(input_path), confs,
                                                os.getpid())) as pool:
@@ -584,12 +582,6 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
                         following = next(queue, None)
                         if following is not None:
                             submit(following)
-        finally:
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
     finally:
         bar.close()
 
