@@ -69,7 +69,7 @@ def main() -> None:
         files = {name: Path(tmp) / f"{name}.h5" for name in ("rationed", "every")}
         n = [unlabelled_copy(args.file, path, args.molecules) for path in files.values()][0]
         # every 25 items whatever a merge costs: the behaviour before (a share so large that no merge waits)
-        rationed = timed_labelling(files["rationed"], args.method, 0.1)
+        rationed = timed_labelling(files["rationed"], args.method, labelling.MERGE_SHARE)
         every = timed_labelling(files["every"], args.method, float("inf"))
         a, b = labels(files["rationed"], args.method), labels(files["every"], args.method)
         same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)

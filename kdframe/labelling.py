@@ -41,6 +41,14 @@ from .labeler import HessianLabeler, Labeler, LabelError, get_labeler
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
+MAX_UNEXPECTED_ERRORS = 5
+MERGE_SECONDS = 600.0  # also merge at least this often, so slow levels show up in the file
+# Each merge copies the whole file and reads every journal: with cheap labels (xTB, 5 ms) merging every
+# ``merge_every`` items costs more than labelling, and more the larger the file (5,000 xTB configurations: 3.0x
+# the time, benchmarks/results/labelling_merges.md), so a merge waits until the time since the last one is at least
+# its duration / MERGE_SHARE. The journals, not the merges, are what keeps finished work through a kill.
+MERGE_SHARE = 0.1
+
 
 @contextmanager
 def one_thread_children() -> Iterator[None]:
@@ -56,13 +64,6 @@ def one_thread_children() -> Iterator[None]:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-MAX_UNEXPECTED_ERRORS = 5
-MERGE_SECONDS = 600.0  # also merge at least this often, so slow levels show up in the file
-# Each merge copies the whole file and reads every journal: with cheap labels (xTB, 5 ms) merging every
-# ``merge_every`` items costs more than labelling, and more the larger the file (5,000 xTB configurations: 3.0x
-# the time, benchmarks/results/labelling_merges.md), so a merge waits until the time since the last one is at least
-# its duration / MERGE_SHARE. The journals, not the merges, are what keeps finished work through a kill.
-MERGE_SHARE = 0.1
 
 
 @dataclass
