@@ -53,6 +53,8 @@ class DataFile(Strict):
 class SplitSpec(Strict):
     by: Literal["configuration", "molecule"] = "configuration"
     fractions: dict[Literal["train", "valid", "test"], float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+    # The split's own seed (default: the run's), e.g. to vary the initial weights over seeds on one fixed split
+    seed: int | None = None
 
     @pydantic.field_validator("fractions")
     @classmethod

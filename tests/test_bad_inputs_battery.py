@@ -183,6 +183,21 @@ def test_data_sample_refuses_bad_counts_before_any_work(tmp_path, capsys, argv, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["data", "generate", "g.h5", "--smiles", "C", "--box-atoms", "0"], "--box-atoms: 0 (valid: 1, 2, 3, ...)\n"),
+    (["data", "generate", "g.h5", "--smiles", "C", "--workers", "0"], "--workers: 0 (valid: 1, 2, 3, ...)\n"),
+    (["data", "label", "l.h5", "--method", "xtb", "--limit", "0"],
+     "--limit: 0 (valid: 1, 2, 3, ...; omit the option for all)\n"),
+], ids=["box-atoms", "workers", "limit"])
+def test_a_bad_count_is_told_to_be_omitted_only_where_omitting_takes_all(tmp_path, capsys, argv, expected):
+    from kdframe.cli import main
+
+    with pytest.raises(SystemExit):  # argparse's own exit
+        main([str(tmp_path / a) if a.endswith(".h5") else a for a in argv])
+    err = capsys.readouterr().err
+    assert err.endswith(expected), err
+
+
 def test_a_group_without_atomic_numbers_is_named_with_balanced_quotes(tmp_path, ani_file):
     from kdframe.data import read_dataset
     from kdframe.errors import DataError

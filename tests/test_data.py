@@ -48,6 +48,25 @@ def test_splits_are_seeded_disjoint_and_by_molecule(ani_file):
     assert all(not (owners[i] & owners[j]) for i in range(3) for j in range(i + 1, 3))
 
 
+def test_a_split_seed_fixes_the_split_apart_from_the_run_seed(tmp_path, ani_file):
+    from test_run_state import _config
+
+    from kdframe.workflows.base import Run, load_config
+
+    def splits(run_seed: int, split_seed: str = "") -> dict[str, np.ndarray]:
+        config = _config(tmp_path, ani_file, **{"seed: 0": f"seed: {run_seed}", "forces: morse.forces}\n":
+                                                 "forces: morse.forces}\n  split: {" + split_seed + "}\n"})
+        workflow, parsed = load_config(config)
+        with Run(parsed, config, workflow, progress=False) as run:
+            return run.splits
+
+    def same(a, b) -> bool:
+        return all(np.array_equal(a[k], b[k]) for k in a)
+
+    assert not same(splits(1), splits(2))  # by default the run's seed draws the split
+    assert same(splits(1, "seed: 5"), splits(2, "seed: 5")) and same(splits(1, "seed: 5"), splits(5))
+
+
 def test_reference_energies_fit_composition(ani_file):
     data = read_dataset(ani_file, {"energy": "morse.energy"})
     ref = fit_reference_energies(data, "energy")

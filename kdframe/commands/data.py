@@ -94,8 +94,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=non_negative_int, default=os.cpu_count() or 1,
                    help="processes, one thread each (0: in this process)")
     p.add_argument("--molecules", help="comma-separated group names to label (default: all)")
-    p.add_argument("--per-molecule", type=positive_int, help="at most this many conformations per molecule, evenly spread")
-    p.add_argument("--limit", type=positive_int, help="at most this many conformations in all (after ordering)")
+    p.add_argument("--per-molecule", type=cap, help="at most this many conformations per molecule, evenly spread")
+    p.add_argument("--limit", type=cap, help="at most this many conformations in all (after ordering)")
     p.add_argument("--origin", help="only conformations whose sampling origin starts with this (e.g. opt, nms, md)")
     p.add_argument("--order", default="size", choices=["size", "round-robin", "file"],
                    help="size: smallest molecules first; round-robin: one of each molecule in turn")
@@ -146,9 +146,10 @@ def _integer_at_least(minimum: int, hint: str = "") -> Callable[[str], int]:
     return parse
 
 
-# 0 or a negative count would select everything, or all but some
-positive_int = _integer_at_least(1, "; omit the option for all")
+positive_int = _integer_at_least(1)
 non_negative_int = _integer_at_least(0)
+# a cap on how many to take: 0 or a negative one would select everything, or all but some
+cap = _integer_at_least(1, "; omit the option for all")
 
 
 # ----------------------------------------------------------------------------- sample

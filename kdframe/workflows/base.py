@@ -101,8 +101,9 @@ class Run:
             raise ConfigError("data.train.path", f"{config.data.train.path} is a packed file, streamed from disk; workflow "
                               f"{workflow.name!r} holds teacher knowledge in memory and needs the ANI-layout file "
                               f"(workflows that stream packed files: {', '.join(streaming)})")
-        fractions = config.data.split.fractions
-        self.splits = split(self.data, fractions, config.seed, config.data.split.by)
+        fractions, split_seed = config.data.split.fractions, config.data.split.seed
+        self.splits = split(self.data, fractions, config.seed if split_seed is None else split_seed,
+                            config.data.split.by)
         by_molecule = config.data.split.by == "molecule"
         for name, members in self.splits.items():
             if not len(members):
