@@ -53,8 +53,9 @@ class DataFile(Strict):
 class SplitSpec(Strict):
     by: Literal["configuration", "molecule"] = "configuration"
     fractions: dict[Literal["train", "valid", "test"], float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
-    # The split's own seed (default: the run's), e.g. to vary the initial weights over seeds on one fixed split
-    seed: int | None = None
+    # The split's own seed (default: the run's), to vary the initial weights and batch order over seeds on one fixed
+    # split of data.train (sources' subsets and trained teachers' own splits still follow the run's seed)
+    seed: int | None = pydantic.Field(None, ge=0, le=2**32 - 1)
 
     @pydantic.field_validator("fractions")
     @classmethod

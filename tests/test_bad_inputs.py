@@ -40,6 +40,7 @@ CASES = [
     ({"workflow": "ekdd"}, ["workflow", "unknown workflow 'ekdd'", "valid: atomic, ekd, hessian, multifidelity, train"]),
     ({"workflow": None}, ["workflow: missing", "valid: atomic, ekd"]),
     ({"trainng": {"lr": 1}}, ["trainng: unknown key", "valid:", "training"]),
+    ({"data.split.seed": -1}, ["data.split.seed", "greater than or equal to 0"]),
     ({"student.model.widht": 3}, ["student.model.widht: unknown key (valid: cutoff, n_radial, width)"]),
     ({"student.model.architecture": "schnet"}, ["student.model.architecture", "unknown architecture 'schnet'",
                                                 "valid: hippynn", "toy"]),

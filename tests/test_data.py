@@ -65,6 +65,7 @@ def test_a_split_seed_fixes_the_split_apart_from_the_run_seed(tmp_path, ani_file
 
     assert not same(splits(1), splits(2))  # by default the run's seed draws the split
     assert same(splits(1, "seed: 5"), splits(2, "seed: 5")) and same(splits(1, "seed: 5"), splits(5))
+    assert same(splits(1, "seed: 0"), splits(0))  # 0 is a seed, not "unset"
 
 
 def test_reference_energies_fit_composition(ani_file):
