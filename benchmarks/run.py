@@ -349,7 +349,7 @@ def ekd_scores(config_path: Path, seed: int, run_root: Path):
 
     workflow, config = load_config(config_path)
     if seed != config.seed:
-        if config.teachers.files:
+        if config.teachers.files and config.data.split.seed is None:  # a fixed split seed keeps their split
             raise ConfigError(f"{config_path}: teachers.files", "were trained on this config's own data split; "
                               f"with seed {seed} they would be scored on their own training data",
                               ["teachers.train (trained per seed)", "teachers.pretrained"])
@@ -389,8 +389,8 @@ def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
 
 - command: `{' '.join(sys.argv)}`
 - {provenance(device.type)}
-- each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split, the initial
-  weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
+- each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split unless a config
+  fixes data.split.seed, the initial weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
   Energies (E/atom: energy per atom) against the configs' energy labels, forces against their force labels
   (kcal/mol, kcal/mol/Å), each over the configurations of the set that carry that label in the data file at
   run time: (E/F) after the set's name, averaged over seeds (test splits differ by seed).
