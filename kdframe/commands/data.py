@@ -50,7 +50,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimized", action="store_true", help="do not include the optimised conformers")
     p.add_argument("--method", default="xtb", help="labeler used for optimisation, Hessian and MD")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=_integer_at_least(1), default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="processes sampling molecules, one thread each (1: this process; the same file whatever "
                         "the number)")
     p.add_argument("--append", action="store_true", help="add molecules to an existing file (existing names kept); "
