@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance  # noqa: E402
-from run import SPACING, energy_and_forces, molecular_box, peak_memory, time_per_call  # noqa: E402
+from run import PRETRAINED, SPACING, energy_and_forces, molecular_box, peak_memory, time_per_call  # noqa: E402
 
 from kdframe.io import atomic_write_text  # noqa: E402
 from kdframe.potential import Ensemble, Potential  # noqa: E402
@@ -55,7 +55,7 @@ class Model:
     curves: list[tuple[list[int], list[float]]] = field(default_factory=list)  # per seed: validation F by epoch
     cost: tuple[float, float] = (np.nan, np.nan)  # µs and peak KiB per atom
     first: Potential | Ensemble | None = None  # the first seed's model, whose cost is measured
-    path: Path | None = None  # its file (None: a pretrained teacher)
+    path: str | None = None  # its file, pretrained:NAME for a pretrained teacher (None: teachers' files, unmeasured)
 
     @property
     def order(self) -> tuple:
@@ -89,7 +89,8 @@ def train_and_score(name: str, seed: int, models: dict[tuple[str, str], Model]) 
             loaded["teacher"] = config.teacher.ensemble(run, "teacher", "teacher", seed)
         results = run.scores(loaded)
         for stage, model in loaded.items():
-            path = run.dir / stage / MODEL if stage in stages else None
+            path = (str(run.dir / stage / MODEL) if stage in stages
+                    else f"{PRETRAINED}{config.teacher.pretrained}" if config.teacher.pretrained else None)
             entry = models.setdefault((name, stage), Model(name, stage, weights_of(model), first=model, path=path))
             entry.scores.append({s: {k: by_model[stage].values[c] for k, c in COLUMNS.items()}
                                  for s, by_model in results.items()})
@@ -98,11 +99,10 @@ def train_and_score(name: str, seed: int, models: dict[tuple[str, str], Model]) 
 
 
 def measure_cost(model: Model, atoms, repeats: int) -> tuple[float, float]:
-    """µs and peak KiB per atom of one energy + forces call of ``model``'s first seed on ``atoms`` (CPU, 1 thread);
-    the memory of a model saved in a file (a pretrained teacher: NaN, see student_speed.md)."""
+    """µs and peak KiB per atom of one energy + forces call of ``model``'s first seed on ``atoms`` (CPU, 1 thread)."""
     cpu = torch.device("cpu")
     seconds = time_per_call(energy_and_forces(model.first.to(cpu).eval(), atoms, cpu), cpu, repeats)
-    memory = peak_memory(str(model.path), len(atoms), SPACING, True, cpu) if model.path else np.nan
+    memory = peak_memory(model.path, len(atoms), SPACING, True, cpu) if model.path else np.nan
     return seconds / len(atoms) * 1e6, memory / len(atoms) / 1024
 
 

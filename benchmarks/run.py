@@ -46,6 +46,7 @@ from common import proc_status_kib, provenance  # noqa: E402
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.errors import ConfigError, KdframeError  # noqa: E402
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
+from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Ensemble, Potential, model_dtype  # noqa: E402
 from kdframe.report import plt  # noqa: E402
 
@@ -194,14 +195,26 @@ def energy_and_forces(model: Potential, atoms, device: torch.device):
     return lambda: model(batch, forces=True)
 
 
+PRETRAINED = "pretrained:"
+
+
+def load_model(model_path: str) -> torch.nn.Module:
+    """A saved kdframe model, or ``pretrained:NAME``: a registered pretrained ensemble (its energy offsets do not
+    change the cost)."""
+    if model_path.startswith(PRETRAINED):
+        return registry().pretrained[model_path[len(PRETRAINED):]]()
+    return Potential.load(model_path)
+
+
 def peak_memory(model_path: str, size: int, spacing: float, periodic: bool, device: torch.device) -> float:
-    """Bytes one energy + forces call adds at its peak: the CUDA allocator's peak on a GPU; on a CPU, in a
-    fresh process (a warm allocator hides peaks), VmHWM - VmRSS around the first call after a small warm-up."""
+    """Bytes one energy + forces call of ``load_model(model_path)`` adds at its peak: the CUDA allocator's peak on a
+    GPU; on a CPU, in a fresh process (a warm allocator hides peaks), VmHWM - VmRSS around the first call after a
+    small warm-up."""
     if device.type != "cuda":
         out = subprocess.run([sys.executable, __file__, "--memory-of", model_path, str(size), str(spacing),
                               str(int(periodic))], check=True, capture_output=True, text=True).stdout
         return float(out.strip().splitlines()[-1])
-    model = Potential.load(model_path).to(device).eval()
+    model = load_model(model_path).to(device).eval()
     run = energy_and_forces(model, molecular_box(size, spacing=spacing, periodic=periodic), device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -213,7 +226,7 @@ def peak_memory(model_path: str, size: int, spacing: float, periodic: bool, devi
 
 def cpu_peak_memory(model_path: str, size: int, spacing: float, periodic: bool) -> float:
     torch.set_num_threads(1)
-    model = Potential.load(model_path).eval()
+    model = load_model(model_path).eval()
     energy_and_forces(model, molecular_box(20, seed=3, periodic=False), torch.device("cpu"))()  # one-time set-up
     run = energy_and_forces(model, molecular_box(size, spacing=spacing, periodic=periodic), torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
