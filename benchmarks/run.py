@@ -46,7 +46,6 @@ from common import proc_status_kib, provenance  # noqa: E402
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.errors import ConfigError, KdframeError  # noqa: E402
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
-from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Ensemble, Potential, model_dtype  # noqa: E402
 from kdframe.report import plt  # noqa: E402
 
@@ -202,7 +201,10 @@ def load_model(model_path: str) -> torch.nn.Module:
     """A saved kdframe model, or ``pretrained:NAME``: a registered pretrained ensemble (its energy offsets do not
     change the cost)."""
     if model_path.startswith(PRETRAINED):
-        return registry().pretrained[model_path[len(PRETRAINED):]]()
+        from md_acceptance import load_pretrained
+
+        name = model_path[len(PRETRAINED):]
+        return load_pretrained([name], torch.device("cpu"))[name]
     return Potential.load(model_path)
 
 
