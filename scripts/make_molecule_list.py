@@ -24,7 +24,14 @@ representation of a neutral group); and embed in 3D with ETKDGv3 (seed 42). Dupl
 ``data/extensibility.smi`` with its stereoisomers and tautomers (compared as RDKit canonical
 tautomers without stereo), so that set keeps testing molecules the student never saw.
 
-Usage:  python scripts/make_molecule_list.py [--out PATH] [--check]
+``--quota-scale K`` multiplies every group's quota (capped by its candidates: there are only so many alkanes
+and substituted benzenes up to 8 heavy atoms). ``data/molecules/organic_chno_large.smi`` is K = 10, 3,714
+molecules: the same chemistry with many more of the larger molecules, for students that must carry what they
+learn to molecules they never saw. It holds every molecule of the K = 1 list, but systematic names are numbered
+within each list, so the same name may mean another molecule there: compare the two lists by SMILES.
+
+Usage:  python scripts/make_molecule_list.py [--quota-scale K] [--out PATH] [--check]
+        (--out defaults to organic_chno.smi for K = 1 and organic_chno_large.smi for K = 10)
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ RDLogger.DisableLog("rdApp.*")
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "molecules" / "organic_chno.smi"
+LARGE = ROOT / "data" / "molecules" / "organic_chno_large.smi"
+LARGE_QUOTA_SCALE = 10
 TRAIN_POOL = ROOT / "data" / "train_pool.smi"
 EXTENSIBILITY = ROOT / "data" / "extensibility.smi"
 COMMAND = "python scripts/make_molecule_list.py"
@@ -601,8 +610,8 @@ def _order(smiles: str) -> str:
     return hashlib.sha1(smiles.encode()).hexdigest()
 
 
-def build(embed: bool = True) -> str:
-    """The text of the molecule list (deterministic for one RDKit version).
+def build(embed: bool = True, quota_scale: int = 1) -> str:
+    """The text of the molecule list (deterministic for one RDKit version); every group quota times ``quota_scale``.
 
     embed=False skips the ETKDG check (for a fast test; the text is the same when every molecule embeds).
     """
@@ -637,6 +646,7 @@ def build(embed: bool = True) -> str:
         admit(name, smi, "curated")
     quotas = {}
     for group, quota, cands in candidates():
+        quota *= quota_scale
         quotas[group] = quota
         bins: dict[int, list[str]] = {}
         for s in sorted(cands, key=_order):
@@ -660,7 +670,7 @@ def build(embed: bool = True) -> str:
     heavy_hist = Counter(heavy(c) for c in chosen)
     lines = [
         "# Molecule list for sampling (kdframe data sample --smiles-file): neutral CHNO molecules, 1-8 heavy atoms (name SMILES)",
-        f"# Made by: {COMMAND}   (RDKit {rdBase.rdkitVersion}); deterministic, no download.",
+        f"# Made by: {COMMAND}{f' --quota-scale {quota_scale}' if quota_scale != 1 else ''}   (RDKit {rdBase.rdkitVersion}); deterministic, no download.",
         "# Assembly: data/train_pool.smi (kept) + curated named molecules + systematic products: carbon skeletons",
         "#   (all alkanes/ring skeletons up to 8 C, their alkenes/alkynes) as substituents joined into functional-group",
         "#   templates with RDKit molzip, and substituted (hetero)aromatic cores; per group a quota drawn round-robin",
@@ -677,6 +687,9 @@ def build(embed: bool = True) -> str:
     items = [f"{k} {counts[k]}" for k in GROUP_SMARTS]
     for i in range(0, len(items), 7):
         lines.append("#   " + ", ".join(items[i:i + 7]))
+    if quota_scale != 1:
+        lines.append("# Names: systematic names are numbered within this list; it holds every molecule of the --quota-scale 1"
+                     " list, some under other names: compare lists by SMILES.")
     lines.append(f"# Excluded as extensibility molecules or their tautomers: {len(dropped_excluded)}"
                  + (": " + "; ".join(sorted(dropped_excluded)) if dropped_excluded else ""))
     lines.append(f"# Dropped, no ETKDG embedding: {len(dropped_embed)}"
@@ -689,10 +702,19 @@ def build(embed: bool = True) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--quota-scale", type=int, default=1, metavar="K",
+                    help=f"every group's quota times K ({LARGE.relative_to(ROOT)}: K = {LARGE_QUOTA_SCALE})")
+    ap.add_argument("--out", type=Path, help=f"default: {OUT.relative_to(ROOT)} for K = 1, "
+                    f"{LARGE.relative_to(ROOT)} for K = {LARGE_QUOTA_SCALE}; required for any other K")
     ap.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     args = ap.parse_args(argv)
-    text = build()
+    if args.quota_scale < 1:
+        ap.error(f"--quota-scale must be a positive integer, got {args.quota_scale}")
+    if args.out is None:
+        args.out = {1: OUT, LARGE_QUOTA_SCALE: LARGE}.get(args.quota_scale)
+        if args.out is None:
+            ap.error(f"--quota-scale {args.quota_scale} needs --out (the shipped lists are K = 1 and {LARGE_QUOTA_SCALE})")
+    text = build(quota_scale=args.quota_scale)
     if args.check:
         same = args.out.is_file() and args.out.read_text() == text
         print(f"{args.out}: {'up to date' if same else 'DIFFERS'}")

@@ -1,4 +1,5 @@
-"""The shipped molecule list (data/molecules/organic_chno.smi) and its generator (scripts/make_molecule_list.py)."""
+"""The shipped molecule lists (data/molecules/organic_chno.smi and its quota-scaled organic_chno_large.smi) and
+their generator (scripts/make_molecule_list.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +12,8 @@ Chem = pytest.importorskip("rdkit.Chem")
 from rdkit import rdBase  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LIST = ROOT / "data" / "molecules" / "organic_chno.smi"
+BASE, LARGE = "organic_chno.smi", "organic_chno_large.smi"
+LISTS = {BASE: 1, LARGE: 10}  # file -> --quota-scale
 SCRIPT = ROOT / "scripts" / "make_molecule_list.py"
 MIN_PER_GROUP = 15
 GROUPS = ["alcohol", "ether", "aldehyde", "ketone", "carboxylic_acid", "ester", "primary_amine",
@@ -28,16 +30,23 @@ def gen():
     return mod
 
 
+@pytest.fixture(scope="module", params=sorted(LISTS))
+def shipped_list(request):
+    """(path, quota scale) of one shipped list."""
+    return ROOT / "data" / "molecules" / request.param, LISTS[request.param]
+
+
 @pytest.fixture(scope="module")
-def pairs(gen):
-    return gen.read_smi(LIST)
+def pairs(gen, shipped_list):
+    return gen.read_smi(shipped_list[0])
 
 
-def test_file_parses_with_the_cli_reader(pairs):
+def test_file_parses_with_the_cli_reader(pairs, shipped_list):
     from kdframe.commands.data import parse_smiles
 
+    LIST, scale = shipped_list
     assert parse_smiles([], str(LIST)) == pairs
-    assert len(pairs) >= 300
+    assert len(pairs) >= 300 * scale
     names = [n for n, _ in pairs]
     assert len(set(names)) == len(names)
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9_+-]*", n) for n in names)
@@ -81,14 +90,19 @@ def test_train_pool_is_kept(pairs, gen):
         assert gen.canonical(listed[name]) == gen.canonical(smi), name
 
 
-def test_every_functional_group_is_covered(pairs, gen):
+def test_the_large_list_holds_the_base_list(gen):
+    base, large = (set(dict(gen.read_smi(ROOT / "data" / "molecules" / f)).values()) for f in (BASE, LARGE))
+    assert base < large and len(large) > 4 * len(base)  # by SMILES: systematic names are numbered per list
+
+
+def test_every_functional_group_is_covered(pairs, gen, shipped_list):
     counts = dict.fromkeys(GROUPS, 0)
     for _, smi in pairs:
         for g in gen.groups_of(Chem.MolFromSmiles(smi)):
             counts[g] = counts.get(g, 0) + 1
     low = {g: n for g, n in counts.items() if g in GROUPS and n < MIN_PER_GROUP}
     assert not low, low
-    header = LIST.read_text()
+    header = shipped_list[0].read_text()
     for g in GROUPS:
         assert f"{g} {counts[g]}" in header, g  # header counts are the real ones
 
@@ -107,14 +121,15 @@ def test_group_smarts_on_known_molecules(gen):
     assert "primary_amine" not in gen.groups_of(Chem.MolFromSmiles("CC(N)=O"))
 
 
-def test_script_reproduces_the_shipped_file(gen):
+def test_script_reproduces_the_shipped_file(gen, shipped_list):
+    LIST, scale = shipped_list
     text = LIST.read_text()
     recorded = re.search(r"\(RDKit ([^)]+)\)", text).group(1)
     if recorded != rdBase.rdkitVersion:
         pytest.skip(f"list made with RDKit {recorded}, installed {rdBase.rdkitVersion}: canonical SMILES may differ")
     # embed=False: identical text when every molecule embeds (the header records that none was dropped);
     # a sample is embedded below
-    assert gen.build(embed=False) == text
+    assert gen.build(embed=False, quota_scale=scale) == text
 
 
 def test_a_sample_embeds_with_the_fixed_seed(pairs, gen):
