@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "molecules" / "organic_chno.smi"
 LARGE = ROOT / "data" / "molecules" / "organic_chno_large.smi"
 LARGE_QUOTA_SCALE = 10
+SHIPPED = {1: OUT, LARGE_QUOTA_SCALE: LARGE}  # quota scale -> the shipped list it writes
 TRAIN_POOL = ROOT / "data" / "train_pool.smi"
 EXTENSIBILITY = ROOT / "data" / "extensibility.smi"
 COMMAND = "python scripts/make_molecule_list.py"
@@ -644,10 +645,8 @@ def build(embed: bool = True, quota_scale: int = 1) -> str:
         admit(name, smi, "train_pool")
     for name, smi in CURATED:
         admit(name, smi, "curated")
-    quotas = {}
     for group, quota, cands in candidates():
         quota *= quota_scale
-        quotas[group] = quota
         bins: dict[int, list[str]] = {}
         for s in sorted(cands, key=_order):
             bins.setdefault(heavy(s), []).append(s)
@@ -668,9 +667,10 @@ def build(embed: bool = True, quota_scale: int = 1) -> str:
         counts.update(groups_of(Chem.MolFromSmiles(can)))
     sources = Counter(src for _, src in chosen.values())
     heavy_hist = Counter(heavy(c) for c in chosen)
+    made_by = COMMAND + (f" --quota-scale {quota_scale}" if quota_scale != 1 else "")
     lines = [
         "# Molecule list for sampling (kdframe data sample --smiles-file): neutral CHNO molecules, 1-8 heavy atoms (name SMILES)",
-        f"# Made by: {COMMAND}{f' --quota-scale {quota_scale}' if quota_scale != 1 else ''}   (RDKit {rdBase.rdkitVersion}); deterministic, no download.",
+        f"# Made by: {made_by}   (RDKit {rdBase.rdkitVersion}); deterministic, no download.",
         "# Assembly: data/train_pool.smi (kept) + curated named molecules + systematic products: carbon skeletons",
         "#   (all alkanes/ring skeletons up to 8 C, their alkenes/alkynes) as substituents joined into functional-group",
         "#   templates with RDKit molzip, and substituted (hetero)aromatic cores; per group a quota drawn round-robin",
@@ -704,16 +704,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quota-scale", type=int, default=1, metavar="K",
                     help=f"every group's quota times K ({LARGE.relative_to(ROOT)}: K = {LARGE_QUOTA_SCALE})")
-    ap.add_argument("--out", type=Path, help=f"default: {OUT.relative_to(ROOT)} for K = 1, "
-                    f"{LARGE.relative_to(ROOT)} for K = {LARGE_QUOTA_SCALE}; required for any other K")
+    ap.add_argument("--out", type=Path, help="default: " + ", ".join(
+        f"{path.relative_to(ROOT)} for K = {k}" for k, path in SHIPPED.items()) + "; required for any other K")
     ap.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     args = ap.parse_args(argv)
     if args.quota_scale < 1:
         ap.error(f"--quota-scale must be a positive integer, got {args.quota_scale}")
     if args.out is None:
-        args.out = {1: OUT, LARGE_QUOTA_SCALE: LARGE}.get(args.quota_scale)
+        args.out = SHIPPED.get(args.quota_scale)
         if args.out is None:
-            ap.error(f"--quota-scale {args.quota_scale} needs --out (the shipped lists are K = 1 and {LARGE_QUOTA_SCALE})")
+            ap.error(f"--quota-scale {args.quota_scale} needs --out (the shipped lists are K = {', '.join(map(str, SHIPPED))})")
     text = build(quota_scale=args.quota_scale)
     if args.check:
         same = args.out.is_file() and args.out.read_text() == text
