@@ -63,22 +63,26 @@ def predict(model: Potential | Ensemble, dataset: Dataset, head: int = 0, forces
                        np.concatenate(hessians) if hessians else None, np.concatenate(stresses) if stress else None)
 
 
-def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All within-molecule pairwise energy differences (reference, predicted), excluding high conformers."""
-    ref_pairs, pred_pairs = [], []
+def conformer_pair_indices(dataset: Dataset, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (i, j) of every within-molecule pair of labelled conformers, excluding high conformers."""
+    first, second = [], []
     for m in np.unique(dataset.molecule):
         idx = np.flatnonzero((dataset.molecule == m) & ~np.isnan(reference))
         if len(idx) < 2:  # also a molecule whose labels are all missing (partly labelled fidelities)
             continue
         idx = idx[(reference[idx] - reference[idx].min()) * EV_TO_KCAL_MOL <= CONFORMER_WINDOW_KCAL_MOL]
-        if len(idx) < 2:
-            continue
         i, j = np.triu_indices(len(idx), k=1)
-        ref_pairs.append(reference[idx][i] - reference[idx][j])
-        pred_pairs.append(predicted[idx][i] - predicted[idx][j])
-    if not ref_pairs:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(ref_pairs), np.concatenate(pred_pairs)
+        first.append(idx[i])
+        second.append(idx[j])
+    if not first:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(first), np.concatenate(second)
+
+
+def conformer_pairs(dataset: Dataset, reference: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All within-molecule pairwise energy differences (reference, predicted), excluding high conformers."""
+    i, j = conformer_pair_indices(dataset, reference)
+    return reference[i] - reference[j], predicted[i] - predicted[j]
 
 
 def _errors(prefix: str, reference: np.ndarray, predicted: np.ndarray, unit: str, out: Metrics) -> None:

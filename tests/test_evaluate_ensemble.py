@@ -141,3 +141,18 @@ def test_bad_inputs_give_one_line(tmp_path, ani_file, capsys, argv, message):
     assert message in err
     if "unknown pretrained" in message:
         assert "ani1ccx" in err and "ani2x" in err
+
+
+def test_conformer_pairs_stay_within_a_molecule_and_skip_missing_and_high_conformers():
+    from kdframe.data.dataset import Dataset
+    from kdframe.evaluation import CONFORMER_WINDOW_KCAL_MOL, conformer_pair_indices, conformer_pairs
+
+    n = 6  # one H atom each: only the molecule index and the energies matter here
+    data = Dataset(species=np.ones(n, dtype=np.int64), positions=np.zeros((n, 3)), atom_ptr=np.arange(n + 1),
+                   molecule=np.array([0, 0, 0, 0, 1, 1]), molecule_names=["a", "b"])
+    high = 2 * CONFORMER_WINDOW_KCAL_MOL / EV_TO_KCAL_MOL
+    reference = np.array([0.0, 0.1, np.nan, high, 0.3, 0.0])
+    i, j = conformer_pair_indices(data, reference)
+    assert list(zip(i, j)) == [(0, 1), (4, 5)]
+    predicted = np.array([1.0, 1.3, 0.0, 0.0, 2.0, 1.5])
+    assert np.allclose(conformer_pairs(data, reference, predicted), ([-0.1, 0.3], [-0.3, 0.5]))
