@@ -3,9 +3,9 @@
 # data/molecules/organic_chno.smi (none of the bundled extensibility set). Per molecule: 2 RDKit conformers, the
 # lowest xTB-optimised one kept, 12 normal-mode samples (300 and 600 K) and 12 xTB MD frames (500 and 1000 K);
 # 18,750 configurations, labelled with GFN2-xTB energies and forces (0.005 s each). About 75 min on one core
-# shared with other jobs, nearly all of it sampling. WORKERS=2 samples two molecules at a time, with the same file
-# (not timed as one command: the two halves of the list as two separate commands on the 2 cores took 9.5 and 13.5
-# min of sampling). Resumable: rerun it. Written to runs/data, not committed.
+# shared with other jobs, nearly all of it sampling. WORKERS=2 samples two molecules at a time, with the same file:
+# 22 min of sampling and 1 min of xTB labels on the 2 cores (2026-12-06, nothing else running for most of it).
+# Resumable: rerun it. Written to runs/data, not committed.
 #   WORKERS=2 data/make_xtb_sampled.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
