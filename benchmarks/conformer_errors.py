@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import h5py
-
 import numpy as np
 import torch
 
@@ -37,7 +36,8 @@ def main() -> None:
     parser.add_argument("--by-origin", action="store_true", help="also split the pairs by the configurations' origins")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = read_dataset(resolve_path(args.data, Path.cwd()), {"energy": args.energy})
+    data_path = resolve_path(args.data, Path.cwd())
+    data = read_dataset(data_path, {"energy": args.energy})
     models = {f"teacher ({args.pretrained})": registry().pretrained[args.pretrained]()}
     models |= {f"student {i}": Potential.load(path) for i, path in enumerate(args.students)}
     energies = {name: predict(model.eval(), data, forces=False).energy for name, model in models.items()}
@@ -52,11 +52,16 @@ def main() -> None:
         n_pairs = len(next(iter(pairs.values()))[0])
         if n_pairs == 0:
             continue
-        rmse = [np.sqrt(np.mean((ref - pred) ** 2)) * EV_TO_KCAL_MOL for ref, pred in pairs.values()]
+        rmse = [rmse_kcal(ref, pred) for ref, pred in pairs.values()]
         print(f"| {data.molecule_names[m]} | {int((~np.isnan(reference[rows])).sum())} | {n_pairs} | "
               + " | ".join(f"{x:.2f}" for x in rmse) + " |")
     if args.by_origin:
-        print_by_origin(data, resolve_path(args.data, Path.cwd()), reference, energies)
+        print_by_origin(data, data_path, reference, energies)
+
+
+def rmse_kcal(reference: np.ndarray, predicted: np.ndarray) -> float:
+    """RMSE in kcal/mol of energies (differences) in eV."""
+    return float(np.sqrt(np.mean((reference - predicted) ** 2)) * EV_TO_KCAL_MOL)
 
 
 PAIR_KINDS = ("both optimised", "one thermal", "both thermal")
@@ -78,15 +83,15 @@ def row_origins(data, path: Path) -> np.ndarray:
 def print_by_origin(data, path: Path, reference: np.ndarray, energies: dict[str, np.ndarray]) -> None:
     """dE RMSE of every model over the pairs of each kind (PAIR_KINDS: how many of the two are not optimised)."""
     thermal = np.array([not o.startswith("opt:") for o in row_origins(data, path)])
-    i, j = conformer_pair_indices(data, reference)
+    i, j = conformer_pair_indices(data, reference)  # the order of conformer_pairs' differences
     kind = thermal[i].astype(int) + thermal[j].astype(int)
+    pairs = [conformer_pairs(data, reference, e) for e in energies.values()]
     print(f"\n| pairs | count | {' | '.join(energies)} |\n|---|---|{'---|' * len(energies)}")
     for k, label in enumerate(PAIR_KINDS):
         rows = kind == k
         if not rows.any():
             continue
-        rmse = [np.sqrt(np.mean(((reference[i] - reference[j] - e[i] + e[j])[rows]) ** 2)) * EV_TO_KCAL_MOL
-                for e in energies.values()]
+        rmse = [rmse_kcal(ref[rows], pred[rows]) for ref, pred in pairs]
         print(f"| {label} | {int(rows.sum())} | " + " | ".join(f"{x:.2f}" for x in rmse) + " |")
 
 
