@@ -159,6 +159,45 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_named(ani_file, tmp_pat
     assert f"epoch 1: 1 optimiser step(s) skipped, non-finite gradients of {name}" in err
 
 
+def _norms_stepped(trainer):
+    """The gradient norm over all weights at each optimiser step, as the optimiser sees it."""
+    norms, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in trainer.params if p.grad is not None])))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    return norms
+
+
+def test_gradient_norms_are_logged_per_epoch(ani_file, tmp_path):
+    trainer = _trainer(ani_file, tmp_path / "g", SETTINGS.model_copy(update={"max_epochs": 2}))
+    stepped = _norms_stepped(trainer)
+    trainer.fit()
+    last = trainer.history[-1]
+    this_epoch = stepped[len(stepped) // 2:]  # 5 steps per epoch
+    assert last["grad_norm_max"] == pytest.approx(max(this_epoch), rel=1e-6)
+    assert last["grad_norm_median"] == pytest.approx(float(np.median(this_epoch)), rel=1e-6)
+    assert "grad_norm_max" in (tmp_path / "g" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_clip_grad_norm_caps_every_step_and_logs_the_norm_before(ani_file, tmp_path):
+    plain = _trainer(ani_file, tmp_path / "plain", SETTINGS.model_copy(update={"max_epochs": 1}))
+    unclipped = _norms_stepped(plain)
+    plain.fit()
+    cap = 0.5 * min(unclipped)
+    clipped = _trainer(ani_file, tmp_path / "clip", SETTINGS.model_copy(update={"max_epochs": 1, "clip_grad_norm": cap}))
+    stepped = _norms_stepped(clipped)
+    clipped.fit()
+    assert stepped == pytest.approx([cap] * len(unclipped), rel=1e-4)
+    assert clipped.history[0]["grad_norm_max"] > cap  # what the loss gave, not what was applied
+    assert "clip_grad_norm" not in SETTINGS.record()
+    assert SETTINGS.model_copy(update={"clip_grad_norm": 10.0}).record()["clip_grad_norm"] == 10.0
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        TrainSettings(clip_grad_norm=0)
+
+
 def test_weight_average_follows_the_ema_formula_with_warm_up():
     from kdframe.training.ema import WeightAverage
 

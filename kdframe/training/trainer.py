@@ -8,7 +8,8 @@ is written atomically every epoch and training resumes from it (the one before i
 ``checkpoint.prev.pt``: a damaged checkpoint is passed over for it, with a note); the shuffle order (and
 any fresh probe vectors) of epoch ``e`` depend only on (seed, e), so a resumed run ends
 with the same weights. With ``ema_decay`` an exponential moving average of the weights (:mod:`.ema`) is
-what is validated and kept as the best weights.
+what is validated and kept as the best weights. ``clip_grad_norm`` caps each step's gradient norm; every epoch's
+median and largest norm (before clipping) are logged beside the errors.
 
 Under ``torchrun`` (see :mod:`kdframe.distributed`) ``batch_size`` stays the global batch: every rank
 takes its shard of each batch of the same seeded shuffle, gradients are combined by one all-reduce
@@ -71,6 +72,8 @@ class TrainSettings(pydantic.BaseModel):
     # validate and keep an exponential moving average of the weights with this decay (MACE's --ema_decay, 0.99);
     # 0 or unset: off (0 switches off one block's inherited average)
     ema_decay: float | None = pydantic.Field(None, ge=0, lt=1)
+    # rescale each step's gradient to at most this L2 norm over all weights (MACE's --clip_grad, 10); unset: off
+    clip_grad_norm: float | None = pydantic.Field(None, gt=0)
 
     @pydantic.model_validator(mode="after")
     def _lr_min_below_lr(self) -> "TrainSettings":
@@ -84,7 +87,8 @@ class TrainSettings(pydantic.BaseModel):
 
 
 # Settings added after runs were made, with the values that behave as before they existed.
-ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,), "lr_schedule": ("plateau",), "lr_min": (0.0,)}
+ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,), "lr_schedule": ("plateau",), "lr_min": (0.0,),
+               "clip_grad_norm": ()}
 
 
 def without_later_defaults(settings: dict, added_later: dict[str, tuple] = ADDED_LATER) -> dict:
@@ -161,6 +165,7 @@ class Trainer:
         names = {id(p): name for name, p in self.model.named_parameters()}
         self.named_params = [(names.get(id(p), "?"), p) for p in self.params]
         self.skipped_steps: dict[tuple[str, ...], int] = {}  # this epoch's steps skipped for non-finite gradients
+        self.grad_norms: list[float] = []  # this epoch's gradient norms, before any clipping
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
         self.average = WeightAverage(self.params, settings.ema_decay) if settings.ema_decay else None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -210,7 +215,7 @@ class Trainer:
         weights = [t.weight(epoch) for t in self.terms]
         total, n = 0.0, 0
         squares = _SquaredErrors(self.terms)
-        self.skipped_steps = {}
+        self.skipped_steps, self.grad_norms = {}, []
         for confs in self.train_set.batch_indices(self.settings.batch_size, True, generator):
             loss, count = self.step(confs, weights, rngs, squares)
             total, n = total + loss * count, n + count
@@ -218,7 +223,9 @@ class Trainer:
             warn(f"{self.run_dir.name}: epoch {epoch}: {steps} optimiser step(s) skipped, non-finite gradients of "
                  f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
         total, n = distributed.sum_all([total, n])
-        return total / max(n, 1), squares.rmse("train")
+        norms = np.array(self.grad_norms) if self.grad_norms else np.array([math.nan])
+        return total / max(n, 1), {**squares.rmse("train"), "grad_norm_median": float(np.median(norms)),
+                                   "grad_norm_max": float(norms.max())}
 
     def step(self, confs: np.ndarray, weights: Sequence[float], rngs: Mapping[str, np.random.Generator],
              squares: "_SquaredErrors") -> tuple[float, int]:
@@ -245,6 +252,11 @@ class Trainer:
             self.skipped_steps[tuple(broken)] = self.skipped_steps.get(tuple(broken), 0) + 1
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, count
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        self.grad_norms.append(float(norm))
+        if self.settings.clip_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.clip_grad_norm, norm)
         self.optimizer.step()
         if self.average:
             self.average.update()
