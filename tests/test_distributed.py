@@ -96,6 +96,7 @@ def runs(tmp_path_factory):
     packed = _trainer(pack_ani(ani_file, root / "packed.h5"), root / "plain_packed")
     packed.fit()
     return {"ani_file": ani_file, "root": root, "plain": (model.state_dict(), plain.validate()),
+            "plain_history": plain.history,
             "plain_packed": packed.validate(),
             1: _launch(1, ani_file, root / "n1"), 2: _launch(2, ani_file, root / "n2")}
 
@@ -117,6 +118,9 @@ def test_two_ranks_train_to_the_same_loss_and_agree(runs):
     for key, value in plain_valid.items():
         assert first["valid"][key] == pytest.approx(value, rel=0.02), key  # sharded batches: close, not equal
     assert (runs["root"] / "n2" / "straight" / "metrics.csv").read_text().count("\n") == 7  # 6 epochs, one writer
+    for column in ("grad_norm_median", "grad_norm_max"):  # the global batch's gradient, the same on every rank
+        assert first["history"][0][column] == second["history"][0][column]
+        assert first["history"][0][column] == pytest.approx(runs["plain_history"][0][column], rel=0.02), column
 
 
 def test_two_ranks_stream_a_packed_file_to_the_same_loss(runs):

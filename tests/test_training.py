@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,7 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_named(ani_file, tmp_pat
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     err = capsys.readouterr().err
     assert f"epoch 1: 1 optimiser step(s) skipped, non-finite gradients of {name}" in err
+    assert math.isfinite(trainer.history[0]["grad_norm_max"])  # the skipped step is not counted
 
 
 def _norms_stepped(trainer):
@@ -182,20 +185,39 @@ def test_gradient_norms_are_logged_per_epoch(ani_file, tmp_path):
     assert "grad_norm_max" in (tmp_path / "g" / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_clip_grad_norm_caps_every_step_and_logs_the_norm_before(ani_file, tmp_path):
-    plain = _trainer(ani_file, tmp_path / "plain", SETTINGS.model_copy(update={"max_epochs": 1}))
+def test_clip_grad_norm_caps_each_step_at_most_and_logs_the_norm_before(ani_file, tmp_path):
+    still = SETTINGS.model_copy(update={"max_epochs": 1, "lr": 1e-30})  # both runs see the same gradients
+    plain = _trainer(ani_file, tmp_path / "plain", still)
     unclipped = _norms_stepped(plain)
     plain.fit()
-    cap = 0.5 * min(unclipped)
-    clipped = _trainer(ani_file, tmp_path / "clip", SETTINGS.model_copy(update={"max_epochs": 1, "clip_grad_norm": cap}))
+    cap = float(np.median(unclipped))
+    clipped = _trainer(ani_file, tmp_path / "clip", still.model_copy(update={"clip_grad_norm": cap}))
     stepped = _norms_stepped(clipped)
     clipped.fit()
-    assert stepped == pytest.approx([cap] * len(unclipped), rel=1e-4)
-    assert clipped.history[0]["grad_norm_max"] > cap  # what the loss gave, not what was applied
-    assert "clip_grad_norm" not in SETTINGS.record()
+    assert stepped == pytest.approx([min(n, cap) for n in unclipped], rel=1e-4)
+    assert clipped.history[0]["grad_norm_max"] == pytest.approx(max(unclipped), rel=1e-6)  # before clipping
+    off = _trainer(ani_file, tmp_path / "off", still.model_copy(update={"clip_grad_norm": 0}))
+    stepped_off = _norms_stepped(off)
+    off.fit()
+    assert stepped_off == pytest.approx(unclipped, rel=1e-6)
+    assert "clip_grad_norm" not in SETTINGS.record() and "clip_grad_norm" not in off.settings.record()
     assert SETTINGS.model_copy(update={"clip_grad_norm": 10.0}).record()["clip_grad_norm"] == 10.0
     with pytest.raises(ValueError, match="clip_grad_norm"):
-        TrainSettings(clip_grad_norm=0)
+        TrainSettings(clip_grad_norm=-1)
+
+
+def test_a_step_whose_gradient_norm_overflows_is_skipped(ani_file, tmp_path, capsys):
+    """Every gradient finite, their norm inf (float32): clipping would zero them, Adam would still step."""
+    trainer = _trainer(ani_file, tmp_path / "big", SETTINGS.model_copy(update={"max_epochs": 1, "clip_grad_norm": 1}))
+    _, param = trainer.named_params[0]
+    steps, step = [], trainer.step
+    trainer.step = lambda *args: (steps.append(1), step(*args))[1]
+    param.register_hook(lambda grad: torch.full_like(grad, 1e30) if len(steps) == 2 else grad)
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.fit()
+    assert "epoch 1: 1 optimiser step(s) skipped, non-finite gradients of the whole model" in capsys.readouterr().err
+    assert math.isfinite(trainer.history[0]["grad_norm_max"]) and trainer.history[0]["grad_norm_max"] < 1e30
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))  # the other steps were applied
 
 
 def test_weight_average_follows_the_ema_formula_with_warm_up():

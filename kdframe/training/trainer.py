@@ -72,8 +72,9 @@ class TrainSettings(pydantic.BaseModel):
     # validate and keep an exponential moving average of the weights with this decay (MACE's --ema_decay, 0.99);
     # 0 or unset: off (0 switches off one block's inherited average)
     ema_decay: float | None = pydantic.Field(None, ge=0, lt=1)
-    # rescale each step's gradient to at most this L2 norm over all weights (MACE's --clip_grad, 10); unset: off
-    clip_grad_norm: float | None = pydantic.Field(None, gt=0)
+    # rescale each step's gradient to at most this L2 norm over all weights (MACE's --clip_grad, 10); unset or 0: off
+    # (0 switches off one block's inherited clipping)
+    clip_grad_norm: float | None = pydantic.Field(None, ge=0)
 
     @pydantic.model_validator(mode="after")
     def _lr_min_below_lr(self) -> "TrainSettings":
@@ -88,7 +89,7 @@ class TrainSettings(pydantic.BaseModel):
 
 # Settings added after runs were made, with the values that behave as before they existed.
 ADDED_LATER = {"energy_loss": ("total",), "ema_decay": (0.0,), "lr_schedule": ("plateau",), "lr_min": (0.0,),
-               "clip_grad_norm": ()}
+               "clip_grad_norm": (0.0,)}
 
 
 def without_later_defaults(settings: dict, added_later: dict[str, tuple] = ADDED_LATER) -> dict:
@@ -247,15 +248,15 @@ class Trainer:
             loss.backward()
             loss_value, count = float(loss.detach()), batch.n_conf
         distributed.combine_gradients(self.params, len(mine) / len(confs))
-        broken = [name for name, p in self.named_params if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if broken:  # one step's NaN gradient would make the weights NaN for good; the same on every rank
-            self.skipped_steps[tuple(broken)] = self.skipped_steps.get(tuple(broken), 0) + 1
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if not torch.isfinite(norm):  # a NaN step would make the weights NaN for good; the same on every rank
+            broken = [name for name, p in self.named_params if p.grad is not None and not torch.isfinite(p.grad).all()]
+            key = tuple(broken) or ("the whole model (their norm overflows)",)
+            self.skipped_steps[key] = self.skipped_steps.get(key, 0) + 1
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, count
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
         self.grad_norms.append(float(norm))
-        if self.settings.clip_grad_norm is not None:
+        if self.settings.clip_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.clip_grad_norm, norm)
         self.optimizer.step()
         if self.average:
