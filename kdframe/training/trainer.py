@@ -249,13 +249,14 @@ class Trainer:
             loss_value, count = float(loss.detach()), batch.n_conf
         distributed.combine_gradients(self.params, len(mine) / len(confs))
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if not torch.isfinite(norm):  # a NaN step would make the weights NaN for good; the same on every rank
+        norm_value = float(norm)  # one device sync for the check and the log
+        if not math.isfinite(norm_value):  # a NaN step would make the weights NaN for good; the same on every rank
             broken = [name for name, p in self.named_params if p.grad is not None and not torch.isfinite(p.grad).all()]
             key = tuple(broken) or ("the whole model (their norm overflows)",)
             self.skipped_steps[key] = self.skipped_steps.get(key, 0) + 1
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, count
-        self.grad_norms.append(float(norm))
+        self.grad_norms.append(norm_value)
         if self.settings.clip_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.clip_grad_norm, norm)
         self.optimizer.step()
