@@ -287,6 +287,107 @@ def read_shard(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+# ----------------------------------------------------------------------------- labels of another alignment
+
+# Options that do not change what a label file holds besides its alignment (the offsets), so a file that differs
+# from a labelling only in these can be shifted to it.
+ALIGNMENT_OPTIONS = ("align", "given_offsets", "chunk_size", "batch_size", "device")
+
+
+def reusable(candidates: Sequence[str | os.PathLike], options: dict,
+             output: Path) -> tuple[Path | None, dict[str, str]]:
+    """The first of ``candidates`` (finished label files) made with ``options`` but for the alignment, and why each
+    one before it is not (file: the reason)."""
+    import h5py
+
+    wanted = {k: v for k, v in options.items() if k not in ALIGNMENT_OPTIONS}
+    refused = {}
+    for candidate in map(Path, candidates):
+        if not candidate.is_file() or candidate.resolve() == output.resolve():
+            refused[str(candidate)] = "not found" if not candidate.is_file() else "the output itself"
+            continue
+        try:
+            with h5py.File(candidate, "r") as f:
+                theirs = json.loads(f.attrs["teacher.options"]) if f.attrs.get("teacher.format") == FORMAT else None
+        except (OSError, KeyError, ValueError):
+            theirs = None
+        if theirs is None:
+            refused[str(candidate)] = f"not a teacher-label file ({FORMAT})"
+            continue
+        theirs = {k: v for k, v in theirs.items() if k not in ALIGNMENT_OPTIONS}
+        if theirs == wanted:
+            return candidate, refused
+        changed = sorted(k for k in set(theirs) | set(wanted) if theirs.get(k) != wanted.get(k))
+        refused[str(candidate)] = "made with another " + ", ".join(changed)
+    return None, refused
+
+
+def realigned_shards(source: Path, offsets: Sequence[float] | None, dataset, ranges, skip: np.ndarray, parts: Path,
+                     outputs: Outputs, done: set[int]) -> Iterator[dict]:
+    """Write the shards (but those in ``done``) of a labelling with ``offsets`` from ``source``, a label file of the
+    same teacher and configurations with other offsets; yield their journal records.
+
+    Offsets are added to every member's reference energies (:func:`apply_offsets`), so the members' mean energy
+    moves by the sum of its atoms' offset changes and each atom energy by its element's: the same values as labelling
+    again, up to rounding, without running the teacher. Each chunk's species and positions are checked against the
+    input's."""
+    import h5py
+
+    with h5py.File(source, "r") as f:
+        old = {int(z): v for z, v in json.loads(f.attrs["teacher.offsets"]).items()}
+        new = {z: float(v) for z, v in enumerate(offsets or ())}
+        width = max([*old, *new, int(dataset.elements().max())]) + 1
+        shift = np.zeros(width)
+        for z in range(width):
+            shift[z] = new.get(z, 0.0) - old.get(z, 0.0)
+        ptr = f["atom_ptr"][()].astype(np.int64)
+        if len(ptr) - 1 != int((~skip).sum()):
+            raise DataError(f"{source}: {len(ptr) - 1} configurations, but {int((~skip).sum())} to label; not a "
+                            "label file of this input (delete it from the knowledge directory to label afresh)")
+        labels = f["labels"]
+        row = 0
+        for index, (start, stop) in enumerate(ranges):
+            began = time.perf_counter()
+            ok = ~skip[start:stop]
+            local = np.flatnonzero(ok)
+            if index in done:
+                row += len(local)
+                continue
+            first, last = ptr[row], ptr[row + len(local)]
+            n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
+            cptr = np.concatenate([[0], np.cumsum(n_atoms)])
+            atoms = (np.concatenate([np.arange(cptr[c], cptr[c + 1]) for c in local]) if len(local)
+                     else np.zeros(0, dtype=np.int64))
+            batch = dataset.batch(local + start, labels=())
+            species = f["species"][first:last].astype(np.int64)
+            if (not np.array_equal(species, batch.species.numpy())
+                    or not np.allclose(f["positions"][first:last], batch.positions.detach().double().numpy(),
+                                       atol=1e-6)):
+                raise DataError(f"{source}: configurations {start}-{stop - 1} differ from the input's; not a label "
+                                "file of this input (delete it from the knowledge directory to label afresh)")
+            conf = np.repeat(np.arange(len(local)), n_atoms[local])
+            values = {"ok": ok, "energy": np.full(stop - start, np.nan), "energy_std": np.full(stop - start, np.nan),
+                      "forces": np.full((int(cptr[-1]), 3), np.nan)}
+            values["energy"][local] = (labels[ENERGY][row:row + len(local)]
+                                       + np.bincount(conf, shift[species], len(local)))
+            values["energy_std"][local] = labels[ENERGY_STD][row:row + len(local)]
+            values["forces"][atoms] = labels[FORCES][first:last]
+            if outputs.spread:
+                values["forces_std"] = np.full(stop - start, np.nan)
+                values["forces_std"][local] = labels[FORCES_STD][row:row + len(local)]
+            if outputs.per_atom and outputs.spread:
+                values["forces_std_atoms"] = np.full((int(cptr[-1]), 3), np.nan)
+                values["forces_std_atoms"][atoms] = labels[FORCES_STD_ATOMS][first:last]
+            if outputs.atom_energies:
+                values["atom_energies"] = np.full(int(cptr[-1]), np.nan)
+                values["atom_energies"][atoms] = labels[ATOM_ENERGIES][first:last] + shift[species]
+            row += len(local)
+            checksum = write_shard(parts / shard_name(index), values)
+            yield {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum, "start": start,
+                   "stop": stop, "labelled": len(local), "seconds": time.perf_counter() - began,
+                   "realigned_from": str(source)}
+
+
 # ----------------------------------------------------------------------------- journal
 
 
@@ -369,6 +470,7 @@ class Summary:
     seconds: float = 0.0  # labelling only (not loading nor merging)
     computed: int = 0  # configurations labelled by this call
     offsets: dict[int, float] = field(default_factory=dict)
+    realigned_from: Path | None = None  # labels of another alignment shifted to these offsets instead of labelling
 
     @property
     def throughput(self) -> float:
@@ -387,12 +489,16 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
                   spread: bool = True, per_atom: bool = False, atom_energies: bool = False, force: bool = False,
                   keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None,
-                  confs: Sequence[int] | None = None) -> Summary:
+                  confs: Sequence[int] | None = None, reuse: Sequence[str | os.PathLike] = (),
+                  reuse_strictly: bool = False) -> Summary:
     """Label every configuration of ``input_path`` (or only those at the indices ``confs``, in their order) with the
     teacher ``spec``; OUTPUT as a packed file of them. Resumable.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
-    alignment), used instead of fitting them to ``align_to``."""
+    alignment), used instead of fitting them to ``align_to``. ``reuse``: label files made earlier; the first one of
+    the same teacher, configurations and outputs under other offsets is shifted to these offsets
+    (:func:`realigned_shards`) instead of running the teacher again; with ``reuse_strictly`` none of them fitting
+    is an error (otherwise the teacher labels)."""
     from .data.packed import check_target
 
     input_path, output = Path(input_path), Path(output)
@@ -465,6 +571,11 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
              f"{', '.join(entry['elements'])} not covered by the teacher {spec.name} (it covers "
              f"{', '.join(_element_symbol(z) for z in species)})")
 
+    source, refused = reusable(reuse, options, output)
+    if source is None and reuse_strictly:
+        raise ConfigError("--realign", "; ".join(f"{k}: {v}" for k, v in refused.items())
+                          + " (valid: a label file of this teacher, input, head and outputs)")
+
     with locked(parts):
         journal = parts / JOURNAL
         header, done = read_journal(journal)
@@ -487,6 +598,10 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             header = {"type": "run", "key": key, "options": options, "offsets": offsets}
             append_journal(journal, header)
         offsets = header.get("offsets")
+        if source is not None and len(done) < len(ranges):  # (again after an interruption: the chunks left)
+            for record in realigned_shards(source, offsets, dataset, ranges, skip, parts, outputs, set(done)):
+                append_journal(journal, record)
+            done = read_journal(journal)[1]
         # Sent to the worker processes as bytes: multiprocessing would send its tensors as one shared-memory copy
         # for all workers, and the offsets a worker adds in place would reach the others' teachers too.
         unaligned = pickle.dumps(teacher) if workers else None
@@ -502,7 +617,10 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             record = done.get(index)
             path = parts / shard_name(index)
             if record is not None and path.is_file() and f"sha256:{file_sha256(path)}" == record["checksum"]:
-                summary.resumed += 1
+                if "realigned_from" in record:
+                    summary.realigned_from = Path(record["realigned_from"])
+                else:
+                    summary.resumed += 1
                 continue
             if record is not None:
                 note(f"{path}: missing or not matching its checksum; labelling chunk {index} again")
@@ -614,6 +732,8 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                           "|F_m - mean F|^2); forces_std_atoms: members' std of each force component; "
                           "atom_energies: the members' mean per-atom energies, summing to energy",
     }
+    if summary.realigned_from is not None:
+        attrs["teacher.realigned_from"] = str(summary.realigned_from)
     writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}", attrs=attrs,
                           atom_shapes={ATOM_ENERGIES: ()})
     periodic = _cells_of(dataset)
@@ -683,6 +803,8 @@ def summary_text(summary: Summary) -> str:
              + (f"; {summary.computed} in {summary.seconds:.1f} s, {summary.throughput:.1f} configurations/s"
                 if summary.computed else ""),
              summary.skipped_line()]
+    if summary.realigned_from is not None:
+        lines.append(f"realigned from {summary.realigned_from} (its labels shifted to these offsets, not relabelled)")
     if summary.offsets:
         lines.append("aligned: per-element offsets (eV) " + ", ".join(
             f"{_element_symbol(z)} {v:+.6f}" for z, v in sorted(summary.offsets.items())))

@@ -240,6 +240,56 @@ def test_the_runs_aligned_teachers_label_an_unlabelled_source(tmp_path, ani_file
     assert main(["run", config, "--quiet"]) == 0 and labelled[0].stat().st_mtime == mtime  # labelled once
 
 
+def test_another_seeds_labels_copied_into_knowledge_are_realigned_not_relabelled(tmp_path, ani_file, monkeypatch,
+                                                                                  capsys):
+    """Another seed aligns the pretrained teachers on another split; its label file, copied into this run's
+    run_dir/knowledge, is shifted to this run's offsets: the same file, name and values, as labelling afresh."""
+    import shutil
+
+    import h5py
+    import yaml
+
+    from kdframe.cli import main
+    from kdframe.data.packed import PackedDataset
+    from kdframe.plugins import registry
+    from kdframe.potential import Ensemble, Potential
+
+    def zoo() -> Ensemble:
+        torch.manual_seed(1)
+        return Ensemble([Potential(registry().architectures["toy"], {"width": 4}, [1, 6, 7, 8]) for _ in range(2)])
+
+    monkeypatch.setitem(registry().pretrained, "toyzoo", zoo)
+    write_ani_file(tmp_path / "sampled.h5", n_conf=10, seed=7)
+    config = _ekd_config(tmp_path, ani_file, {"sampled": {"path": "sampled.h5", "labelled_by": "teachers",
+                                                          "weights": {"energy": 1, "forces": 10}, "share": 0.5}})
+    raw = yaml.safe_load(open(config))
+    raw["teachers"] = {"pretrained": "toyzoo"}
+    files = {}
+    for run, seed in (("seed0", 0), ("copied", 1), ("fresh", 1)):
+        raw.update(run_dir=str(tmp_path / run), seed=seed)
+        open(config, "w").write(yaml.safe_dump(raw))
+        with monkeypatch.context() as patch:
+            if run == "copied":
+                (tmp_path / run / "knowledge").mkdir(parents=True)
+                shutil.copy(files["seed0"], tmp_path / run / "knowledge")
+                patch.setattr("kdframe.teacher_labelling.label_chunk", None)  # its teachers must not run
+            assert main(["label", config, "--quiet"]) == 0, capsys.readouterr().err
+        made = set((tmp_path / run / "knowledge").glob("teacher_labels-sampled-*.h5")) - {
+            tmp_path / run / "knowledge" / files.get("seed0", Path("-")).name}
+        assert len(made) == 1
+        files[run] = made.pop()
+    assert files["copied"].name == files["fresh"].name != files["seed0"].name
+    keys = {"e": "teacher.energy", "f": "teacher.forces"}
+    seed0, copied, fresh = (PackedDataset.open(files[r], keys) for r in ("seed0", "copied", "fresh"))
+    assert np.abs(seed0.labels["e"] - fresh.labels["e"]).max() > 1e-6  # the seeds' alignments differ
+    everything = np.arange(len(fresh))
+    for key in keys:
+        assert np.allclose(copied.batch(everything).labels[key], fresh.batch(everything).labels[key], rtol=0,
+                           atol=1e-9)
+    with h5py.File(files["copied"], "r") as f:
+        assert f.attrs["teacher.realigned_from"] == str(tmp_path / "copied" / "knowledge" / files["seed0"].name)
+
+
 def test_a_workflow_without_teachers_refuses_teacher_labelled_sources(tmp_path, ani_file, capsys):
     import yaml
 

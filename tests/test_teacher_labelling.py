@@ -325,3 +325,40 @@ def test_atom_energies_are_the_ensembles_mean_and_sum_to_its_energy(tmp_path, an
     assert np.allclose(np.bincount(conf, got["atoms"]), got["energy"], rtol=0, atol=1e-9)
     assert _label(ani_file, tmp_path / "plain.h5", *_members(tmp_path)) == 0  # only when asked
     assert "teacher.atom_energies" not in PackedDataset.open(tmp_path / "plain.h5", {}).store.kinds
+
+
+def test_labels_of_another_alignment_are_shifted_not_relabelled(tmp_path, ani_file, capsys, monkeypatch):
+    """``--realign FILE``: labels of the same teacher and input under other offsets, shifted to this alignment, are
+    the values labelling again gives (ammonia is skipped: the rows map past it); a file of other options is one
+    error naming what differs."""
+    monkeypatch.setitem(registry().pretrained, "toy2", lambda: Ensemble([_toy(0, (1, 6, 8)), _toy(1, (1, 6, 8))]))
+    truth = tmp_path / "truth.h5"  # two levels of theory with other per-element offsets, on what the teacher covers
+    truth.write_bytes(Path(ani_file).read_bytes())
+    with h5py.File(truth, "a") as f:
+        del f["ammonia"]
+        for group in f.values():
+            z, x = group["atomic_numbers"][()], group["coordinates"][:, 0, 0]
+            for key, per_h in (("one.energy", -0.5), ("two.energy", -0.47)):
+                group[key] = x * 0.01 + per_h * (z == 1).sum() - 38.0
+    common = ["--pretrained", "toy2", "--energy-key"]
+    options = ["--chunk-size", 7, "--atom-energies", "--per-atom-spread"]
+    assert _label(ani_file, tmp_path / "one.h5", *common, "one.energy", "--align-to", truth, *options) == 0
+    assert _label(ani_file, tmp_path / "two.h5", *common, "two.energy", "--align-to", truth, *options) == 0
+    capsys.readouterr()
+    assert _label(ani_file, tmp_path / "shifted.h5", *common, "two.energy", "--align-to", truth, *options,
+                  "--realign", tmp_path / "one.h5") == 0
+    printed = capsys.readouterr().out
+    assert f"realigned from {tmp_path / 'one.h5'}" in printed and "36/48 configurations labelled" in printed
+    keys = {**KEYS, "atoms": "teacher.atom_energies", "per_atom": "teacher.forces_std_atoms"}
+    one, two, shifted = (_packed(tmp_path / f"{n}.h5", keys) for n in ("one", "two", "shifted"))
+    assert np.abs(one["energy"] - two["energy"]).max() > 0.1  # the two alignments differ
+    for key in two:
+        assert np.allclose(shifted[key], two[key], rtol=0, atol=1e-9), key
+    with h5py.File(tmp_path / "shifted.h5", "r") as f, h5py.File(tmp_path / "two.h5", "r") as g:
+        assert f.attrs["teacher.offsets"] == g.attrs["teacher.offsets"]
+    assert _label(ani_file, tmp_path / "other.h5", *common, "two.energy", "--align-to", truth,
+                  "--realign", tmp_path / "one.h5") == 2
+    err = capsys.readouterr().err.splitlines()  # the note on ammonia, then the error
+    assert [line for line in err if "error" in line] == err[-1:] and err[-1].startswith("kdframe: error: --realign")
+    assert "one.h5: made with another atom_energies, per_atom_spread" in err[-1]
+    assert not (tmp_path / "other.h5").exists()

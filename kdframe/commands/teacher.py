@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also teacher.atom_energies: the ensemble's per-atom energies (eV), summing to teacher.energy")
     p.add_argument("--no-force-spread", action="store_true",
                    help="no teacher.forces_std (one gradient instead of one per member: several times faster)")
+    p.add_argument("--realign", action="append", default=[], metavar="LABELS",
+                   help="a label file of the same teacher, input and outputs made with other offsets (e.g. another "
+                        "--align-to): shifted to this alignment instead of labelling again; several: the first that "
+                        "fits")
     p.add_argument("--force", action="store_true", help="replace an existing OUTPUT (never the input)")
     p.add_argument("--keep-parts", action="store_true", help="keep OUTPUT.parts/ (shards and journal) after merging")
     p.add_argument("--no-progress", action="store_true")
@@ -70,6 +74,6 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
                             atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, reuse=args.realign, reuse_strictly=bool(args.realign))
     print(summary_text(summary))
     return 0

@@ -106,25 +106,27 @@ class Atomic(Workflow):
         rows = [SweepRow("teacher", "teacher", teacher, run.dir / "teacher" / METRICS)]  # before it is frozen
         knowledge = Teacher(teacher, "teacher")
         atoms = run.knowledge(knowledge_source("atomic_energies", TEACHER_LABEL), knowledge, run.data)
-        if until == "label":
-            return f"Teacher atom energies cached in {run.dir / 'knowledge'}"
         data, identity = run.data.with_labels(**{TEACHER_LABEL: atoms}), {"teacher": knowledge.fingerprint()}
 
         def labelled(block: StudentSweep | BornAgain) -> StudentSweep | BornAgain:  # sources labelled by the teacher
             return block.model_copy(update={"sources": config.teacher.labelled_sources(
                 run, block.sources, identity["teacher"], "teacher")})
 
+        students = labelled(config.students)
+        born_again = labelled(config.born_again) if config.born_again.enabled else None
+        if until == "label":
+            return f"Teacher atom energies (and the labels of sources labelled by it) cached in {run.dir / 'knowledge'}"
+
         def fit(name: str, stage: str, block: Student, data, seed: int, **kwargs) -> None:
             model = run.fit(stage, block, data, seed, **kwargs)
             rows.append(SweepRow(name, name.split()[0], model, run.dir / stage / METRICS))
 
-        for i, student in enumerate(labelled(config.students).students()):
+        for i, student in enumerate(students.students()):
             fit(f"student {i + 1}", f"student_{i + 1}", student, data, config.seed + 100 + i, identity=identity)
             if config.controls.enabled:
                 control = Control(model=student.model, training=student.training, weights=config.controls.weights)
                 fit(f"control {i + 1}", f"control_{i + 1}", control, run.data, config.seed + 100 + i)
-        if config.born_again.enabled:
-            born_again = labelled(config.born_again)
+        if born_again is not None:
             first = teachers.members[0]
             spec = born_again.model or ModelSpec(architecture=first.architecture.name, **first.hyperparameters)
             fit("born-again", "born_again", born_again.model_copy(update={"model": spec}), data,

@@ -79,10 +79,11 @@ class Ekd(Workflow):
         if until == "train":
             return run.evaluate(models, "EKD teachers")
         data = self.distil(run, ensemble, "teachers")
-        if until == "label":
-            return f"Ensemble forces of {len(ensemble.members)} teachers cached in {run.dir / 'knowledge'}"
         block = config.student.model_copy(update={"sources": config.teachers.labelled_sources(
             run, config.student.sources, data[1], "teacher")})
+        if until == "label":
+            return (f"Ensemble forces of {len(ensemble.members)} teachers (and the labels of sources labelled by them) "
+                    f"cached in {run.dir / 'knowledge'}")
         n_first = config.students_per_generation if config.generations == 2 else 1
         first = [self.student(run, block, data, f"student_g1_{j + 1}" if n_first > 1 else "student", j)
                  for j in range(n_first)]

@@ -120,7 +120,9 @@ class TeacherSource(Strict):
         ``stage``..., after :meth:`ensemble`) labelled, aligned; labelled once into run_dir/knowledge, resumable, and
         reused while teachers and file stay. A source with a ``limit`` has only the configurations it draws labelled
         (:meth:`Run.drawn`: the same ones held out and trained on), unless the whole file's labels are already
-        there (made by a run without a limit, or copied from one)."""
+        there (made by a run without a limit, or copied from one). Labels of the same teachers and configurations
+        under another alignment in run_dir/knowledge (another seed's, copied there) are shifted to this run's offsets
+        instead of labelling again."""
         todo = {name: s for name, s in sources.items() if s.labelled_by == "teachers"}
         if not todo:
             return dict(sources)
@@ -141,8 +143,9 @@ class TeacherSource(Strict):
             if not out.is_file():
                 run.lock()
                 make_dir(out.parent)
+                others = sorted(out.parent.glob(f"teacher_labels-{name}-*.h5"))  # e.g. copied from another seed's run
                 teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
-                              device=str(run.device), confs=confs)
+                              device=str(run.device), confs=confs, reuse=others)
             keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
             labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **update, **keys})
         return labelled
