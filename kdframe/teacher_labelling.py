@@ -245,15 +245,7 @@ def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip
     """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard."""
     n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
     ptr = np.concatenate([[0], np.cumsum(n_atoms)])
-    n = stop - start
-    out = {"ok": ~skip[start:stop], "energy": np.full(n, np.nan), "energy_std": np.full(n, np.nan),
-           "forces": np.full((int(ptr[-1]), 3), np.nan)}
-    if outputs.spread:
-        out["forces_std"] = np.full(n, np.nan)
-    if outputs.per_atom and outputs.spread:
-        out["forces_std_atoms"] = np.full((int(ptr[-1]), 3), np.nan)
-    if outputs.atom_energies:
-        out["atom_energies"] = np.full(int(ptr[-1]), np.nan)
+    out = empty_shard(~skip[start:stop], int(ptr[-1]), outputs)
     todo = np.flatnonzero(out["ok"])
     for first in range(0, len(todo), batch_size):
         local = todo[first:first + batch_size]
@@ -273,6 +265,26 @@ def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip
     return out
 
 
+def empty_shard(ok: np.ndarray, n_atoms: int, outputs: Outputs) -> dict[str, np.ndarray]:
+    """A shard's arrays for configurations ``ok`` (False: skipped) of ``n_atoms`` atoms in all, every label NaN."""
+    n = len(ok)
+    out = {"ok": ok, "energy": np.full(n, np.nan), "energy_std": np.full(n, np.nan),
+           "forces": np.full((n_atoms, 3), np.nan)}
+    if outputs.spread:
+        out["forces_std"] = np.full(n, np.nan)
+    if outputs.per_atom and outputs.spread:
+        out["forces_std_atoms"] = np.full((n_atoms, 3), np.nan)
+    if outputs.atom_energies:
+        out["atom_energies"] = np.full(n_atoms, np.nan)
+    return out
+
+
+def chunk_record(index: int, start: int, stop: int, checksum: str, labelled: int, began: float, **extra) -> dict:
+    """The journal line of a finished chunk."""
+    return {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum, "start": start,
+            "stop": stop, "labelled": labelled, "seconds": time.perf_counter() - began, **extra}
+
+
 def write_shard(path: Path, values: dict[str, np.ndarray]) -> str:
     """Write the shard atomically; its checksum (of the bytes written)."""
     buffer = io.BytesIO()
@@ -289,43 +301,74 @@ def read_shard(path: Path) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- labels of another alignment
 
-# Options that do not change what a label file holds besides its alignment (the offsets), so a file that differs
-# from a labelling only in these can be shifted to it.
-ALIGNMENT_OPTIONS = ("align", "given_offsets", "chunk_size", "batch_size", "device")
+# Options a label file may have been made with otherwise and still be shifted to a labelling: its alignment and how
+# it was computed (chunks, batches, device: the same values up to rounding). The teacher and the input are compared
+# by their fingerprint and content, not by how their paths were spelled.
+REALIGN_FREE = ("align", "given_offsets", "chunk_size", "batch_size", "device", "teacher", "input")
+OPTION_NAMES = {"teacher_fingerprint": "teacher (its weights)", "input_content": "input (its configurations)",
+                "head": "--head", "spread": "--no-force-spread", "per_atom_spread": "--per-atom-spread",
+                "atom_energies": "--atom-energies"}
 
 
-def reusable(candidates: Sequence[str | os.PathLike], options: dict,
-             output: Path) -> tuple[Path | None, dict[str, str]]:
-    """The first of ``candidates`` (finished label files) made with ``options`` but for the alignment, and why each
-    one before it is not (file: the reason)."""
-    import h5py
+def changed_options(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
-    wanted = {k: v for k, v in options.items() if k not in ALIGNMENT_OPTIONS}
+
+def outputs_of(outputs: Outputs) -> list[str]:
+    """The labels a file of these outputs holds."""
+    keys = [ENERGY, ENERGY_STD, FORCES]
+    keys += [FORCES_STD] if outputs.spread else []
+    keys += [FORCES_STD_ATOMS] if outputs.spread and outputs.per_atom else []
+    return keys + ([ATOM_ENERGIES] if outputs.atom_energies else [])
+
+
+def realignable(candidates: Sequence[str | os.PathLike], options: dict, outputs: Outputs, n_labelled: int,
+                output: Path) -> tuple[Path | None, dict[str, str]]:
+    """The first of ``candidates`` (finished label files) that :func:`realigned_shards` can shift to a labelling with
+    ``options`` of ``n_labelled`` configurations, and why each one before it cannot (file: the reason)."""
     refused = {}
     for candidate in map(Path, candidates):
-        if not candidate.is_file() or candidate.resolve() == output.resolve():
-            refused[str(candidate)] = "not found" if not candidate.is_file() else "the output itself"
-            continue
-        try:
-            with h5py.File(candidate, "r") as f:
-                theirs = json.loads(f.attrs["teacher.options"]) if f.attrs.get("teacher.format") == FORMAT else None
-        except (OSError, KeyError, ValueError):
-            theirs = None
-        if theirs is None:
-            refused[str(candidate)] = f"not a teacher-label file ({FORMAT})"
-            continue
-        theirs = {k: v for k, v in theirs.items() if k not in ALIGNMENT_OPTIONS}
-        if theirs == wanted:
+        reason = _refusal(candidate, options, outputs, n_labelled, output)
+        if reason is None:
             return candidate, refused
-        changed = sorted(k for k in set(theirs) | set(wanted) if theirs.get(k) != wanted.get(k))
-        refused[str(candidate)] = "made with another " + ", ".join(changed)
+        refused[str(candidate)] = reason
     return None, refused
 
 
-def realigned_shards(source: Path, offsets: Sequence[float] | None, dataset, ranges, skip: np.ndarray, parts: Path,
+def _refusal(candidate: Path, options: dict, outputs: Outputs, n_labelled: int, output: Path) -> str | None:
+    import h5py
+
+    if not candidate.is_file():
+        return "not found"
+    if candidate.resolve() == output.resolve():
+        return "the output itself"
+    try:
+        with h5py.File(candidate, "r") as f:
+            found = f.attrs.get("teacher.format")
+            if found != FORMAT:
+                return f"not a label file of kdframe data teacher-label ({FORMAT})" if found is None else \
+                    f"format {found}, not {FORMAT}"
+            theirs = json.loads(f.attrs["teacher.options"])
+            json.loads(f.attrs["teacher.offsets"])
+            missing = [k for k in outputs_of(outputs) if f"labels/{k}" not in f]
+            rows = len(f["atom_ptr"]) - 1
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    changed = changed_options({k: v for k, v in theirs.items() if k not in REALIGN_FREE},
+                              {k: v for k, v in options.items() if k not in REALIGN_FREE})
+    if changed:
+        return "made with another " + ", ".join(OPTION_NAMES.get(k, k) for k in changed)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if rows != n_labelled:
+        return f"{rows} configurations, not the {n_labelled} to label"
+    return None
+
+
+def realigned_shards(earlier: Path, offsets: Sequence[float] | None, dataset, ranges, skip: np.ndarray, parts: Path,
                      outputs: Outputs, done: set[int]) -> Iterator[dict]:
-    """Write the shards (but those in ``done``) of a labelling with ``offsets`` from ``source``, a label file of the
-    same teacher and configurations with other offsets; yield their journal records.
+    """Write the shards (but those in ``done``) of a labelling with ``offsets`` from ``earlier``, a label file of the
+    same teacher and configurations with other offsets (:func:`realignable`); yield their journal records.
 
     Offsets are added to every member's reference energies (:func:`apply_offsets`), so the members' mean energy
     moves by the sum of its atoms' offset changes and each atom energy by its element's: the same values as labelling
@@ -333,62 +376,61 @@ def realigned_shards(source: Path, offsets: Sequence[float] | None, dataset, ran
     input's."""
     import h5py
 
-    with h5py.File(source, "r") as f:
-        old = {int(z): v for z, v in json.loads(f.attrs["teacher.offsets"]).items()}
-        new = {z: float(v) for z, v in enumerate(offsets or ())}
-        width = max([*old, *new, int(dataset.elements().max())]) + 1
-        shift = np.zeros(width)
-        for z in range(width):
-            shift[z] = new.get(z, 0.0) - old.get(z, 0.0)
-        ptr = f["atom_ptr"][()].astype(np.int64)
-        if len(ptr) - 1 != int((~skip).sum()):
-            raise DataError(f"{source}: {len(ptr) - 1} configurations, but {int((~skip).sum())} to label; not a "
-                            "label file of this input (delete it from the knowledge directory to label afresh)")
-        labels = f["labels"]
-        row = 0
-        for index, (start, stop) in enumerate(ranges):
-            began = time.perf_counter()
-            ok = ~skip[start:stop]
-            local = np.flatnonzero(ok)
-            if index in done:
+    def not_this_input(what: str) -> DataError:
+        return DataError(f"{earlier}: {what}; not labels of this input: leave it out of the files to realign from "
+                         "(--realign, or run_dir/knowledge of a run)")
+
+    try:
+        with h5py.File(earlier, "r") as f:
+            old = {int(z): v for z, v in json.loads(f.attrs["teacher.offsets"]).items()}
+            new = {z: float(v) for z, v in enumerate(offsets or ())}
+            width = max([*old, *new, int(dataset.elements().max())]) + 1
+            shift = np.array([new.get(z, 0.0) - old.get(z, 0.0) for z in range(width)])
+            ptr = f["atom_ptr"][()].astype(np.int64)
+            labels = f["labels"]
+            row = 0
+            for index, (start, stop) in enumerate(ranges):
+                began = time.perf_counter()
+                ok = ~skip[start:stop]
+                local = np.flatnonzero(ok)
+                rows = slice(row, row + len(local))
                 row += len(local)
-                continue
-            first, last = ptr[row], ptr[row + len(local)]
-            n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
-            cptr = np.concatenate([[0], np.cumsum(n_atoms)])
-            atoms = (np.concatenate([np.arange(cptr[c], cptr[c + 1]) for c in local]) if len(local)
-                     else np.zeros(0, dtype=np.int64))
-            batch = dataset.batch(local + start, labels=())
-            species = f["species"][first:last].astype(np.int64)
-            if (not np.array_equal(species, batch.species.numpy())
-                    or not np.allclose(f["positions"][first:last], batch.positions.detach().double().numpy(),
-                                       atol=1e-6)):
-                raise DataError(f"{source}: configurations {start}-{stop - 1} differ from the input's; not a label "
-                                "file of this input (delete it from the knowledge directory to label afresh)")
-            conf = np.repeat(np.arange(len(local)), n_atoms[local])
-            values = {"ok": ok, "energy": np.full(stop - start, np.nan), "energy_std": np.full(stop - start, np.nan),
-                      "forces": np.full((int(cptr[-1]), 3), np.nan)}
-            values["energy"][local] = (labels[ENERGY][row:row + len(local)]
-                                       + np.bincount(conf, shift[species], len(local)))
-            values["energy_std"][local] = labels[ENERGY_STD][row:row + len(local)]
-            values["forces"][atoms] = labels[FORCES][first:last]
-            if outputs.spread:
-                values["forces_std"] = np.full(stop - start, np.nan)
-                values["forces_std"][local] = labels[FORCES_STD][row:row + len(local)]
-            if outputs.per_atom and outputs.spread:
-                values["forces_std_atoms"] = np.full((int(cptr[-1]), 3), np.nan)
-                values["forces_std_atoms"][atoms] = labels[FORCES_STD_ATOMS][first:last]
-            if outputs.atom_energies:
-                values["atom_energies"] = np.full(int(cptr[-1]), np.nan)
-                values["atom_energies"][atoms] = labels[ATOM_ENERGIES][first:last] + shift[species]
-            row += len(local)
-            checksum = write_shard(parts / shard_name(index), values)
-            yield {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum, "start": start,
-                   "stop": stop, "labelled": len(local), "seconds": time.perf_counter() - began,
-                   "realigned_from": str(source)}
+                if index in done:
+                    continue
+                first, last = ptr[rows.start], ptr[rows.stop]
+                n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
+                cptr = np.concatenate([[0], np.cumsum(n_atoms)])
+                atoms = np.concatenate([np.arange(cptr[c], cptr[c + 1]) for c in local] or [np.zeros(0, np.int64)])
+                batch = dataset.batch(local + start, labels=())
+                species = f["species"][first:last].astype(np.int64)
+                if (not np.array_equal(species, batch.species.numpy())
+                        or not np.allclose(f["positions"][first:last], batch.positions.detach().double().numpy(),
+                                           rtol=0, atol=1e-6)):
+                    raise not_this_input(f"configurations {start}-{stop - 1} differ from the input's")
+                conf = np.repeat(np.arange(len(local)), n_atoms[local])
+                values = empty_shard(ok, int(cptr[-1]), outputs)
+                values["energy"][local] = labels[ENERGY][rows] + np.bincount(conf, shift[species], len(local))
+                values["forces"][atoms] = labels[FORCES][first:last]
+                for key, label in (("energy_std", ENERGY_STD), ("forces_std", FORCES_STD)):
+                    if key in values:
+                        values[key][local] = labels[label][rows]
+                if "forces_std_atoms" in values:
+                    values["forces_std_atoms"][atoms] = labels[FORCES_STD_ATOMS][first:last]
+                if "atom_energies" in values:
+                    values["atom_energies"][atoms] = labels[ATOM_ENERGIES][first:last] + shift[species]
+                checksum = write_shard(parts / shard_name(index), values)
+                yield chunk_record(index, start, stop, checksum, len(local), began, realigned_from=str(earlier))
+    except (OSError, KeyError) as exc:
+        raise not_this_input(f"unreadable ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- journal
+
+
+def finished(done: dict[int, dict], parts: Path) -> set[int]:
+    """The chunks of ``done`` (their journal records) whose shard is in ``parts`` with the recorded checksum."""
+    return {index for index, record in done.items() if (parts / shard_name(index)).is_file()
+            and f"sha256:{file_sha256(parts / shard_name(index))}" == record["checksum"]}
 
 
 def parts_dir(output: str | os.PathLike) -> Path:
@@ -449,9 +491,7 @@ def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: st
                   outputs: Outputs) -> dict:
     began = time.perf_counter()
     values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, outputs)
-    checksum = write_shard(Path(shard), values)
-    return {"type": "chunk", "index": index, "file": Path(shard).name, "checksum": checksum, "start": start,
-            "stop": stop, "labelled": int(values["ok"].sum()), "seconds": time.perf_counter() - began}
+    return chunk_record(index, start, stop, write_shard(Path(shard), values), int(values["ok"].sum()), began)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -470,7 +510,8 @@ class Summary:
     seconds: float = 0.0  # labelling only (not loading nor merging)
     computed: int = 0  # configurations labelled by this call
     offsets: dict[int, float] = field(default_factory=dict)
-    realigned_from: Path | None = None  # labels of another alignment shifted to these offsets instead of labelling
+    realigned: int = 0  # chunks shifted from labels of another alignment instead of labelled
+    realigned_from: Path | None = None
 
     @property
     def throughput(self) -> float:
@@ -489,16 +530,16 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
                   spread: bool = True, per_atom: bool = False, atom_energies: bool = False, force: bool = False,
                   keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None,
-                  confs: Sequence[int] | None = None, reuse: Sequence[str | os.PathLike] = (),
-                  reuse_strictly: bool = False) -> Summary:
+                  confs: Sequence[int] | None = None, realign_from: Sequence[str | os.PathLike] = (),
+                  realign_required: bool = False) -> Summary:
     """Label every configuration of ``input_path`` (or only those at the indices ``confs``, in their order) with the
     teacher ``spec``; OUTPUT as a packed file of them. Resumable.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
-    alignment), used instead of fitting them to ``align_to``. ``reuse``: label files made earlier; the first one of
+    alignment), used instead of fitting them to ``align_to``. ``realign_from``: label files made earlier; the first one of
     the same teacher, configurations and outputs under other offsets is shifted to these offsets
-    (:func:`realigned_shards`) instead of running the teacher again; with ``reuse_strictly`` none of them fitting
-    is an error (otherwise the teacher labels)."""
+    (:func:`realigned_shards`) instead of running the teacher again; with ``realign_required`` none of them fitting
+    is an error (otherwise each is named with the reason and the teacher labels)."""
     from .data.packed import check_target
 
     input_path, output = Path(input_path), Path(output)
@@ -571,17 +612,21 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
              f"{', '.join(entry['elements'])} not covered by the teacher {spec.name} (it covers "
              f"{', '.join(_element_symbol(z) for z in species)})")
 
-    source, refused = reusable(reuse, options, output)
-    if source is None and reuse_strictly:
-        raise ConfigError("--realign", "; ".join(f"{k}: {v}" for k, v in refused.items())
-                          + " (valid: a label file of this teacher, input, head and outputs)")
+    earlier, refused = realignable(realign_from, options, outputs, summary.labelled, output)
+    unfinished = len(read_journal(parts / JOURNAL)[1]) < len(ranges)
+    if earlier is None and realign_from and unfinished:
+        reasons = "; ".join(f"{k}: {v}" for k, v in refused.items())
+        if realign_required:
+            raise ConfigError("--realign", reasons, ["a file of kdframe data teacher-label with this teacher, input, "
+                                                     "--head and outputs"])
+        note(f"not realigned from earlier labels ({reasons}): the teacher labels {input_path}")
 
     with locked(parts):
         journal = parts / JOURNAL
         header, done = read_journal(journal)
         if header is not None and header.get("key") != key:
             old = header.get("options", {})
-            changed = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
+            changed = changed_options(old, options)
             raise RunStateError(f"{parts}: an unfinished labelling with another teacher, input or options (changed: "
                                 f"{', '.join(changed) or 'the run key'}); run it again as it was, or delete {parts} "
                                 "to start over")
@@ -598,8 +643,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             header = {"type": "run", "key": key, "options": options, "offsets": offsets}
             append_journal(journal, header)
         offsets = header.get("offsets")
-        if source is not None and len(done) < len(ranges):  # (again after an interruption: the chunks left)
-            for record in realigned_shards(source, offsets, dataset, ranges, skip, parts, outputs, set(done)):
+        if earlier is not None and unfinished:  # (again after an interruption: the chunks left)
+            for record in realigned_shards(earlier, offsets, dataset, ranges, skip, parts, outputs,
+                                           finished(done, parts)):
                 append_journal(journal, record)
             done = read_journal(journal)[1]
         # Sent to the worker processes as bytes: multiprocessing would send its tensors as one shared-memory copy
@@ -613,17 +659,18 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                 warn(f"{input_path}: element(s) {', '.join(_element_symbol(z) for z in missing)} absent from "
                      f"{align_to or 'the offsets given'}: their energies keep the teacher's own reference energies")
         todo = []
-        for index, (start, stop) in enumerate(ranges):
+        verified = finished(done, parts)
+        for index in range(len(ranges)):
             record = done.get(index)
-            path = parts / shard_name(index)
-            if record is not None and path.is_file() and f"sha256:{file_sha256(path)}" == record["checksum"]:
+            if index in verified:
                 if "realigned_from" in record:
+                    summary.realigned += 1
                     summary.realigned_from = Path(record["realigned_from"])
                 else:
                     summary.resumed += 1
                 continue
             if record is not None:
-                note(f"{path}: missing or not matching its checksum; labelling chunk {index} again")
+                note(f"{parts / shard_name(index)}: missing or not matching its checksum; labelling chunk {index} again")
             todo.append(index)
 
         began = time.perf_counter()
@@ -661,9 +708,7 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
                 values = label_chunk(predictor, dataset, start, stop, skip, batch_size, outputs)
                 checksum = write_shard(parts / shard_name(index), values)
                 bar.update()
-                yield {"type": "chunk", "index": index, "file": shard_name(index), "checksum": checksum,
-                       "start": start, "stop": stop, "labelled": int(values["ok"].sum()),
-                       "seconds": time.perf_counter() - began}
+                yield chunk_record(index, start, stop, checksum, int(values["ok"].sum()), began)
             return
         import multiprocessing
 
@@ -732,8 +777,9 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                           "|F_m - mean F|^2); forces_std_atoms: members' std of each force component; "
                           "atom_energies: the members' mean per-atom energies, summing to energy",
     }
-    if summary.realigned_from is not None:
-        attrs["teacher.realigned_from"] = str(summary.realigned_from)
+    if summary.realigned:
+        attrs["teacher.realigned_from"] = f"{summary.realigned_from}"
+        attrs["teacher.realigned_chunks"] = f"{summary.realigned} of {len(ranges)}"
     writer = PackedWriter(output, kinds, source=f"{Path(options['input']).stem} labelled by {spec.name}", attrs=attrs,
                           atom_shapes={ATOM_ENERGIES: ()})
     periodic = _cells_of(dataset)
@@ -803,8 +849,9 @@ def summary_text(summary: Summary) -> str:
              + (f"; {summary.computed} in {summary.seconds:.1f} s, {summary.throughput:.1f} configurations/s"
                 if summary.computed else ""),
              summary.skipped_line()]
-    if summary.realigned_from is not None:
-        lines.append(f"realigned from {summary.realigned_from} (its labels shifted to these offsets, not relabelled)")
+    if summary.realigned:
+        lines.append(f"{summary.realigned} chunk(s) realigned from {summary.realigned_from} (its labels shifted to "
+                     "these offsets, not relabelled)")
     if summary.offsets:
         lines.append("aligned: per-element offsets (eV) " + ", ".join(
             f"{_element_symbol(z)} {v:+.6f}" for z, v in sorted(summary.offsets.items())))

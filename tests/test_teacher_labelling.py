@@ -327,10 +327,9 @@ def test_atom_energies_are_the_ensembles_mean_and_sum_to_its_energy(tmp_path, an
     assert "teacher.atom_energies" not in PackedDataset.open(tmp_path / "plain.h5", {}).store.kinds
 
 
-def test_labels_of_another_alignment_are_shifted_not_relabelled(tmp_path, ani_file, capsys, monkeypatch):
-    """``--realign FILE``: labels of the same teacher and input under other offsets, shifted to this alignment, are
-    the values labelling again gives (ammonia is skipped: the rows map past it); a file of other options is one
-    error naming what differs."""
+def _two_alignments(tmp_path, ani_file, monkeypatch) -> tuple[list, Path]:
+    """The toy2 teacher (no N: ammonia is skipped) labelled into one.h5 and two.h5 under two alignments; the arguments
+    of the second."""
     monkeypatch.setitem(registry().pretrained, "toy2", lambda: Ensemble([_toy(0, (1, 6, 8)), _toy(1, (1, 6, 8))]))
     truth = tmp_path / "truth.h5"  # two levels of theory with other per-element offsets, on what the teacher covers
     truth.write_bytes(Path(ani_file).read_bytes())
@@ -340,25 +339,74 @@ def test_labels_of_another_alignment_are_shifted_not_relabelled(tmp_path, ani_fi
             z, x = group["atomic_numbers"][()], group["coordinates"][:, 0, 0]
             for key, per_h in (("one.energy", -0.5), ("two.energy", -0.47)):
                 group[key] = x * 0.01 + per_h * (z == 1).sum() - 38.0
-    common = ["--pretrained", "toy2", "--energy-key"]
-    options = ["--chunk-size", 7, "--atom-energies", "--per-atom-spread"]
-    assert _label(ani_file, tmp_path / "one.h5", *common, "one.energy", "--align-to", truth, *options) == 0
-    assert _label(ani_file, tmp_path / "two.h5", *common, "two.energy", "--align-to", truth, *options) == 0
+    options = ["--pretrained", "toy2", "--align-to", truth, "--chunk-size", 7, "--atom-energies", "--per-atom-spread"]
+    assert _label(ani_file, tmp_path / "one.h5", *options, "--energy-key", "one.energy") == 0
+    assert _label(ani_file, tmp_path / "two.h5", *options, "--energy-key", "two.energy") == 0
+    return [*options, "--energy-key", "two.energy"], truth
+
+
+REALIGNED_KEYS = {**KEYS, "atoms": "teacher.atom_energies", "per_atom": "teacher.forces_std_atoms"}
+
+
+def test_labels_of_another_alignment_are_shifted_not_relabelled(tmp_path, ani_file, capsys, monkeypatch):
+    """``--realign FILE``: labels of the same teacher and input under other offsets, shifted to this alignment without
+    running the teacher, are the values labelling again gives (ammonia is skipped: the rows map past it)."""
+    second, _ = _two_alignments(tmp_path, ani_file, monkeypatch)
     capsys.readouterr()
-    assert _label(ani_file, tmp_path / "shifted.h5", *common, "two.energy", "--align-to", truth, *options,
-                  "--realign", tmp_path / "one.h5") == 0
+    with monkeypatch.context() as patch:
+        patch.setattr("kdframe.teacher_labelling.label_chunk", None)  # the teacher must not run
+        assert _label(ani_file, tmp_path / "shifted.h5", *second, "--realign", tmp_path / "one.h5") == 0
     printed = capsys.readouterr().out
-    assert f"realigned from {tmp_path / 'one.h5'}" in printed and "36/48 configurations labelled" in printed
-    keys = {**KEYS, "atoms": "teacher.atom_energies", "per_atom": "teacher.forces_std_atoms"}
-    one, two, shifted = (_packed(tmp_path / f"{n}.h5", keys) for n in ("one", "two", "shifted"))
+    assert f"7 chunk(s) realigned from {tmp_path / 'one.h5'}" in printed and "36/48 configurations labelled" in printed
+    one, two, shifted = (_packed(tmp_path / f"{n}.h5", REALIGNED_KEYS) for n in ("one", "two", "shifted"))
     assert np.abs(one["energy"] - two["energy"]).max() > 0.1  # the two alignments differ
     for key in two:
         assert np.allclose(shifted[key], two[key], rtol=0, atol=1e-9), key
     with h5py.File(tmp_path / "shifted.h5", "r") as f, h5py.File(tmp_path / "two.h5", "r") as g:
         assert f.attrs["teacher.offsets"] == g.attrs["teacher.offsets"]
-    assert _label(ani_file, tmp_path / "other.h5", *common, "two.energy", "--align-to", truth,
-                  "--realign", tmp_path / "one.h5") == 2
-    err = capsys.readouterr().err.splitlines()  # the note on ammonia, then the error
-    assert [line for line in err if "error" in line] == err[-1:] and err[-1].startswith("kdframe: error: --realign")
-    assert "one.h5: made with another atom_energies, per_atom_spread" in err[-1]
-    assert not (tmp_path / "other.h5").exists()
+        assert f.attrs["teacher.realigned_chunks"] == "7 of 7"
+
+
+def test_an_interrupted_realignment_resumes_with_the_same_values(tmp_path, ani_file, monkeypatch):
+    from kdframe import teacher_labelling
+
+    second, _ = _two_alignments(tmp_path, ani_file, monkeypatch)
+    write, calls = teacher_labelling.write_shard, []
+
+    def dies_at_the_fourth(path, values):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return write(path, values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("kdframe.teacher_labelling.write_shard", dies_at_the_fourth)
+        assert _label(ani_file, tmp_path / "shifted.h5", *second, "--realign", tmp_path / "one.h5") == 130
+    assert len(read_journal(parts_dir(tmp_path / "shifted.h5") / "journal.jsonl")[1]) == 3
+    (parts_dir(tmp_path / "shifted.h5") / "chunk-000001.npz").write_bytes(b"torn")  # realigned again, not labelled
+    with monkeypatch.context() as patch:
+        patch.setattr("kdframe.teacher_labelling.label_chunk", None)
+        assert _label(ani_file, tmp_path / "shifted.h5", *second, "--realign", tmp_path / "one.h5") == 0
+    two, shifted = (_packed(tmp_path / f"{n}.h5", REALIGNED_KEYS) for n in ("two", "shifted"))
+    for key in two:
+        assert np.allclose(shifted[key], two[key], rtol=0, atol=1e-9), key
+
+
+def test_labels_that_cannot_be_realigned_are_one_error_naming_why(tmp_path, ani_file, capsys, monkeypatch):
+    second, truth = _two_alignments(tmp_path, ani_file, monkeypatch)
+    plain = ["--pretrained", "toy2", "--align-to", truth, "--energy-key", "two.energy", "--chunk-size", 7]
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes((tmp_path / "one.h5").read_bytes())
+    with h5py.File(damaged, "a") as f:
+        del f["labels/teacher.atom_energies"]
+    capsys.readouterr()
+    for argv, why in (([*plain, "--realign", tmp_path / "one.h5"], "one.h5: made with another --atom-energies, "
+                                                                   "--per-atom-spread"),
+                      ([*second, "--realign", damaged], "damaged.h5: lacks teacher.atom_energies"),
+                      ([*second, "--realign", truth], "truth.h5: not a label file of kdframe data teacher-label"),
+                      ([*second, "--realign", tmp_path / "none.h5"], "none.h5: not found")):
+        assert _label(ani_file, tmp_path / "other.h5", *argv) == 2
+        err = capsys.readouterr().err.splitlines()  # the note on ammonia, then the error
+        assert [line for line in err if "error" in line] == err[-1:] and err[-1].startswith("kdframe: error: --realign")
+        assert why in err[-1], err[-1]
+        assert not (tmp_path / "other.h5").exists() and not parts_dir(tmp_path / "other.h5").exists()

@@ -145,7 +145,7 @@ class TeacherSource(Strict):
                 make_dir(out.parent)
                 others = sorted(out.parent.glob(f"teacher_labels-{name}-*.h5"))  # e.g. copied from another seed's run
                 teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
-                              device=str(run.device), confs=confs, reuse=others)
+                              device=str(run.device), confs=confs, realign_from=others)
             keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
             labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **update, **keys})
         return labelled
