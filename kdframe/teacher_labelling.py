@@ -536,10 +536,12 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
     teacher ``spec``; OUTPUT as a packed file of them. Resumable.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
-    alignment), used instead of fitting them to ``align_to``. ``realign_from``: label files made earlier; the first one of
-    the same teacher, configurations and outputs under other offsets is shifted to these offsets
-    (:func:`realigned_shards`) instead of running the teacher again; with ``realign_required`` none of them fitting
-    is an error (otherwise each is named with the reason and the teacher labels)."""
+    alignment), used instead of fitting them to ``align_to``.
+
+    ``realign_from``: label files made earlier; the first one of the same teacher, configurations and outputs under
+    other offsets is shifted to these offsets (:func:`realigned_shards`) instead of running the teacher again; with
+    ``realign_required`` none of them fitting is an error (otherwise each is named with the reason and the teacher
+    labels)."""
     from .data.packed import check_target
 
     input_path, output = Path(input_path), Path(output)
@@ -670,7 +672,8 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                     summary.resumed += 1
                 continue
             if record is not None:
-                note(f"{parts / shard_name(index)}: missing or not matching its checksum; labelling chunk {index} again")
+                note(f"{parts / shard_name(index)}: missing or not matching its checksum; labelling chunk {index} "
+                     "again")
             todo.append(index)
 
         began = time.perf_counter()

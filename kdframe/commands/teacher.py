@@ -74,6 +74,7 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
                             atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts,
-                            progress=not args.no_progress, realign_from=args.realign, realign_required=bool(args.realign))
+                            progress=not args.no_progress, realign_from=args.realign,
+                            realign_required=bool(args.realign))
     print(summary_text(summary))
     return 0
