@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
-
-RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def benchmarks():
-    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/run.py", "benchmarks_run")
 
 
 @pytest.mark.parametrize(("n_atoms", "seed"), [(150, 2), (3000, 1)])

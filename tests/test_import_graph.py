@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "import_cycles.py"
+from repo_scripts import load_script
 
 
 def test_no_import_cycle_among_modules_or_subpackages(capsys):
-    spec = importlib.util.spec_from_file_location("import_cycles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main([]) == 0, capsys.readouterr().out
+    assert load_script("scripts/import_cycles.py").main([]) == 0, capsys.readouterr().out

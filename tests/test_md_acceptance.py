@@ -3,10 +3,8 @@ and the whole suite on a toy model for a few steps."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
-from pathlib import Path
 
 import ase
 import numpy as np
@@ -17,18 +15,15 @@ from ase.calculators.calculator import Calculator, all_changes
 from kdframe.errors import ConfigError
 from kdframe.plugins import registry
 from kdframe.potential import Potential
+from repo_scripts import load_script
 
 HIPNN = {"l_max": 0, "n_interaction_layers": 1, "width": 8, "n_atom_layers": 1, "n_sensitivities": 6,
           "dist_soft_max": 4.0, "dist_hard_max": 5.0}
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def run_py():
-    spec = importlib.util.spec_from_file_location("benchmarks_run", BENCHMARKS / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # puts benchmarks/ on sys.path
-    return module
+    return load_script("benchmarks/run.py", "benchmarks_run")  # puts benchmarks/ on sys.path
 
 
 @pytest.fixture(scope="module")

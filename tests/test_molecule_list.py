@@ -2,7 +2,6 @@
 their generator (scripts/make_molecule_list.py)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 
 Chem = pytest.importorskip("rdkit.Chem")
 from rdkit import rdBase  # noqa: E402
+from repo_scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE, LARGE = "organic_chno.smi", "organic_chno_large.smi"
 LISTS = {BASE: 1, LARGE: 10}  # file -> --quota-scale
-SCRIPT = ROOT / "scripts" / "make_molecule_list.py"
 MIN_PER_GROUP = 15
 GROUPS = ["alcohol", "ether", "aldehyde", "ketone", "carboxylic_acid", "ester", "primary_amine",
           "secondary_amine", "tertiary_amine", "amide", "nitrile", "nitro", "oxime", "amino_acid",
@@ -24,10 +23,7 @@ GROUPS = ["alcohol", "ether", "aldehyde", "ketone", "carboxylic_acid", "ester", 
 
 @pytest.fixture(scope="module")
 def gen():
-    spec = importlib.util.spec_from_file_location("make_molecule_list", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/make_molecule_list.py")
 
 
 @pytest.fixture(scope="module", params=sorted(LISTS))

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_table.py"
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def seed_table():
-    spec = importlib.util.spec_from_file_location("seed_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/seed_table.py")
 
 
 def _report(path: Path, teacher: tuple[float, float, float], student: tuple[float, float, float]) -> Path:
