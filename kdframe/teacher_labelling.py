@@ -645,11 +645,12 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
             header = {"type": "run", "key": key, "options": options, "offsets": offsets}
             append_journal(journal, header)
         offsets = header.get("offsets")
-        if earlier is not None and unfinished:  # (again after an interruption: the chunks left)
-            for record in realigned_shards(earlier, offsets, dataset, ranges, skip, parts, outputs,
-                                           finished(done, parts)):
+        verified = finished(done, parts)
+        if earlier is not None and len(verified) < len(ranges):  # (again after an interruption: the chunks left)
+            for record in realigned_shards(earlier, offsets, dataset, ranges, skip, parts, outputs, set(verified)):
                 append_journal(journal, record)
-            done = read_journal(journal)[1]
+                done[record["index"]] = record
+                verified.add(record["index"])  # its shard just written with this checksum
         # Sent to the worker processes as bytes: multiprocessing would send its tensors as one shared-memory copy
         # for all workers, and the offsets a worker adds in place would reach the others' teachers too.
         unaligned = pickle.dumps(teacher) if workers else None
@@ -661,7 +662,6 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                 warn(f"{input_path}: element(s) {', '.join(_element_symbol(z) for z in missing)} absent from "
                      f"{align_to or 'the offsets given'}: their energies keep the teacher's own reference energies")
         todo = []
-        verified = finished(done, parts)
         for index in range(len(ranges)):
             record = done.get(index)
             if index in verified:
