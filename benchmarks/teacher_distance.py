@@ -5,11 +5,13 @@
 
 A student's error against the reference mixes two things: the teacher's own error and the student's distance from
 its teacher. This scores every model against the reference and every student against the teacher's predictions;
-the teacher's own members (one network each) against their ensemble give the scale of that distance.
+the teacher's own members (one network each) against their ensemble give the scale of that distance, and against
+the reference what one of the teacher's networks achieves alone.
 Energies are compared after per-element offsets refit on the set (``kdframe.evaluation.refit_offsets``), so that the
 student's and the teacher's different offset alignments do not count; dE and F need no refit. Writes a markdown
 table (kcal/mol, kcal/mol/Å) to stdout. ``--mean`` adds the students' averaged predictions: if the students of several
-seeds err independently, their mean is closer to the teacher than each of them.
+seeds err independently, their mean is closer to the teacher than each of them. ``--members`` lists each member against
+the reference, E also as the run reports state it (no refit); ``--per-molecule`` splits dE by molecule.
 """
 
 from __future__ import annotations
@@ -17,16 +19,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdframe.config import resolve_path
+from kdframe.data.dataset import Dataset
 from kdframe.data.readers import read_dataset
 from kdframe.errors import KdframeError
-from kdframe.evaluation import REFIT, Metrics, mean_predictions, metrics_of, predict
+from kdframe.evaluation import REFIT, Metrics, conformer_pair_indices, mean_predictions, metrics_of, predict
 from kdframe.plugins import registry
 from kdframe.potential import Potential
+from kdframe.units import EV_TO_KCAL_MOL
 
 COLUMNS = (f"{REFIT} rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
+
+
+def per_molecule_table(data: Dataset, teacher: np.ndarray, students: dict[str, np.ndarray]) -> str:
+    """dE rmse (kcal/mol) per molecule over the pairs the dE column uses: where a student departs from its teacher."""
+    reference = data.labels["energy"]
+    first, second = conformer_pair_indices(data, reference)
+    header = ["molecule", "pairs", "teacher, reference"]
+    header += [f"{name}, {against}" for name in students for against in ("reference", "teacher")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m, name in enumerate(data.molecule_names):
+        pairs = data.molecule[first] == m
+        i, j = first[pairs], second[pairs]
+
+        def rmse(predicted: np.ndarray, against: np.ndarray) -> str:
+            error = (predicted[i] - predicted[j]) - (against[i] - against[j])
+            return f"{np.sqrt(np.mean(error**2)) * EV_TO_KCAL_MOL:.2f}"
+
+        cells = [rmse(teacher, reference)] + [rmse(e, a) for e in students.values() for a in (reference, teacher)]
+        lines.append(f"| {name} | {pairs.sum()} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines)
 
 
 def main() -> None:
@@ -37,6 +62,10 @@ def main() -> None:
     parser.add_argument("--energy", required=True, help="the reference energy label, e.g. wb97x_dz.energy")
     parser.add_argument("--forces", required=True, help="the reference forces label, e.g. wb97x_dz.forces")
     parser.add_argument("--mean", action="store_true", help="also score the mean of the students' predictions")
+    parser.add_argument("--per-molecule", action="store_true",
+                        help="also list dE per molecule, each student against the reference and the teacher")
+    parser.add_argument("--members", action="store_true",
+                        help="also list each member against the reference, E with and without the offset refit")
     args = parser.parse_args()
     pretrained = registry().pretrained
     if args.pretrained not in pretrained:
@@ -56,13 +85,15 @@ def main() -> None:
 
     print(f"Set `{args.data}`; E after per-element offsets refit on the set.\n")
     print("| model, against | E | dE | F |\n|---|---|---|---|")
-    print(row(f"teacher ({args.pretrained}), reference", metrics_of(teacher, data, "energy", "forces", refit=True)))
-    members = [metrics_of(p, against_teacher, "teacher_energy", "teacher_forces", refit=True)
-               for p in member_predictions]
-    low = Metrics({c: min(m.values[c] for m in members) for c in COLUMNS})
-    high = Metrics({c: max(m.values[c] for m in members) for c in COLUMNS})
-    print(row(f"its {len(members)} members, teacher (lowest)", low))
-    print(row(f"its {len(members)} members, teacher (highest)", high))
+    teacher_scores = metrics_of(teacher, data, "energy", "forces", refit=True)
+    print(row(f"teacher ({args.pretrained}), reference", teacher_scores))
+    members = {"reference": [metrics_of(p, data, "energy", "forces", refit=True) for p in member_predictions],
+               "teacher": [metrics_of(p, against_teacher, "teacher_energy", "teacher_forces", refit=True)
+                           for p in member_predictions]}
+    for against, scores in members.items():
+        for extreme, pick in (("lowest", min), ("highest", max)):
+            spread = Metrics({c: pick(m.values[c] for m in scores) for c in COLUMNS})
+            print(row(f"its {len(scores)} members, {against} ({extreme})", spread))
     students = {f"student {i}": predict(model, data) for i, model in enumerate(student_models)}
     if args.mean:
         students["mean of the students"] = mean_predictions(list(students.values()))
@@ -73,6 +104,14 @@ def main() -> None:
     print()
     for i, path in enumerate(args.students):
         print(f"- student {i}: `{path}`")
+    if args.per_molecule:
+        print(per_molecule_table(data, teacher.energy, {n: p.energy for n, p in students.items()}))
+    if args.members:
+        print("\n| model, against the reference | E | E (offsets refit) | dE | F |\n|---|---|---|---|---|")
+        for name, scores in [*((f"member {i}", m) for i, m in enumerate(members["reference"])),
+                             ("teacher", teacher_scores)]:
+            cells = [scores.values[c] for c in ("E rmse (kcal/mol)", *COLUMNS)]
+            print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
 
 
 if __name__ == "__main__":
