@@ -11,7 +11,8 @@ Energies are compared after per-element offsets refit on the set (``kdframe.eval
 student's and the teacher's different offset alignments do not count; dE and F need no refit. Writes a markdown
 table (kcal/mol, kcal/mol/Ã…) to stdout. ``--mean`` adds the students' averaged predictions: if the students of several
 seeds err independently, their mean is closer to the teacher than each of them. ``--members`` lists each member against
-the reference, E also as the run reports state it (no refit); ``--per-molecule`` splits dE by molecule.
+the reference, E also without the refit (on the pretrained networks' own scale); ``--per-molecule`` splits dE by
+molecule.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ COLUMNS = (f"{REFIT} rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Ã
 
 
 def per_molecule_table(data: Dataset, teacher: np.ndarray, students: dict[str, np.ndarray]) -> str:
-    """dE rmse (kcal/mol) per molecule over the pairs the dE column uses: where a student departs from its teacher."""
+    """dE rmse (kcal/mol) per molecule with two or more conformers, over the pairs the reference's dE column uses
+    (also against the teacher, so that every column scores the same pairs): where a student departs from its teacher."""
     reference = data.labels["energy"]
     first, second = conformer_pair_indices(data, reference)
     header = ["molecule", "pairs", "teacher, reference"]
@@ -43,6 +45,8 @@ def per_molecule_table(data: Dataset, teacher: np.ndarray, students: dict[str, n
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m, name in enumerate(data.molecule_names):
         pairs = data.molecule[first] == m
+        if not pairs.any():
+            continue
         i, j = first[pairs], second[pairs]
 
         def rmse(predicted: np.ndarray, against: np.ndarray) -> str:
