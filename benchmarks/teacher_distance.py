@@ -84,8 +84,8 @@ def main() -> None:
     teacher = mean_predictions(member_predictions)  # the ensemble's energies and forces, each member run once
     against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces)
 
-    def row(name: str, metrics: Metrics) -> str:
-        return f"| {name} | " + " | ".join(f"{metrics.values[c]:.2f}" for c in COLUMNS) + " |"
+    def row(name: str, metrics: Metrics, columns: tuple[str, ...] = COLUMNS) -> str:
+        return f"| {name} | " + " | ".join(f"{metrics.values[c]:.2f}" for c in columns) + " |"
 
     print(f"Set `{args.data}`; E after per-element offsets refit on the set.\n")
     print("| model, against | E | dE | F |\n|---|---|---|---|")
@@ -114,8 +114,7 @@ def main() -> None:
         print("\n| model, against the reference | E | E (offsets refit) | dE | F |\n|---|---|---|---|---|")
         for name, scores in [*((f"member {i}", m) for i, m in enumerate(members["reference"])),
                              ("teacher", teacher_scores)]:
-            cells = [scores.values[c] for c in ("E rmse (kcal/mol)", *COLUMNS)]
-            print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+            print(row(name, scores, ("E rmse (kcal/mol)", *COLUMNS)))
 
 
 if __name__ == "__main__":
