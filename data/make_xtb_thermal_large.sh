@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Thermal configurations of the molecules of data/molecules/organic_chno_large.smi that are not in organic_chno.smi
+# (2,963 by SMILES; mostly 7-8 heavy atoms; none of the extensibility set), sampled like the extensibility set's thermal
+# configurations: 4 RDKit conformers, the lowest GFN2-xTB-optimised one kept, 12 normal-mode samples at 300 K and 6
+# xTB MD frames at 500 K. Unlabelled: a run's teachers label it (labelled_by: teachers). Does thermal data of five
+# times the molecules carry further to new ones than more of the 751's (data/make_xtb_thermal_conformers.sh)?
+# Several hours on one core (about 3-4 s per molecule); resumable: rerun it (the file is written every 5 minutes).
+# Written to runs/data, not committed.
+#   WORKERS=2 data/make_xtb_thermal_large.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+WORKERS=${WORKERS:-1}  # sampling processes (the same file whatever the number)
+OUT=runs/data/xtb_thermal_large.h5
+LIST=runs/data/organic_chno_large_only.smi
+mkdir -p runs/data
+
+# the large list less the 751 (by SMILES: both lists write the same SMILES for a molecule, numbered names differ)
+awk 'NR == FNR { if ($0 !~ /^#/ && NF) seen[$2] = 1; next } $0 !~ /^#/ && NF && !($2 in seen)' \
+    data/molecules/organic_chno.smi data/molecules/organic_chno_large.smi > "$LIST.tmp" && mv "$LIST.tmp" "$LIST"
+$PY -m kdframe.cli data sample "$OUT" --append --seed 2 --smiles-file "$LIST" \
+    --conformers 4 --max-conformers 1 --normal-modes 12 --nms-temperatures 300 \
+    --md-frames 6 --md-temperatures 500 --workers "$WORKERS"
+$PY -m kdframe.cli data info "$OUT"
