@@ -3,7 +3,7 @@
 # (2,963 by SMILES; mostly 7-8 heavy atoms; none of the extensibility set), sampled like the extensibility set's thermal
 # configurations: 4 RDKit conformers, the lowest GFN2-xTB-optimised one kept, 12 normal-mode samples at 300 K and 6
 # xTB MD frames at 500 K. Unlabelled: a run's teachers label it (labelled_by: teachers). Does thermal data of five
-# times the molecules carry further to new ones than more of the 751's (data/make_xtb_thermal_conformers.sh)?
+# times the molecules (751 + 2,963) carry further to new ones than more of the 751's (data/make_xtb_thermal_conformers.sh)?
 # Several hours on one core (about 3-4 s per molecule); resumable: rerun it (the file is written every 5 minutes).
 # Written to runs/data, not committed.
 #   WORKERS=2 data/make_xtb_thermal_large.sh
