@@ -4,7 +4,8 @@
 # lowest xTB-optimised one kept, 12 normal-mode samples (300 and 600 K) and 12 xTB MD frames (500 and 1000 K);
 # 18,750 configurations, labelled with GFN2-xTB energies and forces (0.005 s each). About 75 min on one core
 # shared with other jobs, nearly all of it sampling. WORKERS=2 samples two molecules at a time, with the same file:
-# 22 min of sampling and 1 min of xTB labels on the 2 cores (2026-12-06, nothing else running for most of it).
+# 22 min of sampling and 1 min of xTB labels on the 2 cores (2026-12-06, nothing else running for most of it); on a
+# fresh machine with nothing else running, 8 min of sampling and 1 min of labels (2026-12-07, OMP_NUM_THREADS=1).
 # Resumable: rerun it. Written to runs/data, not committed.
 #   WORKERS=2 data/make_xtb_sampled.sh
 set -euo pipefail

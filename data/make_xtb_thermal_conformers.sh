@@ -5,7 +5,9 @@
 # conformers, up to 4 distinct GFN2-xTB-optimised ones kept, 24 normal-mode samples at 300 K and 12 MD frames at
 # 500 K spread over them. Unlabelled: a run's teachers label it (labelled_by: teachers). Compare
 # data/make_xtb_sampled.sh: one conformer per molecule, half of it at 600 and 1000 K.
-# 28,647 configurations, none skipped; about 40 min with 2 workers (2026-12-06). Resumable: rerun it. Written to
+# 28,647 configurations, none skipped; about 40 min with 2 workers (2026-12-06). Sampled anew on a fresh machine with
+# OMP_NUM_THREADS=1 and nothing else running: 28,648 configurations in 18 min (2026-12-07; why one more is not known,
+# the first file's thread count was not recorded). Resumable: rerun it. Written to
 # runs/data, not committed.
 #   WORKERS=2 data/make_xtb_thermal_conformers.sh
 set -euo pipefail

@@ -4,20 +4,29 @@
 # configurations: 4 RDKit conformers, the lowest GFN2-xTB-optimised one kept, 12 normal-mode samples at 300 K and 6
 # xTB MD frames at 500 K. Unlabelled: a run's teachers label it (labelled_by: teachers). Does thermal data of five
 # times the molecules (751 + 2,963) carry further to new ones than more of the 751's (data/make_xtb_thermal_conformers.sh)?
-# Several hours on one core (about 3-4 s per molecule); resumable: rerun it (the file is written every 5 minutes).
-# Written to runs/data, not committed.
+# About 1.1 s per molecule with 2 workers on an idle machine (2026-12-07: 1,000 molecules, 19,000 configurations, in
+# 20 min), so about 55 min for all; resumable: rerun it (the file is written every few minutes).
+# MOLECULES=N samples only the list's first N into xtb_thermal_large_N.h5 (the same configurations as in the whole
+# file). Written to runs/data, not committed.
 #   WORKERS=2 data/make_xtb_thermal_large.sh
+#   MOLECULES=1000 WORKERS=2 data/make_xtb_thermal_large.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 WORKERS=${WORKERS:-1}  # sampling processes (the same file whatever the number)
-OUT=runs/data/xtb_thermal_large.h5
-LIST=runs/data/organic_chno_large_only.smi
+MOLECULES=${MOLECULES:-}  # empty: all 2,963
+OUT=runs/data/xtb_thermal_large${MOLECULES:+_$MOLECULES}.h5
+LIST=runs/data/organic_chno_large_only${MOLECULES:+_$MOLECULES}.smi
 mkdir -p runs/data
 
-# the large list less the 751 (by SMILES: both lists write the same SMILES for a molecule, numbered names differ)
+# the large list less the 751 (by SMILES: both lists write the same SMILES for a molecule, numbered names differ),
+# in SHA-1 order of the SMILES rather than the list's order by group, so that its first N molecules are a uniform
+# draw (each molecule's sampling depends on its SMILES, not its place)
 awk 'NR == FNR { if ($0 !~ /^#/ && NF) seen[$2] = 1; next } $0 !~ /^#/ && NF && !($2 in seen)' \
-    data/molecules/organic_chno.smi data/molecules/organic_chno_large.smi > "$LIST.tmp" && mv "$LIST.tmp" "$LIST"
+    data/molecules/organic_chno.smi data/molecules/organic_chno_large.smi \
+    | $PY -c 'import hashlib, sys; n = int(sys.argv[1]) if sys.argv[1] else None
+print("".join(sorted(sys.stdin, key=lambda l: hashlib.sha1(l.split()[1].encode()).hexdigest())[:n]), end="")' \
+    "$MOLECULES" > "$LIST.tmp" && mv "$LIST.tmp" "$LIST"
 $PY -m kdframe.cli data sample "$OUT" --append --seed 2 --smiles-file "$LIST" \
     --conformers 4 --max-conformers 1 --normal-modes 12 --nms-temperatures 300 \
     --md-frames 6 --md-temperatures 500 --workers "$WORKERS"

@@ -83,7 +83,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise write_error(path, exc) from None
     try:
         os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; a file written in place would follow the umask
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # h5py reads back what it wrote once a file grows
             write(f)
             f.flush()
             os.fsync(f.fileno())

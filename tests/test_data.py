@@ -125,3 +125,17 @@ def test_atomic_writes_follow_the_umask_and_leave_nothing_behind(tmp_path):
         os.umask(old)
     assert (tmp_path / "report.md").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_atomic_writes_can_read_back_what_they_wrote(tmp_path):
+    """h5py reads its own metadata back from the file object once a file grows (a sampler appending to a 10 MB
+    file crashed with ``UnsupportedOperation: read`` on a write-only one), so the temporary file is opened for both."""
+    from kdframe.io import atomic_write
+
+    def write_then_read(f):
+        f.write(b"header")
+        f.seek(0)
+        assert f.read() == b"header"
+
+    atomic_write(tmp_path / "data.h5", write_then_read)
+    assert (tmp_path / "data.h5").read_bytes() == b"header"
