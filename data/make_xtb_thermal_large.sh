@@ -4,8 +4,9 @@
 # configurations: 4 RDKit conformers, the lowest GFN2-xTB-optimised one kept, 12 normal-mode samples at 300 K and 6
 # xTB MD frames at 500 K. Unlabelled: a run's teachers label it (labelled_by: teachers). Does thermal data of five
 # times the molecules (751 + 2,963) carry further to new ones than more of the 751's (data/make_xtb_thermal_conformers.sh)?
-# About 1.1 s per molecule with 2 workers on an idle machine (2026-12-07: 1,000 molecules, 19,000 configurations, in
-# 20 min), so about 55 min for all; resumable: rerun it (the file is written every few minutes).
+# About 1.2 s per molecule with 2 workers (2026-12-07: the first 1,000 molecules, 19,000 configurations, in 20 min,
+# a training run labelling beside it at low priority), so about an hour for all; resumable: rerun it (the file is
+# written every few minutes).
 # MOLECULES=N samples only the list's first N into xtb_thermal_large_N.h5 (the same configurations as in the whole
 # file). Written to runs/data, not committed.
 #   WORKERS=2 data/make_xtb_thermal_large.sh
