@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 WORKERS=${WORKERS:-1}  # sampling processes (the same file whatever the number)
 MOLECULES=${MOLECULES:-}  # empty: all 2,963
+[[ -z $MOLECULES || $MOLECULES =~ ^[1-9][0-9]*$ ]] \
+    || { echo "$0: MOLECULES=$MOLECULES: expected a positive whole number (or unset for all 2,963)" >&2; exit 2; }
 OUT=runs/data/xtb_thermal_large${MOLECULES:+_$MOLECULES}.h5
 LIST=runs/data/organic_chno_large_only${MOLECULES:+_$MOLECULES}.smi
 mkdir -p runs/data
