@@ -17,6 +17,7 @@ import pydantic
 
 from .config import ModelSpec, Strict, invalid, resolve_path
 from .errors import ConfigError
+from .probes import ProbeSettings
 from .schedule import make_schedule
 from .training import LossTerm
 from .training.trainer import TrainSettings, without_later_defaults
@@ -59,7 +60,8 @@ class Model(Strict):
         return TrainSettings.model_validate({**base.model_dump(), **self.training.model_dump(exclude_none=True)})
 
 
-SOURCE_QUANTITIES = ("energy", "forces", "atom_energies")  # what a source's file can label
+SOURCE_QUANTITIES = ("energy", "forces", "atom_energies", "hvp")  # what a source's file can label
+PROBE = "hvp:probe"  # a source's hvp probes, as label SOURCE.hvp:probe
 SPREAD = "spread"  # a confidence-weighted source's spread, as label SOURCE.spread
 SPREADS = ("teacher.forces_std", "teacher.energy_std")  # per-configuration spreads teacher labelling writes
 
@@ -106,6 +108,10 @@ class Source(Strict):
     energy: str | None = None  # keys in that file
     forces: str | None = None
     atom_energies: str | None = None  # one energy per atom, e.g. teacher.atom_energies (teacher-label --atom-energies)
+    hvp: str | None = None  # H·v (eV/Å²) along the probes in key hvp_probe, e.g. teacher.hvp (teacher-label --hvp)
+    hvp_probe: str | None = None
+    # The probes of an hvp term the teachers label: one fixed probe per configuration (default: Rademacher, seed 0).
+    probes: ProbeSettings | None = None
     units: Literal["auto", "hartree", "ev"] = "auto"
     weights: dict[str, Any] = {"energy": 1.0, "forces": 1.0}
     share: float = pydantic.Field(gt=0, lt=1)  # fraction of every training batch drawn from this file
@@ -123,7 +129,7 @@ class Source(Strict):
     @pydantic.model_validator(mode="after")
     def _usable(self, info: pydantic.ValidationInfo) -> "Source":
         if self.labelled_by == "teachers":
-            given = [k for k in SOURCE_QUANTITIES if getattr(self, k) is not None]
+            given = [k for k in (*SOURCE_QUANTITIES, "hvp_probe") if getattr(self, k) is not None]
             if given:
                 raise invalid((given[0],), "the teachers label this source (labelled_by: teachers): drop the key")
             if self.confidence and self.confidence.key not in SPREADS:
@@ -132,6 +138,15 @@ class Source(Strict):
         for name in self.weights:
             if self.labelled_by == "file" and getattr(self, name) is None:
                 raise invalid(("weights", name), f"this source has no {name}: name their key as '{name}'")
+        if self.labelled_by == "file" and self.hvp is not None and self.hvp_probe is None:
+            raise invalid(("hvp_probe",), "name the key of the probes the hvp key was taken along (e.g. "
+                          "teacher.hvp_probe)")
+        if self.probes is not None and (self.labelled_by == "file" or "hvp" not in self.weights):
+            raise invalid(("probes",), "probes are for an hvp term the teachers label (labelled_by: teachers, "
+                          "weights.hvp): drop the key")
+        if self.probes is not None and self.probes.regime != "fixed":
+            raise invalid(("probes", "regime"), "the teachers label one fixed probe per configuration ahead of "
+                          "training (valid: fixed)")
         config_dir = (info.context or {}).get("config_dir", Path.cwd())
         if not resolve_path(self.path, config_dir).is_file():
             raise invalid(("path",), f"file not found: {self.path} (relative paths are relative to the YAML file)")
@@ -140,11 +155,13 @@ class Source(Strict):
     def keys(self) -> dict[str, str]:
         """Label name -> key in the file for the quantities this source trains on (and its spread, if weighted)."""
         keys = {quantity: getattr(self, quantity) for quantity in self.weights}
+        keys |= {PROBE: self.hvp_probe} if "hvp" in self.weights else {}
         return keys | ({SPREAD: self.confidence.key} if self.confidence else {})
 
     @pydantic.model_serializer(mode="wrap")
     def _as_before(self, handler: Any) -> dict:  # records of runs made before these settings existed still match
-        return without_later_defaults(handler(self), {"atom_energies": (), "confidence": ()})
+        return without_later_defaults(handler(self), {"atom_energies": (), "confidence": (), "hvp": (),
+                                                      "hvp_probe": (), "probes": ()})
 
 
 def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None = None) -> list[LossTerm]:
@@ -152,8 +169,9 @@ def source_terms(sources: Mapping[str, Source], heads: Mapping[str, int] | None 
     (default: the first)."""
     heads = heads or {}
     return [LossTerm(quantity, f"{name}.{quantity}", make_schedule(weight, f"sources.{name}.weights.{quantity}"),
-                     heads.get(name, 0),
-                     confidence=(f"{name}.{SPREAD}", source.confidence.scale) if source.confidence else None)
+                     heads.get(name, 0), probe=f"{name}.{PROBE}" if quantity == "hvp" else None,
+                     confidence=(f"{name}.{SPREAD}", source.confidence.scale)
+                     if source.confidence and quantity != "hvp" else None)  # a curvature term is not weighted
             for name, source in sources.items() for quantity, weight in source.weights.items()]
 
 

@@ -14,7 +14,10 @@
   ``teacher.forces_std`` squared);
 - with ``--atom-energies``, ``teacher.atom_energies`` (eV, per atom): the ensemble mean of the members' atom
   energies, reference energies (and offsets) included, so they sum to ``teacher.energy``
-  (:mod:`kdframe.knowledge.atomic`'s convention).
+  (:mod:`kdframe.knowledge.atomic`'s convention);
+- with ``--hvp``, ``teacher.hvp`` (eV/Å², per atom and component): the Hessian of the ensemble's mean energy times
+  each configuration's fixed probe ``teacher.hvp_probe`` (unit norm, :func:`kdframe.probes.fixed_probes` of its
+  index among the configurations labelled), methods.md §4's cheap form of Hessian distillation.
 
 A configuration with an element the teacher does not cover is skipped (its molecule is named on stderr, in the
 summary and in the file's ``teacher.skipped`` attribute), before any work starts.
@@ -57,6 +60,7 @@ from .data.dataset import PER_ATOM, PER_CONF
 from .errors import ConfigError, DataError, KdframeError, RunStateError
 from .io import append_journal, atomic_write, file_sha256, journal_records, make_dir, note, warn
 from .members import forward_with_members, member_gradients
+from .probes import ProbeSettings, batch_probes
 from .teacher import Teacher, align_reference_energies
 
 CHUNK = 4096
@@ -66,6 +70,7 @@ FORMAT = "kdframe-teacher-labels-1"
 ENERGY, FORCES = "teacher.energy", "teacher.forces"
 ENERGY_STD, FORCES_STD, FORCES_STD_ATOMS = "teacher.energy_std", "teacher.forces_std", "teacher.forces_std_atoms"
 ATOM_ENERGIES = "teacher.atom_energies"
+HVP, HVP_PROBE = "teacher.hvp", "teacher.hvp_probe"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Outputs:
     spread: bool = True  # teacher.forces_std (one gradient per member)
     per_atom: bool = False  # teacher.forces_std_atoms (needs spread)
     atom_energies: bool = False  # teacher.atom_energies
+    hvp: ProbeSettings | None = None  # teacher.hvp along fixed probes of these settings, and teacher.hvp_probe
 
 
 JOURNAL, LOCK = "journal.jsonl", "lock"
@@ -174,6 +180,12 @@ class MemberPredictor:
                 result["forces"] = -torch.autograd.grad(mean.sum(), batch.positions)[0].detach().double().cpu().numpy()
         return result
 
+    def hvp(self, batch, probes: torch.Tensor) -> np.ndarray:
+        """(n_atoms, 3) H·v of the members' mean energy along ``probes``, float64 numpy."""
+        batch = batch.to(self.device, self.dtype)
+        product = self.teacher.hessian_vector_product(batch, probes.to(self.device, self.dtype), self.head)
+        return product.double().cpu().numpy()
+
 
 # ----------------------------------------------------------------------------- input
 
@@ -262,6 +274,10 @@ def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip
             out["forces_std"][local] = force_spread(dev, n_atoms[local])
             if outputs.per_atom:
                 out["forces_std_atoms"][atoms] = np.sqrt((dev ** 2).mean(0))
+        if outputs.hvp is not None:
+            probes = batch_probes(batch, outputs.hvp)  # by batch.index: the configurations' indices in the input
+            out["hvp"][atoms] = predictor.hvp(batch, probes)
+            out["hvp_probe"][atoms] = probes.cpu().numpy()
     return out
 
 
@@ -276,6 +292,9 @@ def empty_shard(ok: np.ndarray, n_atoms: int, outputs: Outputs) -> dict[str, np.
         out["forces_std_atoms"] = np.full((n_atoms, 3), np.nan)
     if outputs.atom_energies:
         out["atom_energies"] = np.full(n_atoms, np.nan)
+    if outputs.hvp is not None:
+        out["hvp"] = np.full((n_atoms, 3), np.nan)
+        out["hvp_probe"] = np.full((n_atoms, 3), np.nan)
     return out
 
 
@@ -307,7 +326,7 @@ def read_shard(path: Path) -> dict[str, np.ndarray]:
 REALIGN_FREE = ("align", "given_offsets", "chunk_size", "batch_size", "device", "teacher", "input")
 OPTION_NAMES = {"teacher_fingerprint": "teacher (its weights)", "input_content": "input (its configurations)",
                 "head": "--head", "spread": "--no-force-spread", "per_atom_spread": "--per-atom-spread",
-                "atom_energies": "--atom-energies"}
+                "atom_energies": "--atom-energies", "hvp": "--hvp"}
 
 
 def changed_options(old: dict, new: dict) -> list[str]:
@@ -319,7 +338,8 @@ def outputs_of(outputs: Outputs) -> list[str]:
     keys = [ENERGY, ENERGY_STD, FORCES]
     keys += [FORCES_STD] if outputs.spread else []
     keys += [FORCES_STD_ATOMS] if outputs.spread and outputs.per_atom else []
-    return keys + ([ATOM_ENERGIES] if outputs.atom_energies else [])
+    keys += [ATOM_ENERGIES] if outputs.atom_energies else []
+    return keys + ([HVP, HVP_PROBE] if outputs.hvp is not None else [])
 
 
 def realignable(candidates: Sequence[str | os.PathLike], options: dict, outputs: Outputs, n_labelled: int,
@@ -418,6 +438,9 @@ def realigned_shards(earlier: Path, offsets: Sequence[float] | None, dataset, ra
                     values["forces_std_atoms"][atoms] = labels[FORCES_STD_ATOMS][first:last]
                 if "atom_energies" in values:
                     values["atom_energies"][atoms] = labels[ATOM_ENERGIES][first:last] + shift[species]
+                for key, label in (("hvp", HVP), ("hvp_probe", HVP_PROBE)):  # offsets do not move curvature
+                    if key in values:
+                        values[key][atoms] = labels[label][first:last]
                 checksum = write_shard(parts / shard_name(index), values)
                 yield chunk_record(index, start, stop, checksum, len(local), began, realigned_from=str(earlier))
     except (OSError, KeyError) as exc:
@@ -528,12 +551,15 @@ class Summary:
 def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec: TeacherSpec, *,
                   align_to: str | os.PathLike | None = None, energy_key: str | None = None, head: str | None = None,
                   chunk_size: int = CHUNK, batch_size: int = BATCH, device: str = "cpu", workers: int = 0,
-                  spread: bool = True, per_atom: bool = False, atom_energies: bool = False, force: bool = False,
+                  spread: bool = True, per_atom: bool = False, atom_energies: bool = False,
+                  hvp: ProbeSettings | None = None, force: bool = False,
                   keep_parts: bool = False, progress: bool = False, offsets: Sequence[float] | None = None,
                   confs: Sequence[int] | None = None, realign_from: Sequence[str | os.PathLike] = (),
                   realign_required: bool = False) -> Summary:
     """Label every configuration of ``input_path`` (or only those at the indices ``confs``, in their order) with the
     teacher ``spec``; OUTPUT as a packed file of them. Resumable.
+
+    ``hvp``: also the teacher's H·v along each configuration's fixed probe of these settings.
 
     ``offsets`` (eV per atomic number) are per-element energy offsets already fitted elsewhere (a run's teacher
     alignment), used instead of fitting them to ``align_to``.
@@ -560,6 +586,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                                         "energies the offsets are fitted to)")
     if per_atom and not spread:
         raise ConfigError("--per-atom-spread", "needs the members' forces (drop --no-force-spread)")
+    if hvp is not None and hvp.regime != "fixed":
+        raise ConfigError("--hvp", f"probes of regime {hvp.regime!r} are drawn anew for every minibatch and cannot be "
+                                   "labelled ahead (valid: fixed)")
     if not input_path.is_file():
         raise DataError(f"{input_path}: data file not found")
     check_target(input_path, output, overwrite=True)
@@ -605,7 +634,9 @@ def teacher_label(input_path: str | os.PathLike, output: str | os.PathLike, spec
                "device": torch.device(device).type, "spread": spread, "per_atom_spread": per_atom}
     if atom_energies:  # only when asked: runs journalled before the option existed keep their key
         options["atom_energies"] = True
-    outputs = Outputs(spread, per_atom, atom_energies)
+    if hvp is not None:
+        options["hvp"] = hvp.model_dump()
+    outputs = Outputs(spread, per_atom, atom_energies, hvp)
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     ranges = chunk_ranges(len(dataset), chunk_size)
     summary = Summary(output, len(dataset), int((~skip).sum()), skipped, len(ranges))
@@ -766,6 +797,8 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
         kinds[FORCES_STD_ATOMS] = PER_ATOM
     if outputs.atom_energies:
         kinds[ATOM_ENERGIES] = PER_ATOM
+    if outputs.hvp is not None:
+        kinds[HVP] = kinds[HVP_PROBE] = PER_ATOM
     attrs = {
         "teacher.format": FORMAT, "teacher.name": spec.name, "teacher.source": spec.describe(),
         "teacher.fingerprint": options["teacher_fingerprint"], "teacher.members": len(teacher.members),
@@ -775,7 +808,7 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
         "teacher.offsets": json.dumps({str(z): v for z, v in summary.offsets.items()}),
         "teacher.skipped": json.dumps(summary.skipped, sort_keys=True),
         "teacher.options": json.dumps(options, sort_keys=True),
-        "teacher.units": "eV (energies, atom energies), eV/Å (forces)",
+        "teacher.units": "eV (energies, atom energies), eV/Å (forces), eV/Å² (hvp; its probes have unit norm)",
         "teacher.spread": "energy_std: std of the members' energies; forces_std: sqrt(mean over atoms and members of "
                           "|F_m - mean F|^2); forces_std_atoms: members' std of each force component; "
                           "atom_energies: the members' mean per-atom energies, summing to energy",
@@ -801,6 +834,8 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
             labels[FORCES_STD_ATOMS] = np.stack(pending[FORCES_STD_ATOMS])
         if outputs.atom_energies:
             labels[ATOM_ENERGIES] = np.stack(pending[ATOM_ENERGIES])
+        if outputs.hvp is not None:
+            labels[HVP], labels[HVP_PROBE] = np.stack(pending[HVP]), np.stack(pending[HVP_PROBE])
         extra: dict[str, Any] = {}
         if periodic:
             extra.update(cell=np.stack(pending["cell"]), pbc=np.stack(pending["pbc"]))
@@ -827,7 +862,7 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                     flush()
                     pending.update({"molecule": int(molecule[c]), "species": z, "positions": [], ENERGY: [],
                                     ENERGY_STD: [], FORCES: [], FORCES_STD: [], FORCES_STD_ATOMS: [], ATOM_ENERGIES: [],
-                                    "cell": [], "pbc": [], "origin": []})
+                                    HVP: [], HVP_PROBE: [], "cell": [], "pbc": [], "origin": []})
                 pending["positions"].append(positions[atoms])
                 pending[ENERGY].append(shard["energy"][c])
                 pending[ENERGY_STD].append(shard["energy_std"][c])
@@ -838,6 +873,9 @@ def _merge(output: Path, dataset, ranges, parts: Path, spec: TeacherSpec, teache
                     pending[FORCES_STD_ATOMS].append(shard["forces_std_atoms"][atoms])
                 if outputs.atom_energies:
                     pending[ATOM_ENERGIES].append(shard["atom_energies"][atoms])
+                if outputs.hvp is not None:
+                    pending[HVP].append(shard["hvp"][atoms])
+                    pending[HVP_PROBE].append(shard["hvp_probe"][atoms])
                 if periodic:
                     pending["cell"].append(batch.cell[c].numpy() if batch.cell is not None else np.zeros((3, 3)))
                     pending["pbc"].append(batch.pbc[c].numpy() if batch.pbc is not None else np.zeros(3, dtype=bool))

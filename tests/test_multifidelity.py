@@ -195,7 +195,7 @@ def test_single_fidelity_run_scores_its_only_head(tmp_path, mf_file, capsys):
     ({"fidelities": {"high": {"energy": "high.energy"},
                      "low": {"energy": "low.energy", "sources": {"x": {"path": "EXTRA", "energy": "low.energy",
                                                                        "share": 0.5, "weights": {"hessian": 1}}}}}},
-     "fidelities.low.sources.x.weights.hessian: unknown loss term (valid: energy, forces, atom_energies)"),
+     "fidelities.low.sources.x.weights.hessian: unknown loss term (valid: energy, forces, atom_energies, hvp)"),
 ])
 def test_bad_fidelity_blocks_name_the_yaml_path(tmp_path, mf_file, capsys, change, message):
     from toy import write_ani_file

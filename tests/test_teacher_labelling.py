@@ -339,13 +339,15 @@ def _two_alignments(tmp_path, ani_file, monkeypatch) -> tuple[list, Path]:
             z, x = group["atomic_numbers"][()], group["coordinates"][:, 0, 0]
             for key, per_h in (("one.energy", -0.5), ("two.energy", -0.47)):
                 group[key] = x * 0.01 + per_h * (z == 1).sum() - 38.0
-    options = ["--pretrained", "toy2", "--align-to", truth, "--chunk-size", 7, "--atom-energies", "--per-atom-spread"]
+    options = ["--pretrained", "toy2", "--align-to", truth, "--chunk-size", 7, "--atom-energies", "--per-atom-spread",
+               "--hvp"]  # offsets do not move H·v: copied as it is
     assert _label(ani_file, tmp_path / "one.h5", *options, "--energy-key", "one.energy") == 0
     assert _label(ani_file, tmp_path / "two.h5", *options, "--energy-key", "two.energy") == 0
     return [*options, "--energy-key", "two.energy"], truth
 
 
-REALIGNED_KEYS = {**KEYS, "atoms": "teacher.atom_energies", "per_atom": "teacher.forces_std_atoms"}
+REALIGNED_KEYS = {**KEYS, "atoms": "teacher.atom_energies", "per_atom": "teacher.forces_std_atoms",
+                  "hvp": "teacher.hvp", "probe": "teacher.hvp_probe"}
 
 
 def test_labels_of_another_alignment_are_shifted_not_relabelled(tmp_path, ani_file, capsys, monkeypatch):
@@ -401,7 +403,7 @@ def test_labels_that_cannot_be_realigned_are_one_error_naming_why(tmp_path, ani_
         del f["labels/teacher.atom_energies"]
     capsys.readouterr()
     for argv, why in (([*plain, "--realign", tmp_path / "one.h5"], "one.h5: made with another --atom-energies, "
-                                                                   "--per-atom-spread"),
+                                                                   "--hvp, --per-atom-spread"),
                       ([*second, "--realign", damaged], "damaged.h5: lacks teacher.atom_energies"),
                       ([*second, "--realign", truth], "truth.h5: not a label file of kdframe data teacher-label"),
                       ([*second, "--realign", tmp_path / "none.h5"], "none.h5: not found")):

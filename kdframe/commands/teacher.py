@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also teacher.forces_std_atoms: the members' std of every force component (eV/Å)")
     p.add_argument("--atom-energies", action="store_true",
                    help="also teacher.atom_energies: the ensemble's per-atom energies (eV), summing to teacher.energy")
+    p.add_argument("--hvp", nargs="?", const="rademacher", default=None, choices=("rademacher", "gaussian", "one_hot"),
+                   metavar="PROBES", help="also teacher.hvp: the teacher's Hessian times one fixed unit probe per "
+                   "configuration (teacher.hvp_probe; PROBES rademacher (default), gaussian or one_hot), eV/Å²")
     p.add_argument("--no-force-spread", action="store_true",
                    help="no teacher.forces_std (one gradient instead of one per member: several times faster)")
     p.add_argument("--realign", action="append", default=[], metavar="LABELS",
@@ -62,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_teacher_label(args: argparse.Namespace) -> int:
+    from ..probes import ProbeSettings
     from ..teacher_labelling import TeacherSpec, summary_text, teacher_label
 
     if args.model and args.pretrained:
@@ -70,10 +74,11 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
         raise ConfigError("teacher-label", "give --model FILE (once, or several times for an ensemble) or "
                                            "--pretrained NAME")
     spec = TeacherSpec(pretrained=args.pretrained, models=tuple(os.fspath(m) for m in args.model))
+    hvp = None if args.hvp is None else ProbeSettings(kind=args.hvp)
     summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
-                            atom_energies=args.atom_energies, force=args.force, keep_parts=args.keep_parts,
+                            atom_energies=args.atom_energies, hvp=hvp, force=args.force, keep_parts=args.keep_parts,
                             progress=not args.no_progress, realign_from=args.realign,
                             realign_required=bool(args.realign))
     print(summary_text(summary))

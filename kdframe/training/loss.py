@@ -67,7 +67,9 @@ class LossTerm:
             return prediction[self.quantity][..., self.head]
         force = prediction["forces"][..., self.head]
         if self.quantity == "hvp":
-            probe = batch.labels[self.probe].to(force.dtype)
+            # Configurations without a probe (another source's in a mixed batch) have no label either; a NaN probe
+            # would still reach every weight's gradient through the double backward, so it counts as zero.
+            probe = torch.nan_to_num(batch.labels[self.probe].to(force.dtype), nan=0.0)
             return derivatives.hessian_vector_product(force, batch.positions, probe, create_graph, retain_graph=True)
         return derivatives.hessian(force, batch, create_graph, max_atoms=batch.labels[self.label].shape[2])
 

@@ -31,7 +31,7 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..probes import ProbeSettings
 from ..report import table, write_report
-from ..student import SPREAD, SPREADS, Model, Source, Student, Sweep, source_terms
+from ..student import PROBE, SPREAD, SPREADS, Model, Source, Student, Sweep, source_terms
 from ..teacher import Teacher
 from ..training import LossTerm, Trainer
 from ..training.trainer import CHECKPOINT, PREVIOUS
@@ -314,6 +314,8 @@ class Run:
                 raise DataError(f"{where}: {exc}") from None
             if source.confidence and source.labelled_by == "file":
                 _check_spread(data, f"{name}.{SPREAD}", f"{where}.confidence.key", source)
+            if source.labelled_by == "file" and "hvp" in source.weights:
+                _check_probes(data, f"{name}.{PROBE}", f"{where}.hvp_probe", source)
             learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
             if learns_atoms and not _one_value_each(data, f"{name}.atom_energies", PER_ATOM):
                 raise DataError(f"{where}.atom_energies: key {source.atom_energies!r} of {source.path} does not hold "
@@ -436,6 +438,23 @@ def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None
     if not (spread[~np.isnan(spread)] > 0).any():
         raise DataError(f"{what} is 0 (or missing) for every configuration: a single teacher has no spread; "
                         "confidence weighting needs an ensemble of 2 or more")
+
+
+def _check_probes(data: Dataset, label: str, where: str, source: Source) -> None:
+    """The hvp probes hold a unit vector per configuration (checked on the first 64: a file in Hartree units scales
+    every key, probes too)."""
+    batch = data.batch(np.arange(min(len(data), 64)), [label])
+    probes = batch.labels[label].double()
+    if probes.dim() != 2 or probes.shape[1] != 3:
+        raise DataError(f"{where}: key {source.hvp_probe!r} of {source.path} does not hold a 3-vector per atom")
+    present = ~torch.isnan(probes).any(dim=1)
+    norms = torch.zeros(len(batch.atoms_per_conf()), dtype=torch.float64).index_add_(
+        0, batch.conf_index[present], probes[present].pow(2).sum(1)).sqrt()
+    bad = [float(n) for n in norms if n > 0 and abs(float(n) - 1) > 1e-3]
+    if bad:
+        raise DataError(f"{where}: key {source.hvp_probe!r} of {source.path} holds probes of norm {bad[0]:.4g}, not 1 "
+                        "(valid: one unit-norm probe per configuration, as kdframe data teacher-label --hvp writes; "
+                        "an ANI-layout file read in Hartree scales them too: write hvp labels into a packed file)")
 
 
 def _one_value_each(data: Dataset, label: str, kind: str) -> bool:

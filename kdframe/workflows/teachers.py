@@ -22,7 +22,8 @@ from ..plugins import registry
 from ..potential import Ensemble, Potential
 from ..student import Source, Student
 from ..teacher import Teacher, align_reference_energies
-from ..teacher_labelling import ATOM_ENERGIES, ENERGY, FORCES, TeacherSpec, teacher_label
+from ..probes import ProbeSettings
+from ..teacher_labelling import ATOM_ENERGIES, ENERGY, FORCES, HVP, HVP_PROBE, TeacherSpec, teacher_label
 from .base import Run, fingerprint
 
 # Keys of the blocks this one replaced, and where they went.
@@ -132,8 +133,10 @@ class TeacherSource(Strict):
             path = resolve_path(source.path, run.config_dir)
             stat = path.stat()
             atoms = "atom_energies" in source.weights  # the teachers' per-atom energies too (a file of its own)
+            hvp = (source.probes or ProbeSettings()) if "hvp" in source.weights else None  # and their H·v
             key = [teacher_fingerprint, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
             key += ["atom_energies"] if atoms else []
+            key += [["hvp", hvp.model_dump()]] if hvp else []
             out = run.dir / "knowledge" / f"teacher_labels-{name}-{fingerprint(key)}.h5"
             confs, update = None, {}
             if source.limit is not None and not out.is_file():
@@ -144,9 +147,10 @@ class TeacherSource(Strict):
                 run.lock()
                 make_dir(out.parent)
                 others = sorted(out.parent.glob(f"teacher_labels-{name}-*.h5"))  # e.g. copied from another seed's run
-                teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, progress=run.progress,
+                teacher_label(path, out, spec, offsets=offsets, atom_energies=atoms, hvp=hvp, progress=run.progress,
                               device=str(run.device), confs=confs, realign_from=others)
-            keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {})}
+            keys = {"energy": ENERGY, "forces": FORCES, **({"atom_energies": ATOM_ENERGIES} if atoms else {}),
+                    **({"hvp": HVP, "hvp_probe": HVP_PROBE, "probes": None} if hvp else {})}
             labelled[name] = source.model_copy(update={"path": str(out), "labelled_by": "file", **update, **keys})
         return labelled
 
