@@ -6,7 +6,10 @@
 A student's error against the reference mixes two things: the teacher's own error and the student's distance from
 its teacher. This scores every model against the reference and every student against the teacher's predictions;
 the teacher's own members (one network each) against their ensemble give the scale of that distance, and against
-the reference what one of the teacher's networks achieves alone.
+the reference what one of the teacher's networks achieves alone. ``--curvature`` adds each model's distance from the
+teacher's curvature: Hessian-element RMSE (kcal/mol/Å²) and harmonic-frequency RMSE (cm-1, at the set's geometries,
+not re-optimised: :mod:`kdframe.frequencies`), by autograd Hessians of every configuration (the set has no reference
+Hessians).
 Energies are compared after per-element offsets refit on the set (``kdframe.evaluation.refit_offsets``), so that the
 student's and the teacher's different offset alignments do not count; dE and F need no refit. Writes a markdown
 table (kcal/mol, kcal/mol/Å) to stdout. ``--mean`` adds the students' averaged predictions: if the students of several
@@ -33,6 +36,14 @@ from kdframe.potential import Potential
 from kdframe.units import EV_TO_KCAL_MOL
 
 COLUMNS = (f"{REFIT} rmse (kcal/mol)", "dE rmse (kcal/mol)", "F rmse (kcal/mol/Å)")
+CURVATURE = ("H rmse (kcal/mol/Å²)", "freq rmse (cm-1)")
+
+
+def padded_with_nan(hessian: np.ndarray, data: Dataset) -> np.ndarray:
+    """A predicted Hessian (A, 3, width, 3), 0 past each configuration's atoms, as a label: NaN there."""
+    n_atoms = np.repeat(data.n_atoms, data.n_atoms)
+    inside = np.arange(hessian.shape[2])[None, :] < n_atoms[:, None]
+    return np.where(inside[:, None, :, None], hessian, np.nan)
 
 
 def per_molecule_table(data: Dataset, teacher: np.ndarray, students: dict[str, np.ndarray]) -> str:
@@ -68,6 +79,8 @@ def main() -> None:
     parser.add_argument("--mean", action="store_true", help="also score the mean of the students' predictions")
     parser.add_argument("--per-molecule", action="store_true",
                         help="also list dE per molecule, each student against the reference and the teacher")
+    parser.add_argument("--curvature", action="store_true",
+                        help="also every model's Hessian and frequency distance from the teacher's")
     parser.add_argument("--members", action="store_true",
                         help="also list each member against the reference, E with and without the offset refit")
     args = parser.parse_args()
@@ -80,9 +93,11 @@ def main() -> None:
         student_models = [Potential.load(path).eval() for path in args.students]
     except KdframeError as error:
         parser.error(str(error))
-    member_predictions = [predict(m, data) for m in pretrained[args.pretrained]().eval().members]
+    width = int(data.n_atoms.max()) if args.curvature else None
+    member_predictions = [predict(m, data, hessian_width=width) for m in pretrained[args.pretrained]().eval().members]
     teacher = mean_predictions(member_predictions)  # the ensemble's energies and forces, each member run once
-    against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces)
+    against_teacher = data.with_labels(teacher_energy=teacher.energy, teacher_forces=teacher.forces,
+                                       **({"teacher_hessian": padded_with_nan(teacher.hessian, data)} if width else {}))
 
     def row(name: str, metrics: Metrics, columns: tuple[str, ...] = COLUMNS) -> str:
         return f"| {name} | " + " | ".join(f"{metrics.values[c]:.2f}" for c in columns) + " |"
@@ -98,7 +113,7 @@ def main() -> None:
         for extreme, pick in (("lowest", min), ("highest", max)):
             spread = Metrics({c: pick(m.values[c] for m in scores) for c in COLUMNS})
             print(row(f"its {len(scores)} members, {against} ({extreme})", spread))
-    students = {f"student {i}": predict(model, data) for i, model in enumerate(student_models)}
+    students = {f"student {i}": predict(model, data, hessian_width=width) for i, model in enumerate(student_models)}
     if args.mean:
         students["mean of the students"] = mean_predictions(list(students.values()))
     for name, student in students.items():
@@ -110,6 +125,12 @@ def main() -> None:
         print(f"- student {i}: `{path}`")
     if args.per_molecule:
         print(per_molecule_table(data, teacher.energy, {n: p.energy for n, p in students.items()}))
+    if args.curvature:
+        print("\n| model, against the teacher | H (kcal/mol/Å²) | frequencies (cm-1) |\n|---|---|---|")
+        scored = {**{f"member {i}": p for i, p in enumerate(member_predictions)}, **students}
+        for name, prediction in scored.items():
+            metrics = metrics_of(prediction, against_teacher, None, hessian_label="teacher_hessian")
+            print(row(name, metrics, CURVATURE))
     if args.members:
         print("\n| model, against the reference | E | E (offsets refit) | dE | F |\n|---|---|---|---|---|")
         for name, scores in [*((f"member {i}", m) for i, m in enumerate(members["reference"])),
