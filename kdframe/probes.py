@@ -68,8 +68,12 @@ def _concat(kind: ProbeKind, counts: Sequence[int], rngs) -> np.ndarray:
 
 def fixed_probes(dataset: Dataset, settings: ProbeSettings) -> np.ndarray:
     """(n_atoms, 3) fixed probes of every configuration of a dataset: a per-atom label."""
-    counts = dataset.n_atoms.tolist()
-    return _concat(settings.kind, counts, (fixed_rng(settings, c) for c in range(len(counts))))
+    return probes_of(dataset.n_atoms.tolist(), range(len(dataset.n_atoms)), settings)
+
+
+def probes_of(counts: Sequence[int], indices: Sequence[int], settings: ProbeSettings) -> np.ndarray:
+    """(sum(counts), 3) fixed probes of configurations of ``counts`` atoms whose indices are ``indices``."""
+    return _concat(settings.kind, counts, (fixed_rng(settings, i) for i in indices))
 
 
 def batch_probes(batch: Batch, settings: ProbeSettings, rng: np.random.Generator | None = None) -> torch.Tensor:

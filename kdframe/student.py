@@ -138,6 +138,8 @@ class Source(Strict):
         for name in self.weights:
             if self.labelled_by == "file" and getattr(self, name) is None:
                 raise invalid(("weights", name), f"this source has no {name}: name their key as '{name}'")
+        if self.hvp_probe is not None and self.hvp is None and self.labelled_by == "file":
+            raise invalid(("hvp_probe",), "probes without H·v: name the hvp key too, or drop this one")
         if self.labelled_by == "file" and self.hvp is not None and self.hvp_probe is None:
             raise invalid(("hvp_probe",), "name the key of the probes the hvp key was taken along (e.g. "
                           "teacher.hvp_probe)")

@@ -16,8 +16,9 @@
   energies, reference energies (and offsets) included, so they sum to ``teacher.energy``
   (:mod:`kdframe.knowledge.atomic`'s convention);
 - with ``--hvp``, ``teacher.hvp`` (eV/Å², per atom and component): the Hessian of the ensemble's mean energy times
-  each configuration's fixed probe ``teacher.hvp_probe`` (unit norm, :func:`kdframe.probes.fixed_probes` of its
-  index among the configurations labelled), methods.md §4's cheap form of Hessian distillation.
+  each configuration's fixed probe ``teacher.hvp_probe`` (unit norm, drawn from the probe seed and the
+  configuration's index in the input file, so a subset gets the probes of the whole file), methods.md §4's cheap form
+  of Hessian distillation.
 
 A configuration with an element the teacher does not cover is skipped (its molecule is named on stderr, in the
 summary and in the file's ``teacher.skipped`` attribute), before any work starts.
@@ -60,7 +61,7 @@ from .data.dataset import PER_ATOM, PER_CONF
 from .errors import ConfigError, DataError, KdframeError, RunStateError
 from .io import append_journal, atomic_write, file_sha256, journal_records, make_dir, note, warn
 from .members import forward_with_members, member_gradients
-from .probes import ProbeSettings, batch_probes
+from .probes import ProbeSettings, probes_of
 from .teacher import Teacher, align_reference_energies
 
 CHUNK = 4096
@@ -253,8 +254,9 @@ def force_spread(forces_dev: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
 
 
 def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip: np.ndarray, batch_size: int,
-                outputs: Outputs) -> dict[str, np.ndarray]:
-    """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard."""
+                outputs: Outputs, confs: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Labels of configurations ``start:stop`` (NaN for skipped ones), as stored in a shard; ``confs``: the input
+    file's indices of the dataset's configurations (None: the whole file, in order)."""
     n_atoms = dataset.n_atoms[start:stop].astype(np.int64)
     ptr = np.concatenate([[0], np.cumsum(n_atoms)])
     out = empty_shard(~skip[start:stop], int(ptr[-1]), outputs)
@@ -275,9 +277,10 @@ def label_chunk(predictor: MemberPredictor, dataset, start: int, stop: int, skip
             if outputs.per_atom:
                 out["forces_std_atoms"][atoms] = np.sqrt((dev ** 2).mean(0))
         if outputs.hvp is not None:
-            probes = batch_probes(batch, outputs.hvp)  # by batch.index: the configurations' indices in the input
-            out["hvp"][atoms] = predictor.hvp(batch, probes)
-            out["hvp_probe"][atoms] = probes.cpu().numpy()
+            rows = local + start
+            probes = probes_of(n_atoms[local].tolist(), rows if confs is None else np.asarray(confs)[rows], outputs.hvp)
+            out["hvp"][atoms] = predictor.hvp(batch, torch.from_numpy(probes))
+            out["hvp_probe"][atoms] = probes
     return out
 
 
@@ -507,13 +510,14 @@ def _init_worker(pickled: bytes, fingerprint: str, offsets: list[float] | None, 
                             f"{teacher.fingerprint()}, expected {fingerprint})")
     if offsets is not None:
         apply_offsets(teacher, np.asarray(offsets), head)
-    _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path, confs))
+    _WORKER.update(predictor=MemberPredictor(teacher, head), dataset=open_input(input_path, confs), confs=confs)
 
 
 def _worker_chunk(index: int, start: int, stop: int, skip: np.ndarray, shard: str, batch_size: int,
                   outputs: Outputs) -> dict:
     began = time.perf_counter()
-    values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, outputs)
+    values = label_chunk(_WORKER["predictor"], _WORKER["dataset"], start, stop, skip, batch_size, outputs,
+                         _WORKER["confs"])
     return chunk_record(index, start, stop, write_shard(Path(shard), values), int(values["ok"].sum()), began)
 
 
@@ -739,7 +743,7 @@ def _label_chunks(todo, ranges, parts, spec, teacher, unaligned, fingerprint, of
             for index in todo:
                 start, stop = ranges[index]
                 began = time.perf_counter()
-                values = label_chunk(predictor, dataset, start, stop, skip, batch_size, outputs)
+                values = label_chunk(predictor, dataset, start, stop, skip, batch_size, outputs, confs)
                 checksum = write_shard(parts / shard_name(index), values)
                 bar.update()
                 yield chunk_record(index, start, stop, checksum, int(values["ok"].sum()), began)

@@ -33,7 +33,7 @@ def test_hvp_labels_are_the_ensembles_curvature_along_fixed_unit_probes(tmp_path
     """H·v against central differences of the ensemble's mean forces along each configuration's probe; the probes
     are the fixed ones of its index, of unit norm; without --hvp there are none."""
     out = tmp_path / "labelled.h5"
-    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp", "gaussian",
+    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp", "--hvp-probes", "gaussian",
                   "--workers", workers) == 0
     data = read_dataset(ani_file, {})
     got = PackedDataset.open(out, HVP_KEYS)
@@ -70,11 +70,39 @@ def test_changed_probes_refuse_to_resume_an_unfinished_labelling(tmp_path, ani_f
         patch.setattr("kdframe.teacher_labelling.label_chunk", dies_at_the_second)
         assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp") == 130
     capsys.readouterr()
-    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp", "one_hot") == 2
+    assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp", "--hvp-probes", "one_hot") == 2
     err = capsys.readouterr().err
     assert "changed: hvp" in err and err.count("\n") == 1
     assert _label(ani_file, out, *_members(tmp_path), "--chunk-size", 10, "--hvp") == 0
     assert "1 already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_subset_gets_the_probes_of_the_whole_file(tmp_path, ani_file, packed):
+    """Probes are drawn from each configuration's index in the input file, whatever its format, so a run's ``limit``
+    labels its configurations along the same probes as a run on the whole file."""
+    from kdframe.data.packed import pack_ani
+    from kdframe.teacher_labelling import TeacherSpec, teacher_label
+
+    source = ani_file
+    if packed:
+        source = tmp_path / "packed.h5"
+        pack_ani(ani_file, source)
+    spec = TeacherSpec(models=tuple(a for a in _members(tmp_path) if a != "--model"))
+    settings = ProbeSettings(seed=3)
+    teacher_label(source, tmp_path / "whole.h5", spec, hvp=settings)
+    confs = [17, 2, 9]
+    teacher_label(source, tmp_path / "part.h5", spec, hvp=settings, confs=confs)
+    whole, part = (PackedDataset.open(tmp_path / f"{n}.h5", HVP_KEYS) for n in ("whole", "part"))
+    for key in HVP_KEYS:
+        assert np.allclose(part.batch(np.arange(3)).labels[key].numpy(), whole.batch(np.array(confs)).labels[key].numpy(),
+                           rtol=0, atol=1e-12), key
+
+
+def test_probe_settings_without_hvp_are_one_error(tmp_path, ani_file, capsys):
+    assert _label(ani_file, tmp_path / "out.h5", *_members(tmp_path), "--hvp-probes", "gaussian") == 2
+    err = capsys.readouterr().err
+    assert "--hvp-probes: probe settings are for --hvp" in err and err.count("\n") == 1
 
 
 def _hvp_source(**extra) -> dict:
@@ -122,6 +150,8 @@ def test_an_ekd_student_learns_the_teachers_hvp_on_a_source(tmp_path, ani_file, 
                                                                  "hvp term the teachers label"),
     ({"labelled_by": "file", "energy": "e", "forces": "f", "hvp": "h"}, "student.sources.sampled.hvp_probe: name the "
                                                                           "key"),
+    ({"labelled_by": "file", "energy": "e", "forces": "f", "weights": {"energy": 1}, "hvp_probe": "p"},
+     "student.sources.sampled.hvp_probe: probes without H·v"),
 ])
 def test_bad_hvp_source_settings_are_refused_before_any_work(tmp_path, ani_file, capsys, source, message):
     write_ani_file(tmp_path / "sampled.h5", n_conf=4)
@@ -142,3 +172,8 @@ def test_file_probes_that_are_not_unit_vectors_are_one_error_naming_the_key(tmp_
     assert main(["run", _ekd_config(tmp_path, ani_file, {"sampled": source}), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "sources.sampled.hvp_probe: key 'teacher.hvp' of" in err and "not 1" in err and err.count("\n") == 1, err
+    source |= {"hvp": "teacher.energy", "hvp_probe": "teacher.hvp_probe"}  # one value per configuration
+    assert main(["run", _ekd_config(tmp_path, ani_file, {"sampled": source}), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sources.sampled.hvp: key 'teacher.energy' of" in err and "3-vector per atom" in err, err
+    assert not (tmp_path / "run" / "teacher_1").exists()  # before any work

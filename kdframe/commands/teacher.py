@@ -49,9 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also teacher.forces_std_atoms: the members' std of every force component (eV/Å)")
     p.add_argument("--atom-energies", action="store_true",
                    help="also teacher.atom_energies: the ensemble's per-atom energies (eV), summing to teacher.energy")
-    p.add_argument("--hvp", nargs="?", const="rademacher", default=None, choices=("rademacher", "gaussian", "one_hot"),
-                   metavar="PROBES", help="also teacher.hvp: the teacher's Hessian times one fixed unit probe per "
-                   "configuration (teacher.hvp_probe; PROBES rademacher (default), gaussian or one_hot), eV/Å²")
+    p.add_argument("--hvp", action="store_true", help="also teacher.hvp: the teacher's Hessian times one fixed unit "
+                   "probe per configuration (eV/Å²), and the probe, teacher.hvp_probe")
+    p.add_argument("--hvp-probes", default="rademacher", choices=("rademacher", "gaussian", "one_hot"),
+                   help="the probes' kind (default rademacher)")
+    p.add_argument("--hvp-seed", type=non_negative_int, default=0,
+                   help="the probes' seed (default 0; a run's sources.NAME.probes.seed)")
     p.add_argument("--no-force-spread", action="store_true",
                    help="no teacher.forces_std (one gradient instead of one per member: several times faster)")
     p.add_argument("--realign", action="append", default=[], metavar="LABELS",
@@ -74,7 +77,9 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
         raise ConfigError("teacher-label", "give --model FILE (once, or several times for an ensemble) or "
                                            "--pretrained NAME")
     spec = TeacherSpec(pretrained=args.pretrained, models=tuple(os.fspath(m) for m in args.model))
-    hvp = None if args.hvp is None else ProbeSettings(kind=args.hvp)
+    if not args.hvp and (args.hvp_probes != "rademacher" or args.hvp_seed):
+        raise ConfigError("--hvp-probes", "probe settings are for --hvp: add it")
+    hvp = ProbeSettings(kind=args.hvp_probes, seed=args.hvp_seed) if args.hvp else None
     summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,

@@ -314,6 +314,9 @@ class Run:
                 raise DataError(f"{where}: {exc}") from None
             if source.confidence and source.labelled_by == "file":
                 _check_spread(data, f"{name}.{SPREAD}", f"{where}.confidence.key", source)
+            for quantity in ("forces", "hvp"):  # e.g. an energy key named here: one error, not a crash in training
+                if source.labelled_by == "file" and quantity in source.weights:
+                    _check_vectors(data, f"{name}.{quantity}", f"{where}.{quantity}", getattr(source, quantity), source)
             if source.labelled_by == "file" and "hvp" in source.weights:
                 _check_probes(data, f"{name}.{PROBE}", f"{where}.hvp_probe", source)
             learns_atoms = source.atom_energies and "atom_energies" in source.weights  # a key in the file
@@ -440,21 +443,34 @@ def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None
                         "confidence weighting needs an ensemble of 2 or more")
 
 
+def _check_vectors(data: Dataset, label: str, where: str, key: str, source: Source) -> None:
+    """A forces or hvp key holds one 3-vector per atom."""
+    if data.label_kind(label) != PER_ATOM or (len(data) and data.batch(np.zeros(1, dtype=np.int64), [label])
+                                                  .labels[label].shape[1:] != (3,)):
+        raise DataError(f"{where}: key {key!r} of {source.path} does not hold a 3-vector per atom (valid: e.g. "
+                        f"teacher.{label.rpartition('.')[2]})")
+
+
 def _check_probes(data: Dataset, label: str, where: str, source: Source) -> None:
-    """The hvp probes hold a unit vector per configuration (checked on the first 64: a file in Hartree units scales
-    every key, probes too)."""
-    batch = data.batch(np.arange(min(len(data), 64)), [label])
+    """The hvp probes hold one unit vector per configuration, complete or missing (NaN) on all its atoms."""
+    _check_vectors(data, label, where, source.hvp_probe, source)
+    batch = data.batch(np.arange(len(data)), [label])
     probes = batch.labels[label].double()
-    if probes.dim() != 2 or probes.shape[1] != 3:
-        raise DataError(f"{where}: key {source.hvp_probe!r} of {source.path} does not hold a 3-vector per atom")
-    present = ~torch.isnan(probes).any(dim=1)
-    norms = torch.zeros(len(batch.atoms_per_conf()), dtype=torch.float64).index_add_(
-        0, batch.conf_index[present], probes[present].pow(2).sum(1)).sqrt()
-    bad = [float(n) for n in norms if n > 0 and abs(float(n) - 1) > 1e-3]
-    if bad:
-        raise DataError(f"{where}: key {source.hvp_probe!r} of {source.path} holds probes of norm {bad[0]:.4g}, not 1 "
-                        "(valid: one unit-norm probe per configuration, as kdframe data teacher-label --hvp writes; "
-                        "an ANI-layout file read in Hartree scales them too: write hvp labels into a packed file)")
+    counts = batch.atoms_per_conf()
+    missing = torch.zeros(len(counts), dtype=torch.long).index_add_(
+        0, batch.conf_index, torch.isnan(probes).any(dim=1).long())
+    norms = torch.zeros(len(counts), dtype=torch.float64).index_add_(
+        0, batch.conf_index, torch.nan_to_num(probes).pow(2).sum(1)).sqrt()
+    what = f"{where}: key {source.hvp_probe!r} of {source.path}"
+    valid = ("valid: one unit-norm probe per configuration, as kdframe data teacher-label --hvp writes; an ANI-layout "
+             "file read in Hartree scales its probes too: give it units: ev, its H·v in eV/Å²")
+    partial = torch.nonzero((missing > 0) & (missing < counts)).flatten()
+    if len(partial):
+        raise DataError(f"{what}: configuration {int(partial[0])} has a probe on some of its atoms only ({valid})")
+    bad = torch.nonzero((missing == 0) & ((norms - 1).abs() > 1e-3)).flatten()
+    if len(bad):
+        raise DataError(f"{what}: configuration {int(bad[0])} has a probe of norm {float(norms[bad[0]]):.4g}, not 1 "
+                        f"({valid})")
 
 
 def _one_value_each(data: Dataset, label: str, kind: str) -> bool:
