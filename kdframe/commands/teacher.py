@@ -78,7 +78,8 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
                                            "--pretrained NAME")
     spec = TeacherSpec(pretrained=args.pretrained, models=tuple(os.fspath(m) for m in args.model))
     if not args.hvp and (args.hvp_probes != "rademacher" or args.hvp_seed):
-        raise ConfigError("--hvp-probes", "probe settings are for --hvp: add it")
+        raise ConfigError("--hvp-probes" if args.hvp_probes != "rademacher" else "--hvp-seed",
+                          "probe settings are for --hvp: add it")
     hvp = ProbeSettings(kind=args.hvp_probes, seed=args.hvp_seed) if args.hvp else None
     summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
