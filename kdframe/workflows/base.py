@@ -445,8 +445,7 @@ def _check_spread(data: Dataset, label: str, where: str, source: Source) -> None
 
 def _check_vectors(data: Dataset, label: str, where: str, key: str, source: Source) -> None:
     """A forces or hvp key holds one 3-vector per atom."""
-    if data.label_kind(label) != PER_ATOM or (len(data) and data.batch(np.zeros(1, dtype=np.int64), [label])
-                                                  .labels[label].shape[1:] != (3,)):
+    if not _one_value_each(data, label, PER_ATOM, (3,)):
         raise DataError(f"{where}: key {key!r} of {source.path} does not hold a 3-vector per atom (valid: e.g. "
                         f"teacher.{label.rpartition('.')[2]})")
 
@@ -473,12 +472,12 @@ def _check_probes(data: Dataset, label: str, where: str, source: Source) -> None
                         f"({valid})")
 
 
-def _one_value_each(data: Dataset, label: str, kind: str) -> bool:
-    """Whether ``label`` holds one value per atom (``kind`` PER_ATOM: atom energies) or per configuration
-    (PER_CONF: a spread), not values of the other kind and not a vector each."""
+def _one_value_each(data: Dataset, label: str, kind: str, shape: tuple[int, ...] = ()) -> bool:
+    """Whether ``label`` holds one value of ``shape`` per atom (``kind`` PER_ATOM: atom energies, or forces with
+    shape (3,)) or per configuration (PER_CONF: a spread), not values of the other kind or shape."""
     if data.label_kind(label) != kind:
         return False
-    return len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].ndim == 1
+    return len(data) == 0 or data.batch(np.zeros(1, dtype=np.int64), [label]).labels[label].shape[1:] == shape
 
 
 def knowledge_source(name: str, label: str, settings: Mapping[str, Any] | None = None) -> KnowledgeSource:
