@@ -714,15 +714,19 @@ def main(argv=None) -> int:
         args.out = SHIPPED.get(args.quota_scale)
         if args.out is None:
             ap.error(f"--quota-scale {args.quota_scale} needs --out (the shipped lists are K = {', '.join(map(str, SHIPPED))})")
-    text = build(quota_scale=args.quota_scale)
-    if args.check:
-        same = args.out.is_file() and args.out.read_text() == text
-        print(f"{args.out}: {'up to date' if same else 'DIFFERS'}")
+    return write_or_check(build(quota_scale=args.quota_scale), args.out, args.check)
+
+
+def write_or_check(text: str, out: Path, check: bool) -> int:
+    """Write a list to ``out`` and print its header; with ``check`` only compare (exit status 1 if it differs)."""
+    if check:
+        same = out.is_file() and out.read_text() == text
+        print(f"{out}: {'up to date' if same else 'DIFFERS'}")
         return 0 if same else 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
-    print("\n".join(l for l in text.splitlines() if l.startswith("#")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    print("\n".join(line for line in text.splitlines() if line.startswith("#")))
     return 0
 
 
