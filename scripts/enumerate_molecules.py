@@ -37,7 +37,7 @@ OUT = ROOT / "data" / "molecules" / "organic_chno_enumerated.smi"
 MAX_HEAVY = 6
 COMMAND = "python scripts/enumerate_molecules.py"
 ELEMENTS = ("C", "N", "O")
-_HETERO_PAIR = Chem.MolFromSmarts("[#7,#8]-,=,#[#7,#8]")
+_N_N = Chem.MolFromSmarts("[#7]-,=,#[#7]")
 _O_O = Chem.MolFromSmarts("[#8]~[#8]")
 # minor tautomers of amides and ureas (imidic acids, isoureas) and cyanic acid and its esters
 _MINOR = Chem.MolFromSmarts("[OX2]-[#6]=,#[#7]")
@@ -45,10 +45,12 @@ _CUMULATED = Chem.MolFromSmarts("*=*=*")
 
 
 def _edited(smiles: str, edit) -> str | None:
-    """Canonical SMILES after ``edit(rwmol)`` on the Kekulé form, or None if RDKit refuses the result."""
+    """Canonical SMILES after ``edit(rwmol)`` on the Kekulé form, or None if the edit returns False or RDKit
+    refuses the result."""
     mol = Chem.RWMol(Chem.MolFromSmiles(smiles))
     Chem.Kekulize(mol, clearAromaticFlags=True)
-    edit(mol)
+    if edit(mol) is False:
+        return None
     try:
         Chem.SanitizeMol(mol)
     except Exception:  # RDKit raises several types for impossible valences and kekulisation
@@ -73,14 +75,8 @@ def _strained(mol: Chem.Mol) -> bool:
 def _prunable(smiles: str) -> bool:
     """True if no molecule grown from this one can be kept (the test holds for every supergraph)."""
     mol = Chem.MolFromSmiles(smiles)
-    if _strained(mol) or mol.HasSubstructMatch(_O_O):
-        return True
-    # N-N, N-O, O-O bonds stay once made; only an oxime's C=N-OH N-O bond may be kept
-    for match in mol.GetSubstructMatches(_HETERO_PAIR):
-        symbols = {mol.GetAtomWithIdx(i).GetSymbol() for i in match}
-        if symbols != {"N", "O"}:
-            return True
-    return False
+    # N-N and O-O bonds stay once made (an N-O bond may become an oxime's C=N-OH, which is kept)
+    return _strained(mol) or mol.HasSubstructMatch(_O_O) or mol.HasSubstructMatch(_N_N)
 
 
 def _bond_variants(smiles: str) -> list[str]:
@@ -90,21 +86,16 @@ def _bond_variants(smiles: str) -> list[str]:
     out = []
     for k, i in enumerate(free):
         for j in free[k + 1:]:
-            bond = mol.GetBondBetweenAtoms(i, j)
-            if bond is None:
-                def edit(m, i=i, j=j):
+            def raise_bond(m, i=i, j=j):
+                bond = m.GetBondBetweenAtoms(i, j)  # Kekulé form: single, double or triple
+                if bond is None:
                     m.AddBond(i, j, Chem.BondType.SINGLE)
-            else:
-                def edit(m, i=i, j=j):
-                    b = m.GetBondBetweenAtoms(i, j)
-                    order = b.GetBondTypeAsDouble()
-                    if order >= 3:
-                        raise ValueError
-                    b.SetBondType(Chem.BondType.DOUBLE if order == 1 else Chem.BondType.TRIPLE)
-            try:
-                new = _edited(smiles, edit)
-            except ValueError:
-                continue
+                elif bond.GetBondType() == Chem.BondType.TRIPLE:
+                    return False
+                else:
+                    bond.SetBondType(Chem.BondType.DOUBLE if bond.GetBondType() == Chem.BondType.SINGLE
+                                     else Chem.BondType.TRIPLE)
+            new = _edited(smiles, raise_bond)
             if new:
                 out.append(new)
     return out
