@@ -20,7 +20,7 @@ fetch() {  # fetch FOLDER PACKAGE...
     python3 -m pip download -q --no-deps --only-binary=:all: "${platform[@]}" -d "$dir" "$p"
   done
 }
-fetch base hippynn==0.1.3 torchani==2.9.0 mace-torch==0.3.16 e3nn==0.4.4 opt-einsum-fx ase==3.29.0 matscipy \
+fetch base hippynn==0.1.3 torchani==2.9.0 mace-torch==0.3.16 e3nn==0.4.4 opt-einsum-fx ase==3.29.0 matscipy vesin \
   torch-ema configargparse prettytable wcwidth lmdb orjson gitpython gitdb smmap \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection \
   cuequivariance==0.13.0 cuequivariance-torch==0.13.0 platformdirs

@@ -213,34 +213,6 @@ def test_periodic_configurations():
     assert float(model(periodic)["energy"][0, 0].detach()) == pytest.approx(float(out[0]), abs=1e-9)
 
 
-@pytest.mark.parametrize("periodic", [False, True])
-def test_large_system_uses_a_cell_list_with_the_same_result(monkeypatch, periodic):
-    """One 2,160-atom cluster, or a 648-atom periodic box (above torchani's switches at ~1,800 and 190 atoms),
-    gives what all pairs give."""
-    import torchani.neighbors as neighbors
-
-    model = potential()
-    water = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]], dtype=torch.float64)
-    side = 6 if periodic else 9
-    grid = torch.stack(torch.meshgrid(*[torch.arange(float(side))] * 3, indexing="ij"), -1).reshape(-1, 1, 3) * 3.1
-    positions = (grid + water).reshape(-1, 3)  # waters 3.1 Å apart: many neighbours within 5.2 Å
-    positions = positions + 0.05 * torch.randn(positions.shape, generator=torch.Generator().manual_seed(0),
-                                               dtype=torch.float64)
-    cell = torch.tensor([[side * 3.1, 0.0, 0.0], [0.8, side * 3.1, 0.0], [0.0, -0.5, side * 3.1]], dtype=torch.float64)
-    box = {"cell": cell[None], "pbc": torch.tensor([[True] * 3])} if periodic else {}
-    batch = Batch(torch.tensor([8, 1, 1] * side**3), positions, torch.zeros(len(positions), dtype=torch.long), 1, **box)
-    calls = []
-    original = neighbors.cell_list
-    monkeypatch.setattr(neighbors, "cell_list", lambda *a, **k: calls.append(1) or original(*a, **k))
-    fast = model(batch)
-    assert calls  # the cell list ran
-    model.net.single_system_neighbors = neighbors.AllPairs()
-    reference = model(Batch(batch.species, positions.clone(), batch.conf_index, 1, **box))
-    assert len(calls) == 1
-    for key in ("energy", "forces"):
-        torch.testing.assert_close(fast[key], reference[key], rtol=1e-10, atol=1e-9)
-
-
 # --- persistence, training, ensembles ------------------------------------------------------------
 def test_save_load_round_trip(tmp_path):
     model = potential(heads=("a", "b"), hidden={"H": [12], "C": [10, 6], "O": [8]}, activation="silu",

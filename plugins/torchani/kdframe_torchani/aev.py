@@ -1,0 +1,230 @@
+"""ANI's AEV from a neighbour list, its radial and angular terms summed in chunks.
+
+torchani's pure-PyTorch AEV (``pyaev``, the one a CPU has) builds a (triplets, 32) tensor of angular terms, a
+(pairs, 16) one of radial terms, and several more of those sizes in its autograd graph. In a condensed box the
+triplets within the 3.5 Å angular cutoff outnumber the atoms 80 to 1, so those tensors are most of an ANI model's
+time and memory (issue 22, benchmarks/results/student_speed.md); the teacher ensemble shares one AEV, its
+single-network student has little else.
+
+:class:`ChunkedSum` computes the same sums chunk by chunk, each chunk's tensors small enough to stay in a core's
+cache, and keeps only its inputs: the pairs' distances and vectors, and integer indices. Its backward recomputes
+each chunk's terms under autograd and hands the chain rule of the one step it does by hand,
+``out[row] += left ⊗ right``, to ``torch.bmm``; every derivative of the terms themselves still comes from
+autograd. When the backward is itself differentiated (forces in a training loss, Hessian-vector products), the
+recomputation stays attached to the graph, so higher derivatives are exact too.
+
+The angular terms are torchani's ``ANIAngular`` (eq. 4 of the ANI paper) without ``acos``:
+``cos(acos(0.95 c) - θs) = 0.95 c cos θs + sqrt(1 - (0.95 c)²) sin θs``, the same numbers to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torchani.aev import AEVComputer
+from torchani.aev._terms import ANIAngular, ANIRadial
+from torchani.neighbors import Neighbors, discard_outside_cutoff
+
+# Terms per chunk: a quarter of them, within these bounds. Larger chunks are faster (each costs ~0.3 ms of fixed
+# overhead, one CPU thread) but hold more memory at once (~400 bytes per angular term in the backward): a 4096-term
+# chunk is ~9 KiB per atom of a 205-atom box; 16384 was 5-15 % faster than 4096 on a 3,791-atom box.
+MIN_CHUNK, MAX_CHUNK = 1024, 16384
+
+Factors = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class Terms(NamedTuple):
+    """What :class:`ChunkedSum` adds up: n terms, each made from k pairs of a neighbour list, each added to m rows."""
+
+    pairs: torch.Tensor  # (k, n) the pairs of a term (radial: k = 1; angular: k = 2, two neighbours of an atom)
+    signs: torch.Tensor | None  # (k, n) int8: +1 where the central atom is the pair's first atom, else -1;
+    # None where the terms do not use the pair vectors (radial)
+    rows: torch.Tensor  # (m, n) the output rows a term adds to (radial: m = 2, one for each atom of its pair)
+
+
+class ChunkedSum(torch.autograd.Function):
+    """``out[terms.rows[:, t]] += left(t) ⊗ right(t)`` for every term t, out flattened to ``shape``, where
+    ``factors(distances (k, chunk), vectors (k, chunk, 3) or None, signs (k, chunk) or None)`` gives a chunk's two
+    factors from its pairs' distances, vectors and signs; ``right`` None means 1."""
+
+    @staticmethod
+    def forward(ctx, distances: torch.Tensor, vectors: torch.Tensor | None, terms: Terms, shape: tuple[int, int],
+                factors: Factors) -> torch.Tensor:
+        ctx.save_for_backward(distances, vectors, *terms)
+        ctx.factors = factors
+        out = distances.new_zeros(shape)
+        for part in _chunks(terms.pairs.shape[1]):
+            _add_chunk(out, distances, vectors, terms, part, factors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        distances, vectors, *terms = ctx.saved_tensors
+        terms = Terms(*terms)
+        create_graph = torch.is_grad_enabled()  # the backward is being differentiated
+        if not create_graph:
+            distances, vectors = distances.detach(), None if vectors is None else vectors.detach()
+        totals = [torch.zeros_like(x) for x in (distances, vectors) if x is not None]
+        for part in _chunks(terms.pairs.shape[1]):
+            flat = terms.pairs[:, part].reshape(-1)
+            for total, chunk in zip(totals, _chunk_grads(grad, distances, vectors, terms, part, ctx.factors,
+                                                         create_graph)):
+                total.index_add_(0, flat, chunk.flatten(0, 1))  # (in place: the chunks' gradients are never all kept)
+        return totals[0], totals[1] if len(totals) == 2 else None, None, None, None
+
+
+# One chunk per function call, so that its tensors (and autograd graph) are freed before the next chunk's.
+def _add_chunk(out: torch.Tensor, distances: torch.Tensor, vectors: torch.Tensor | None, terms: Terms, part: slice,
+               factors: Factors) -> None:
+    d, v = _gathered(distances, vectors, terms.pairs[:, part])
+    left, right = factors(d, v, None if terms.signs is None else terms.signs[:, part])
+    products = left if right is None else (left[:, :, None] * right[:, None, :]).flatten(1)
+    for rows in terms.rows[:, part]:
+        out.index_add_(0, rows, products)
+
+
+def _chunk_grads(grad: torch.Tensor, distances: torch.Tensor, vectors: torch.Tensor | None, terms: Terms,
+                 part: slice, factors: Factors, create_graph: bool) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``(grad * out).sum()`` with respect to the chunk's gathered distances (and vectors)."""
+    with torch.enable_grad():
+        d, v = _gathered(distances, vectors, terms.pairs[:, part])
+        leaves = [d] if v is None else [d, v]
+        if not create_graph:
+            leaves = [x.requires_grad_() for x in leaves]
+        left, right = factors(d, v, None if terms.signs is None else terms.signs[:, part])
+        g = grad.index_select(0, terms.rows[0, part])
+        for rows in terms.rows[1:, part]:
+            g = g + grad.index_select(0, rows)
+        if right is None:
+            return torch.autograd.grad(left, leaves, g, create_graph=create_graph)
+        g = g.view(-1, left.shape[1], right.shape[1])
+        grad_left = torch.bmm(g, right[:, :, None]).squeeze(2)
+        grad_right = sum(g[:, a] * left[:, a, None] for a in range(left.shape[1]))  # 2x faster than bmm here
+        del g
+        return torch.autograd.grad((left, right), leaves, (grad_left, grad_right), create_graph=create_graph)
+
+
+def _chunks(n: int) -> list[slice]:
+    size = max(MIN_CHUNK, min(MAX_CHUNK, -(-n // 4)))
+    return [slice(start, start + size) for start in range(0, n, size)]
+
+
+def _gathered(distances: torch.Tensor, vectors: torch.Tensor | None,
+              pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(k, t) distances and (k, t, 3) vectors of terms' pairs (index_select: faster than indexing)."""
+    flat = pairs.reshape(-1)
+    k = pairs.shape[0]
+    return (distances.index_select(0, flat).view(k, -1),
+            None if vectors is None else vectors.index_select(0, flat).view(k, -1, 3))
+
+
+def gaussians(distances: torch.Tensor, eta: float, shifts: torch.Tensor) -> torch.Tensor:
+    """``exp(-eta (distances - shifts)²)`` (t, shifts), never below e times the dtype's smallest normal number
+    (3.2e-38 in float32): where the exact value is subnormal or near it, exp took 6-12x as long (ANI-1x's radial
+    terms of pairs 2.3-5.2 Å apart, float32, one CPU thread)."""
+    exponent = -eta * (distances[:, None] - shifts) ** 2
+    return torch.exp(_at_least(exponent, _smallest_exponent(exponent.dtype)))
+
+
+def _smallest_exponent(dtype: torch.dtype) -> float:
+    return math.log(torch.finfo(dtype).tiny) + 1
+
+
+def _at_least(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """``x`` raised to ``floor`` where below, with the gradient of ``x`` itself: it only matters where exp or pow of
+    the raised values are below 3.2e-38, and costs less than clamp's gradient (1.5x faster)."""
+    raised = x.detach().clamp(min=floor)
+    return x + (raised - x.detach())
+
+
+def radial_factors(radial: ANIRadial) -> Factors:
+    """torchani's ``ANIRadial`` terms (eq. 3 of the ANI paper, NeuroChem's 0.25) of one pair each."""
+    eta = float(radial.eta)
+
+    def factors(distances: torch.Tensor, vectors: torch.Tensor | None,
+                signs: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        cutoff = radial.cutoff_fn(distances[0], radial.cutoff)
+        return (0.25 * cutoff)[:, None] * gaussians(distances[0], eta, radial.shifts), None
+
+    return factors
+
+
+def angular_factors(angular: ANIAngular) -> Factors:
+    """(radial (t, shifts), angular (t, sections)) of triplets, whose outer product is torchani's terms."""
+    eta, zeta, shifts = float(angular.eta), float(angular.zeta), angular.shifts
+    # (1 + cos(θ - θs)) / 2 = 0.5 + cos θ (0.5 cos θs) + sin θ (0.5 sin θs): one addmm, which keeps only (t, 2)
+    half = torch.full_like(angular.sections, 0.5)
+    rotation = 0.5 * torch.stack([torch.cos(angular.sections), torch.sin(angular.sections)])
+
+    def factors(distances: torch.Tensor, vectors: torch.Tensor | None,
+                signs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        assert vectors is not None and signs is not None
+        cutoff = angular.cutoff_fn(distances, angular.cutoff)
+        # the angle between the vectors from the central atom: the pairs' vectors turned by their signs
+        dot = (vectors[0] * vectors[1]).sum(-1) * (signs[0] * signs[1])
+        cos = dot / torch.clamp(distances[0] * distances[1], min=1e-10)
+        cos = 0.95 * cos  # torchani's guard against acos(±1)
+        base = torch.addmm(half, torch.stack([cos, torch.sqrt(1 - cos * cos)], 1), rotation)
+        angle_term = _at_least(base, math.exp(_smallest_exponent(base.dtype) / zeta)).pow(zeta)  # as in gaussians
+        mean_distance = 0.5 * (distances[0] + distances[1])
+        return (2 * cutoff[0] * cutoff[1])[:, None] * gaussians(mean_distance, eta, shifts), angle_term
+
+    return factors
+
+
+def radial_terms(neighbors: Neighbors, flat_elements: torch.Tensor, n_species: int) -> Terms:
+    """One term per pair, added to each of its atoms' row for the other atom's element."""
+    first, second = neighbors.indices
+    return Terms(torch.arange(first.shape[0], device=first.device)[None], None,
+                 torch.stack([first * n_species + flat_elements[second], second * n_species + flat_elements[first]]))
+
+
+def angular_terms(close: Neighbors, flat_elements: torch.Tensor, pair_index: torch.Tensor, n_pairs: int) -> Terms:
+    """One term per triplet, i.e. per two pairs of ``close`` that share a central atom (torchani's
+    ``neighbors_to_triples`` without its (atoms, max neighbours²) table), added to the central atom's row for the
+    side atoms' species pair ``pair_index[a, b]`` (0 to ``n_pairs - 1``)."""
+    n_close = close.indices.shape[1]
+    ends = close.indices.reshape(-1)  # slot k * n_close + p holds end k of pair p
+    order = torch.argsort(ends, stable=True)
+    centres, counts = torch.unique_consecutive(_take(ends, order), return_counts=True)
+    sizes = counts * (counts - 1) // 2  # pairs of neighbours of each central atom
+    centre = torch.repeat_interleave(sizes)  # (triplets,) which central atom
+    offset = torch.arange(centre.shape[0], device=ends.device) - _take(torch.cumsum(sizes, 0) - sizes, centre)
+    max_count = int(counts.max()) if counts.numel() else 0
+    # row-major pairs (i > j): the first c (c - 1) / 2 of them pair up a central atom's first c neighbours
+    local = torch.tril_indices(max_count, max_count, -1, device=ends.device).index_select(1, offset)
+    slot = _take(order, local + _take(torch.cumsum(counts, 0) - counts, centre))  # (2, triplets): the central atom's
+    # per slot (gathers, cheaper than integer division): its pair, its sign, the element at the pair's other end
+    pair_of = torch.arange(n_close, device=ends.device).repeat(2)
+    sign_of = torch.ones(2 * n_close, dtype=torch.int8, device=ends.device)
+    sign_of[n_close:] = -1
+    side_element = _take(_take(flat_elements, close.indices.flip(0).reshape(-1)), slot)
+    bucket = _take(centres, centre) * n_pairs + _take(pair_index.reshape(-1),
+                                                      side_element[0] * pair_index.shape[1] + side_element[1])
+    return Terms(_take(pair_of, slot), _take(sign_of, slot), bucket[None])
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for a 1-d ``values`` by index_select: several times faster than indexing with a 2-d index
+    on a CPU."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def aev_from_neighbors(computer: AEVComputer, elem_idxs: torch.Tensor, neighbors: Neighbors) -> torch.Tensor:
+    """(molecules, atoms, aev_dim) AEVs of torchani's ``computer`` (its terms, cutoffs and feature order) by
+    :class:`ChunkedSum`; ``neighbors`` index ``elem_idxs.view(-1)``, each pair once, vectors first minus second."""
+    n_molecules, n_atoms = elem_idxs.shape
+    flat_elements = elem_idxs.view(-1)
+    n_species, n_pairs = computer.num_species, computer.num_species_pairs
+    radial = ChunkedSum.apply(neighbors.distances, None, radial_terms(neighbors, flat_elements, n_species),
+                              (n_molecules * n_atoms * n_species, computer.radial.num_feats),
+                              radial_factors(computer.radial))
+    close = discard_outside_cutoff(neighbors, computer.angular.cutoff)
+    angular = ChunkedSum.apply(close.distances, close.diff_vectors,
+                               angular_terms(close, flat_elements, computer.triu_index, n_pairs),
+                               (n_molecules * n_atoms * n_pairs, computer.angular.num_feats),
+                               angular_factors(computer.angular))
+    return torch.cat([radial.view(n_molecules, n_atoms, -1), angular.view(n_molecules, n_atoms, -1)], dim=-1)
