@@ -40,14 +40,14 @@ class Terms(NamedTuple):
     """What :class:`ChunkedSum` adds up: n terms, each made from k pairs of a neighbour list, each added to m rows."""
 
     pairs: torch.Tensor  # (k, n) the pairs of a term (radial: k = 1; angular: k = 2, two neighbours of an atom)
-    signs: torch.Tensor | None  # (k, n) int8: +1 where the central atom is the pair's first atom, else -1;
-    # None where the terms do not use the pair vectors (radial)
+    signs: torch.Tensor | None  # (n,) int8: ±1, turns the product of a term's pair vectors (first minus second atom)
+    # into that of its vectors from the central atom; None where the terms do not use the vectors (radial)
     rows: torch.Tensor  # (m, n) the output rows a term adds to (radial: m = 2, one for each atom of its pair)
 
 
 class ChunkedSum(torch.autograd.Function):
     """``out[terms.rows[:, t]] += left(t) ⊗ right(t)`` for every term t, out flattened to ``shape``, where
-    ``factors(distances (k, chunk), vectors (k, chunk, 3) or None, signs (k, chunk) or None)`` gives a chunk's two
+    ``factors(distances (k, chunk), vectors (k, chunk, 3) or None, signs (chunk,) or None)`` gives a chunk's two
     factors from its pairs' distances, vectors and signs; ``right`` None means 1."""
 
     @staticmethod
@@ -80,7 +80,7 @@ class ChunkedSum(torch.autograd.Function):
 def _add_chunk(out: torch.Tensor, distances: torch.Tensor, vectors: torch.Tensor | None, terms: Terms, part: slice,
                factors: Factors) -> None:
     d, v = _gathered(distances, vectors, terms.pairs[:, part])
-    left, right = factors(d, v, None if terms.signs is None else terms.signs[:, part])
+    left, right = factors(d, v, None if terms.signs is None else terms.signs[part])
     products = left if right is None else (left[:, :, None] * right[:, None, :]).flatten(1)
     for rows in terms.rows[:, part]:
         out.index_add_(0, rows, products)
@@ -94,7 +94,7 @@ def _chunk_grads(grad: torch.Tensor, distances: torch.Tensor, vectors: torch.Ten
         leaves = [d] if v is None else [d, v]
         if not create_graph:
             leaves = [x.requires_grad_() for x in leaves]
-        left, right = factors(d, v, None if terms.signs is None else terms.signs[:, part])
+        left, right = factors(d, v, None if terms.signs is None else terms.signs[part])
         g = grad.index_select(0, terms.rows[0, part])
         for rows in terms.rows[1:, part]:
             g = g + grad.index_select(0, rows)
@@ -155,22 +155,25 @@ def radial_factors(radial: ANIRadial) -> Factors:
 def angular_factors(angular: ANIAngular) -> Factors:
     """(radial (t, shifts), angular (t, sections)) of triplets, whose outer product is torchani's terms."""
     eta, zeta, shifts = float(angular.eta), float(angular.zeta), angular.shifts
-    # (1 + cos(θ - θs)) / 2 = 0.5 + cos θ (0.5 cos θs) + sin θ (0.5 sin θs): one addmm, which keeps only (t, 2)
-    half = torch.full_like(angular.sections, 0.5)
-    rotation = 0.5 * torch.stack([torch.cos(angular.sections), torch.sin(angular.sections)])
+    # 2 ((1 + cos(θ - θs)) / 2)^ζ = (c (1 + cos θ cos θs + sin θ sin θs))^ζ with c = 2^(1/ζ) / 2: one addmm, which
+    # keeps only (t, 2), and torchani's factor 2 inside the power
+    c = 2 ** (1 / zeta) / 2
+    half = torch.full_like(angular.sections, c)
+    rotation = c * torch.stack([torch.cos(angular.sections), torch.sin(angular.sections)])
 
     def factors(distances: torch.Tensor, vectors: torch.Tensor | None,
                 signs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         assert vectors is not None and signs is not None
         cutoff = angular.cutoff_fn(distances, angular.cutoff)
         # the angle between the vectors from the central atom: the pairs' vectors turned by their signs
-        dot = (vectors[0] * vectors[1]).sum(-1) * (signs[0] * signs[1])
+        dot = torch.linalg.vecdot(vectors[0], vectors[1]) * signs
         cos = dot / torch.clamp(distances[0] * distances[1], min=1e-10)
         cos = 0.95 * cos  # torchani's guard against acos(±1)
         base = torch.addmm(half, torch.stack([cos, torch.sqrt(1 - cos * cos)], 1), rotation)
         angle_term = _at_least(base, math.exp(_smallest_exponent(base.dtype) / zeta)).pow(zeta)  # as in gaussians
-        mean_distance = 0.5 * (distances[0] + distances[1])
-        return (2 * cutoff[0] * cutoff[1])[:, None] * gaussians(mean_distance, eta, shifts), angle_term
+        # at the mean distance: exp(-η ((d0 + d1) / 2 - s)²) = exp(-η/4 (d0 + d1 - 2 s)²)
+        radial_term = gaussians(distances[0] + distances[1], eta / 4, 2 * shifts)
+        return (cutoff[0] * cutoff[1])[:, None] * radial_term, angle_term
 
     return factors
 
@@ -204,7 +207,8 @@ def angular_terms(close: Neighbors, flat_elements: torch.Tensor, pair_index: tor
     side_element = _take(_take(flat_elements, close.indices.flip(0).reshape(-1)), slot)
     bucket = _take(centres, centre) * n_pairs + _take(pair_index.reshape(-1),
                                                       side_element[0] * pair_index.shape[1] + side_element[1])
-    return Terms(_take(pair_of, slot), _take(sign_of, slot), bucket[None])
+    signs = _take(sign_of, slot)
+    return Terms(_take(pair_of, slot), signs[0] * signs[1], bucket[None])
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

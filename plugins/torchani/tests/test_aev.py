@@ -79,7 +79,7 @@ def test_chunked_sums_have_exact_second_derivatives(monkeypatch):
     distances = vectors.norm(dim=-1)
     pair = torch.randint(0, 6, (2, 11), generator=generator)
     pair[1] = (pair[0] + torch.randint(1, 6, (11,), generator=generator)) % 6  # two different pairs
-    sign = (torch.randint(0, 2, (2, 11), generator=generator) * 2 - 1).to(torch.int8)
+    sign = (torch.randint(0, 2, (11,), generator=generator) * 2 - 1).to(torch.int8)
     terms = lean.Terms(pair, sign, torch.randint(0, 5, (1, 11), generator=generator))
     factors = lean.angular_factors(computer.angular)
 
