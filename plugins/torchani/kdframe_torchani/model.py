@@ -143,11 +143,11 @@ class AniModel(EnergyModel):
             conf = torch.unique(conf, return_inverse=True)[1]
         n_conf = int(conf.max()) + 1 if conf.numel() else 0
         elem_idxs, coords = layout.pad(idx, positions, conf, local, n_conf)
-        if n_conf == 1:  # one system (MD, boxes, clusters): a linear-scaling cell list
+        if n_conf == 1:  # one system (MD, boxes, clusters): a linear-scaling cell list, the sums in 4 chunks or more
             neighbors = single_system_neighbors(coords, cell, pbc, self.aev.radial.cutoff)
-        else:  # a batch of molecules: torchani's all pairs, one block per molecule
+        else:  # a batch of molecules (training): torchani's all pairs, one block per molecule
             neighbors = self.aev.neighborlist(self.aev.radial.cutoff, elem_idxs, coords, None, None)
-        aevs = aev_from_neighbors(self.aev, elem_idxs, neighbors)
+        aevs = aev_from_neighbors(self.aev, elem_idxs, neighbors, min_chunks=4 if n_conf == 1 else 1)
         if n_conf == 1 and torch.equal(local, torch.arange(local.shape[0], device=local.device)):
             return aevs[0]  # one system with its atoms in order: a view, no copy
         return aevs[conf, local]

@@ -84,7 +84,7 @@ def test_chunked_sums_have_exact_second_derivatives(monkeypatch):
     factors = lean.angular_factors(computer.angular)
 
     def angular_sum(d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return lean.ChunkedSum.apply(d, v, terms, (5, computer.angular.num_feats), factors)
+        return lean.ChunkedSum.apply(d, v, terms, (5, computer.angular.num_feats), factors, 1)
 
     inputs = (distances.requires_grad_(), vectors.requires_grad_())
     assert torch.autograd.gradcheck(angular_sum, inputs)
