@@ -161,7 +161,7 @@ def single_system_neighbors(coords: torch.Tensor, cell: torch.Tensor | None, pbc
     them, so forces and stress are exact.
 
     vesin (C++) rather than torchani's pure-PyTorch cell list or matscipy: 6-8 ms where they took 53 and 27 ms
-    (3,791-atom box, 1 CPU thread; an ANI-1x energy + forces call there is now ~150 ms).
+    (3,791-atom box, 1 CPU thread; ANI-1x's energy + forces there takes 250-300 ms).
     """
     flat = coords.view(-1, 3)
     positions = flat.detach().cpu().double().numpy()
