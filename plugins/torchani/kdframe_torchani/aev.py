@@ -104,7 +104,9 @@ def _chunk_grads(grad: torch.Tensor, distances: torch.Tensor, vectors: torch.Ten
             return torch.autograd.grad(left, leaves, g, create_graph=create_graph)
         g = g.view(-1, left.shape[1], right.shape[1])
         grad_left = torch.bmm(g, right[:, :, None]).squeeze(2)
-        grad_right = sum(g[:, a] * left[:, a, None] for a in range(left.shape[1]))  # 2x faster than bmm here
+        grad_right = g[:, 0] * left[:, 0, None]  # in place, one (t, sections) at a time: 2x faster than bmm here
+        for a in range(1, left.shape[1]):
+            grad_right.addcmul_(g[:, a], left[:, a, None])
         del g
         return torch.autograd.grad((left, right), leaves, (grad_left, grad_right), create_graph=create_graph)
 
