@@ -30,8 +30,8 @@ from torchani.neighbors import Neighbors, discard_outside_cutoff
 
 # Terms per chunk, within these bounds. Larger chunks are faster (each costs ~0.3 ms of fixed overhead, one CPU
 # thread) but hold more memory at once (~400 bytes per angular term in the backward): a 4096-term chunk is ~9 KiB per
-# atom of a 205-atom box; 16384 was 5-15 % faster than 4096 on a 3,791-atom box, and as fast as torchani's own code
-# on training batches of molecules, where smaller chunks were 8 % slower.
+# atom of a 205-atom box; 16384 was 5-15 % faster than 4096 on a 3,791-atom box, and ~8 % faster than torchani's own
+# code on training batches of molecules, where 1024-term chunks were 8 % slower than it.
 MIN_CHUNK, MAX_CHUNK = 1024, 16384
 
 Factors = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
@@ -49,8 +49,8 @@ class Terms(NamedTuple):
 class ChunkedSum(torch.autograd.Function):
     """``out[terms.rows[:, t]] += left(t) ⊗ right(t)`` for every term t, out flattened to ``shape``, where
     ``factors(distances (k, chunk), vectors (k, chunk, 3) or None, signs (chunk,) or None)`` gives a chunk's two
-    factors from its pairs' distances, vectors and signs; ``right`` None means 1. At least ``min_chunks`` chunks
-    (memory), each of ``MIN_CHUNK`` to ``MAX_CHUNK`` terms."""
+    factors from its pairs' distances, vectors and signs; ``right`` None means 1. Chunks of ``MIN_CHUNK`` to
+    ``MAX_CHUNK`` terms (the last may be smaller), up to ``min_chunks`` of them where that bound allows (memory)."""
 
     @staticmethod
     def forward(ctx, distances: torch.Tensor, vectors: torch.Tensor | None, terms: Terms, shape: tuple[int, int],
@@ -127,7 +127,7 @@ def _gathered(distances: torch.Tensor, vectors: torch.Tensor | None,
 
 def gaussians(distances: torch.Tensor, eta: float, shifts: torch.Tensor) -> torch.Tensor:
     """``exp(-eta (distances - shifts)²)`` (t, shifts), never below e times the dtype's smallest normal number
-    (3.2e-38 in float32): where the exact value is subnormal or near it, exp took 6-12x as long (ANI-1x's radial
+    (3.2e-38 in float32): where the exact value is subnormal or near it, exp took 5-12x as long (ANI-1x's radial
     terms of pairs 2.3-5.2 Å apart, float32, one CPU thread)."""
     exponent = -eta * (distances[:, None] - shifts) ** 2
     return torch.exp(_at_least(exponent, _smallest_exponent(exponent.dtype)))
@@ -203,7 +203,8 @@ def angular_terms(close: Neighbors, flat_elements: torch.Tensor, pair_index: tor
     max_count = int(counts.max()) if counts.numel() else 0
     # row-major pairs (i > j): the first c (c - 1) / 2 of them pair up a central atom's first c neighbours
     local = torch.tril_indices(max_count, max_count, -1, device=ends.device).index_select(1, offset)
-    slot = _take(order, local + _take(torch.cumsum(counts, 0) - counts, centre))  # (2, triplets): the central atom's
+    # (2, triplets): the slots of the central atom in each triplet's two pairs
+    slot = _take(order, local + _take(torch.cumsum(counts, 0) - counts, centre))
     # per slot (gathers, cheaper than integer division): its pair, its sign, the element at the pair's other end
     pair_of = torch.arange(n_close, device=ends.device).repeat(2)
     sign_of = torch.ones(2 * n_close, dtype=torch.int8, device=ends.device)
@@ -225,7 +226,8 @@ def aev_from_neighbors(computer: AEVComputer, elem_idxs: torch.Tensor, neighbors
                        min_chunks: int = 1) -> torch.Tensor:
     """(molecules, atoms, aev_dim) AEVs of torchani's ``computer`` (its terms, cutoffs and feature order) by
     :class:`ChunkedSum`; ``neighbors`` index ``elem_idxs.view(-1)``, each pair once, vectors first minus second.
-    ``min_chunks``: split each sum into at least that many chunks (a single system whose memory per atom counts)."""
+    ``min_chunks``: split each sum into up to that many chunks of at least ``MIN_CHUNK`` terms (a single system,
+    whose memory per atom counts)."""
     n_molecules, n_atoms = elem_idxs.shape
     flat_elements = elem_idxs.view(-1)
     n_species, n_pairs = computer.num_species, computer.num_species_pairs

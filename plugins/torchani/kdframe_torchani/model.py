@@ -1,4 +1,5 @@
-"""The ANI network: torchani's AEV, then one MLP per element with ``n_heads`` outputs.
+"""The ANI network: an AEV of torchani's terms (computed by :mod:`.aev`), then one MLP per element with ``n_heads``
+outputs.
 
 The networks work in Hartree (like every ANI model); :class:`AniModel` returns eV.
 """
@@ -143,7 +144,7 @@ class AniModel(EnergyModel):
             conf = torch.unique(conf, return_inverse=True)[1]
         n_conf = int(conf.max()) + 1 if conf.numel() else 0
         elem_idxs, coords = layout.pad(idx, positions, conf, local, n_conf)
-        if n_conf == 1:  # one system (MD, boxes, clusters): a linear-scaling cell list, the sums in 4 chunks or more
+        if n_conf == 1:  # one system (MD, boxes, clusters): a linear-scaling cell list, the sums in up to 4 chunks
             neighbors = single_system_neighbors(coords, cell, pbc, self.aev.radial.cutoff)
         else:  # a batch of molecules (training): torchani's all pairs, one block per molecule
             neighbors = self.aev.neighborlist(self.aev.radial.cutoff, elem_idxs, coords, None, None)

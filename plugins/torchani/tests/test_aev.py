@@ -78,6 +78,57 @@ def test_float32_equals_torchanis_where_exp_and_pow_are_floored():
     torch.testing.assert_close(torch.autograd.grad(got.sum(), y)[0], expected_grad, rtol=1e-4, atol=1e-4)
 
 
+def test_floors_touch_only_values_below_the_smallest_normal_number():
+    """Gaussians and the angular power in float32 equal the exact values down to 1e-36, and stay below 1e-37 where
+    those are below the floor."""
+    computer = build_aev("ani1x", 3)
+    distances = torch.linspace(0.5, 5.2, 500)
+    exact_gaussians = torch.exp(-16.0 * (distances.double()[:, None] - computer.radial.shifts.double()) ** 2)
+    cos = torch.linspace(-1, 1, 500, dtype=torch.float64)  # angles between the two vectors from the central atom
+    vectors = torch.stack([torch.stack([torch.ones_like(cos), torch.zeros_like(cos), torch.zeros_like(cos)], 1),
+                           torch.stack([cos, (1 - cos**2).sqrt(), torch.zeros_like(cos)], 1)])
+    _, angle_terms = lean.angular_factors(computer.angular)(torch.ones((2, 500)), vectors.float(),
+                                                           torch.ones(500, dtype=torch.int8))
+    sections = computer.angular.sections.double()
+    exact_angles = 2 * ((1 + torch.cos(torch.acos(0.95 * cos)[:, None] - sections)) / 2) ** 32
+    for got, exact in [(lean.gaussians(distances, 16.0, computer.radial.shifts), exact_gaussians),
+                       (angle_terms, exact_angles)]:
+        normal, floored = exact > 1e-36, exact < 3e-38  # the floor: e times float32's smallest normal number
+        assert normal.any() and floored.any()
+        torch.testing.assert_close(got[normal].double(), exact[normal], rtol=2e-5, atol=0)
+        assert float(got[floored].max()) < 1e-37
+
+
+@pytest.mark.parametrize("aev_name", ["ani1x", "ani2x", "custom: 8 radial, 2 x 4 angular"])
+def test_batches_of_molecules_with_padding_equal_torchani(aev_name):
+    """The training path: padded batches (element -1) through torchani's all-pairs search, the largest chunks."""
+    spec, n_species = {"ani1x": ("ani1x", 4), "ani2x": ("ani2x", 7),
+                       "custom: 8 radial, 2 x 4 angular": (AevParameters(radial_num_shifts=8, angular_num_shifts=2,
+                                                                         angular_num_sections=4), 5)}[aev_name]
+    computer = build_aev(spec, n_species).double()
+    generator = torch.Generator().manual_seed(0)
+    elements = torch.randint(0, n_species, (5, 9), generator=generator)
+    for molecule, n_atoms in enumerate([9, 6, 4, 1, 2]):  # one lone atom, one pair far apart
+        elements[molecule, n_atoms:] = -1
+    coords = torch.rand((5, 9, 3), generator=generator, dtype=torch.float64) * 4.0
+    coords[4, 1] = coords[4, 0] + 30.0
+    weights = torch.randn(computer.out_dim, generator=generator, dtype=torch.float64)
+    probe = torch.randn(coords.shape, generator=generator, dtype=torch.float64)
+
+    def aev_gradient_hvp(compute) -> list[torch.Tensor]:
+        x = coords.clone().requires_grad_()
+        aevs = compute(x)
+        (gradient,) = torch.autograd.grad((aevs * weights).sum(), x, create_graph=True)
+        (hvp,) = torch.autograd.grad((gradient * probe).sum(), x)
+        return [aevs.detach(), gradient.detach(), hvp]
+
+    expected = aev_gradient_hvp(lambda x: computer(elements, x))
+    got = aev_gradient_hvp(lambda x: lean.aev_from_neighbors(
+        computer, elements, computer.neighborlist(computer.radial.cutoff, elements, x, None, None)))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
 def test_a_pair_without_triplets():
     computer = build_aev("ani1x", 3).double()
     species, coords = torch.tensor([[2, 0]]), torch.tensor([[[0.0, 0.0, 0.0], [0.97, 0.0, 0.0]]], dtype=torch.float64)
