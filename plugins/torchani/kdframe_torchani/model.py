@@ -123,6 +123,8 @@ class AniModel(EnergyModel):
             return self._group_aevs(batch, idx, positions, None, None, None)
         if batch.cell is None:
             raise DataError("torchani model: a periodic batch (pbc) needs a cell")
+        if batch.n_conf == 1:  # one periodic system (MD): no copy into a batch-wide array
+            return self._group_aevs(batch, idx, positions, None, batch.cell[0].to(dtype), batch.pbc[0])
         aevs = positions.new_zeros((batch.n_atoms, self.aev.out_dim))
         groups = [(~periodic[batch.conf_index], None)]
         groups += [(batch.conf_index == c, int(c)) for c in periodic.nonzero().squeeze(1).tolist()]
@@ -130,10 +132,7 @@ class AniModel(EnergyModel):
             atoms = atom_mask.nonzero().squeeze(1)
             if atoms.numel():
                 cell, pbc = (None, None) if c is None else (batch.cell[c].to(dtype), batch.pbc[c])
-                group = self._group_aevs(batch, idx, positions, atoms, cell, pbc)
-                if atoms.numel() == batch.n_atoms:  # one periodic system (MD): no copy
-                    return group
-                aevs = aevs.index_put((atoms,), group)
+                aevs = aevs.index_put((atoms,), self._group_aevs(batch, idx, positions, atoms, cell, pbc))
         return aevs
 
     def _group_aevs(self, batch: Batch, idx: torch.Tensor, positions: torch.Tensor, atoms: torch.Tensor | None,
