@@ -2,6 +2,10 @@
 
     python benchmarks/student_speed.py --student runs/scale/ani1ccx_to_hipnn_10k/student/model.pt --pretrained ani1ccx
     python benchmarks/student_speed.py --student MODEL.pt --pretrained ani1x --reshape aev.angular_cutoff=3.25  # untrained
+    python benchmarks/student_speed.py --student "{architecture: mace, channels: 8, max_L: 0}" --pretrained ani1x
+
+An untrained student (``--reshape``, or a YAML model block as ``--student``, built for the teacher's elements) costs
+what the trained one does: the cost does not depend on the weights.
 
 Workloads: every conformation of the bundled extensibility set as one batch (molecules), and condensed periodic
 boxes (``molecular_box(N)`` of benchmarks/run.py: the MD suite's 196, and a large one). Calls alternate between
@@ -36,6 +40,7 @@ from run import molecular_box  # noqa: E402
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.config import deep_merge, resolve_path  # noqa: E402
 from kdframe.data.readers import read_dataset  # noqa: E402
+from kdframe.errors import ConfigError  # noqa: E402
 from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Potential, model_dtype  # noqa: E402
 
@@ -80,12 +85,28 @@ def reshaped(model: Potential, changes: list[str]) -> Potential:
         raise SystemExit(f"--reshape {' '.join(changes)}: not a valid {model.architecture.name} model: {error}") from None
 
 
-def load(kind: str, args: argparse.Namespace) -> torch.nn.Module:
-    if kind == "student":
-        model = Potential.load(args.student)
-        model = reshaped(model, args.reshape) if args.reshape else model
-    else:
+def built(block: str, species: list[int]) -> Potential:
+    """An untrained student from a YAML model block (``{architecture: NAME, ...}``) for the workloads' elements."""
+    spec = yaml.safe_load(block)
+    if not isinstance(spec, dict) or "architecture" not in spec:
+        raise SystemExit(f"--student {block!r}: give a model file or a YAML model block {{architecture: NAME, ...}}")
+    try:
+        architecture = registry().lookup("architectures", spec.pop("architecture"), "--student architecture")
+        return Potential(architecture, spec, species, ["energy"])
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    except pydantic.ValidationError as error:
+        raise SystemExit(f"--student {block!r}: not a valid {architecture.name} model: {error}") from None
+
+
+def load(kind: str, args: argparse.Namespace, species: list[int]) -> torch.nn.Module:
+    """The teacher, or the student (loaded, or built untrained); in a memory process nothing else is loaded, so the
+    memory freed by loading another model cannot hide part of this one's peak."""
+    if kind == "teacher":
         model = registry().pretrained[args.pretrained]()
+    else:
+        model = Potential.load(args.student) if Path(args.student).is_file() else built(args.student, species)
+        model = reshaped(model, args.reshape) if args.reshape else model
     return model.to(args.device).eval()
 
 
@@ -126,7 +147,8 @@ def peak_kib(kind: str, index: int, model: torch.nn.Module, batch: Batch, args: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", required=True, help="the student's model.pt")
+    parser.add_argument("--student", required=True,
+                        help="the student's model.pt, or a YAML model block for an untrained one")
     parser.add_argument("--pretrained", required=True, help="its teacher: a registered pretrained ensemble")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--box-atoms", type=int, nargs="+", default=[196, 3791])
@@ -139,11 +161,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     loads = workloads(args.box_atoms)
+    species = sorted({int(z) for batch in loads.values() for z in batch.species.tolist()})
     if args.memory_of:  # one measurement in this fresh process
         kind, index = args.memory_of
-        print(peak_bytes(load(kind, args), list(loads.values())[int(index)], args.device))
+        print(peak_bytes(load(kind, args, species), list(loads.values())[int(index)], args.device))
         return
-    models = {kind: load(kind, args) for kind in ("student", "teacher")}
+    models = {kind: load(kind, args, species) for kind in ("student", "teacher")}
     print("| workload | atoms | student ms | teacher ms | teacher / student | student KiB/atom | teacher KiB/atom "
           "| student / teacher memory |\n|---|---|---|---|---|---|---|---|")
     for index, (name, batch) in enumerate(loads.items()):

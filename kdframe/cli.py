@@ -14,13 +14,19 @@ from .errors import KdframeError
 def _run_stage(until: str):
     def command(args: argparse.Namespace) -> int:
         from . import distributed
+        from .errors import ConfigError, DataError
         from .workflows.base import Run, load_config
 
         distributed.init()  # under torchrun: every rank runs the workflow, rank 0 writes and prints
         run = None
         try:
             workflow, config = load_config(Path(args.config))
-            run = Run(config, Path(args.config), workflow, progress=not args.quiet and distributed.is_main())
+            try:
+                run = Run(config, Path(args.config), workflow, progress=not args.quiet and distributed.is_main())
+            except (ConfigError, DataError) as exc:  # checks of the config against its data: name the file too
+                if not str(exc).startswith(f"{args.config}: "):
+                    exc.args = (f"{args.config}: {exc}",)
+                raise
             text = workflow.run(run, until=until)
             if distributed.is_main():
                 print(text)

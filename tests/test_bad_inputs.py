@@ -94,7 +94,7 @@ def test_evaluation_set_with_unknown_elements(tmp_path, ani_file, capsys):
         g["atomic_numbers"], g["coordinates"], g["e"] = [16, 1, 1], [[[0, 0, 0], [1.3, 0, 0], [0, 1.3, 0]]], [-399.0]
     config = _config(tmp_path, ani_file, **{"data.evaluate": [{"path": str(other), "energy": "e"}]})
     err = _error(capsys, "run", config)
-    assert "data.evaluate[0]" in err and "elements [16] do not occur in the training data" in err
+    assert f"{config}: data.evaluate[0]" in err and "elements [16] do not occur in the training data" in err
 
 
 def test_evaluate_a_file_that_is_not_a_model(tmp_path, ani_file, capsys):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from kdframe.cli import main
+from kdframe.config import BUNDLED_DIR
 from kdframe.data.packed import PackedDataset
 from kdframe.data.readers import read_dataset
 from kdframe.errors import ConfigError
@@ -120,6 +121,15 @@ def test_alignment_recovers_known_offsets(tmp_path, ani_file, capsys, monkeypatc
         assert f.attrs["teacher.source"] == "pretrained:toy2"
     for z, hartree in shift.items():
         assert offsets[str(z)] == pytest.approx(hartree * HARTREE_TO_EV, abs=1e-6)
+
+
+def test_bundled_input_and_alignment_data(tmp_path, capsys):
+    """bundled:NAME works for the input and --align-to as in a YAML config."""
+    out = tmp_path / "ext.h5"
+    assert _label("bundled:extensibility.h5", out, *_members(tmp_path, 1), "--align-to", "bundled:train_pool.h5",
+                  "--energy-key", "wb97x_dz.energy") == 0
+    assert "aligned: per-element offsets" in capsys.readouterr().out
+    assert len(_packed(out)["energy"]) == len(read_dataset(BUNDLED_DIR / "extensibility.h5", {}))
 
 
 def test_uncovered_element_is_reported_by_name_and_skipped(tmp_path, ani_file, capsys):

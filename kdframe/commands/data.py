@@ -20,6 +20,7 @@ import numpy as np
 from ase.units import Hartree, kcal, mol
 
 from .. import __version__, hookimpl
+from ..config import resolve_path
 from ..errors import ConfigError, DataError
 from ..data.ani_layout import check_hartree, energy_ratios, molecule_groups, molecule_species, open_hdf5, real_numbers
 from ..data.packed import describe as describe_packed, is_packed
@@ -116,7 +117,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("pack", help="an ANI-layout file as one flat, chunked file that training streams from disk")
-    p.add_argument("source", help="ANI-layout HDF5 file")
+    p.add_argument("source", help="ANI-layout HDF5 file, or bundled:NAME")
     p.add_argument("target", help="packed HDF5 file to write (atomically)")
     p.add_argument("--units", default="auto", choices=["auto", "hartree", "ev"],
                    help="energy unit of the source file (auto: Hartree, refused when the energies look like eV)")
@@ -124,7 +125,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("info", help="molecules, conformations, labels present, energy ranges, spread percentiles")
-    p.add_argument("file")
+    p.add_argument("file", help="a data file, or bundled:NAME")
     p.add_argument("--per-molecule", action="store_true", help="one line per molecule")
     p.add_argument("--journals", metavar="DIR", help="directory holding the journals FILE.labelling/ (default: the file's own; the bundled datasets': data/labelling)")
     p.set_defaults(func=cmd_info)
@@ -366,9 +367,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     from ..data.packed import pack_ani
 
-    if not Path(args.source).is_file():
+    source = resolve_path(args.source, Path())
+    if not source.is_file():
         raise DataError(f"{args.source}: data file not found")
-    path = pack_ani(args.source, args.target, args.units, overwrite=args.force)
+    path = pack_ani(source, args.target, args.units, overwrite=args.force)
     with h5py.File(path, "r") as f:
         print(f"{path}: {len(f['molecule'])} conformations, {len(f['species'])} atoms, "
               f"labels {', '.join(sorted(f['labels']))} (eV, eV/Å)")
@@ -442,5 +444,5 @@ def describe(path: str | os.PathLike, per_molecule: bool = False, journals: str 
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(describe(args.file, args.per_molecule, args.journals))
+    print(describe(resolve_path(args.file, Path()), args.per_molecule, args.journals))
     return 0

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from .. import hookimpl
+from ..config import resolve_path
 from ..errors import ConfigError
 from .data import non_negative_int, positive_int
 
@@ -30,13 +32,14 @@ def register_commands(subparsers) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..teacher_labelling import BATCH, CHUNK
 
-    p.add_argument("input", help="packed (kdframe data pack), ANI-layout HDF5 or extxyz file")
+    p.add_argument("input", help="packed (kdframe data pack), ANI-layout HDF5 or extxyz file, or bundled:NAME")
     p.add_argument("output", help="packed file to write (atomically, at the end); OUTPUT.parts/ holds the shards")
     p.add_argument("--pretrained", default=None, help="a registered pretrained ensemble (see `kdframe plugins`)")
     p.add_argument("--model", action="append", default=[],
                    help="a saved model file; give it several times for an ensemble")
     p.add_argument("--align-to", default=None, metavar="DATA",
-                   help="ground-truth data whose energies per-element offsets are fitted to (with --energy-key)")
+                   help="ground-truth data whose energies per-element offsets are fitted to (with --energy-key), or "
+                        "bundled:NAME for a dataset shipped with kdframe")
     p.add_argument("--energy-key", default=None, metavar="KEY", help="energy key of --align-to")
     p.add_argument("--head", default=None, help="output head of the teacher (default: the first)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH, help=f"configurations per batch (default {BATCH})")
@@ -81,7 +84,9 @@ def cmd_teacher_label(args: argparse.Namespace) -> int:
         raise ConfigError("--hvp-probes" if args.hvp_probes != "rademacher" else "--hvp-seed",
                           "probe settings are for --hvp: add it")
     hvp = ProbeSettings(kind=args.hvp_probes, seed=args.hvp_seed) if args.hvp else None
-    summary = teacher_label(args.input, args.output, spec, align_to=args.align_to, energy_key=args.energy_key,
+    align_to = resolve_path(args.align_to, Path()) if args.align_to else None
+    summary = teacher_label(resolve_path(args.input, Path()), args.output, spec, align_to=align_to,
+                            energy_key=args.energy_key,
                             head=args.head, chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
                             workers=args.workers, spread=not args.no_force_spread, per_atom=args.per_atom_spread,
                             atom_energies=args.atom_energies, hvp=hvp, force=args.force, keep_parts=args.keep_parts,
