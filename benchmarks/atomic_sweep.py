@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import command_line, provenance  # noqa: E402
 from run import PRETRAINED, SPACING, energy_and_forces, molecular_box, peak_memory, time_per_call  # noqa: E402
 
 from kdframe.io import atomic_write_text  # noqa: E402
@@ -187,7 +187,7 @@ def main() -> None:
                learning_curves(stem.parent / f"{stem.name}_curves.png", list(models.values()))]
     atomic_write_text(args.out, f"""# Atomic-energy distillation: students, controls, Born-Again over seeds
 
-- command: `python benchmarks/atomic_sweep.py {' '.join(sys.argv[1:])}`
+- command: `{command_line()}`
 - {provenance('cpu')}
 - configs: `configs/atomic/` ({', '.join(args.configs)}); seeds {', '.join(map(str, args.seeds))}. E, dE (conformer
   energy differences within a molecule) and F RMSE (kcal/mol, kcal/mol/Å) against the data's labels, mean ± sample

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +94,11 @@ def _code_commit() -> str:
 
 
 CODE_COMMIT = _code_commit()  # taken at start: a long benchmark may outlive later commits
+
+
+def command_line() -> str:
+    """The command that ran this script, quoted so that it can be pasted into a shell."""
+    return shlex.join(["python", *sys.argv])
 
 
 def provenance(device: str) -> str:

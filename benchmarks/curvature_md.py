@@ -25,7 +25,7 @@ from ase import Atoms
 from ase.neighborlist import natural_cutoffs, neighbor_list
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_and_write, provenance  # noqa: E402
+from common import command_line, print_and_write, provenance  # noqa: E402
 from frequencies_at_minima import SEED_SUFFIX, STAGES, checked_run, minima  # noqa: E402
 from md_acceptance import TEMPERATURE_K, fmt, nve  # noqa: E402
 
@@ -97,7 +97,7 @@ def main() -> None:
         parser.error("--timesteps must be > 0, --duration-fs at least the largest time step, --replicas >= 1")
     torch.set_num_threads(1)
     runs = {path: checked_run(parser, path) for path in args.configs}  # every run checked before any MD
-    command = " ".join(["python benchmarks/curvature_md.py", *sys.argv[1:]])
+    command = command_line()
     lines = ["# Gas-phase NVE of curvature students, their controls and their teacher\n",
              f"- command: `{command}`", f"- {provenance('cpu')}; torch threads: 1",
              f"- each run's test molecules, first optimised conformer of each; velocity Verlet from {TEMPERATURE_K} K, "

@@ -39,7 +39,7 @@ from kdframe.potential import Ensemble, Potential
 from kdframe.workflows.base import Run, load_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_and_write, provenance  # noqa: E402
+from common import command_line, print_and_write, provenance  # noqa: E402
 
 STAGES = ("student", "control")
 MAX_STEPS = 2000
@@ -145,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = {path: checked_run(parser, path) for path in args.configs}  # every run checked before any optimisation
-    command = " ".join(["python benchmarks/frequencies_at_minima.py", *sys.argv[1:]])
+    command = command_line()
     lines = ["# Harmonic frequencies at minima: students vs controls against their teacher\n",
              f"- command: `{command}`", f"- {provenance('cpu')}",
              "- every `opt:` conformer of each run's test molecules, optimised with the teacher (float64 BFGS, "

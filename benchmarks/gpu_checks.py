@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import provenance
+from common import command_line, provenance
 
 from kdframe import derivatives
 from kdframe.batch import Batch
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(f"| {what} | {value} | {'pass' if ok else 'FAIL'} |" for what, value, ok in rows)
     text = f"""# Correctness on {device.type}: each architecture vs the CPU, cuequivariance vs e3nn
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - {provenance(device.type)}
 - tolerance: max |difference| / max(1, max |reference|) <= {TOLERANCE[torch.float64]:g} in float64,
   {TOLERANCE[torch.float32]:g} in float32

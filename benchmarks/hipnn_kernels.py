@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import interleaved_epochs, kdframe_epoch, provenance
+from common import command_line, interleaved_epochs, kdframe_epoch, provenance
 from hipnn_pairs import seconds_per_call
 from run import SPACING, density, molecular_box
 
@@ -94,7 +93,7 @@ def main() -> None:
     rule = "|---" * (len(args.kernels) + 2) + "|"
     atomic_write_text(args.out, f"""# HIP-NN on CPU: hippynn's message-passing kernels
 
-- command: `{' '.join(['python', *sys.argv])}`
+- command: `{command_line()}`
 - {provenance("cpu")}
 - training: kdframe epochs (loss RMSE + MAE of E and F, float32) over the first {args.configurations} bundled pool
   configurations, batch size {args.batch_size}, median of {args.repeats} interleaved epochs after a warm-up.

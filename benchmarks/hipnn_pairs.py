@@ -10,7 +10,6 @@ extent. Writes a markdown result.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import provenance
+from common import command_line, provenance
 from run import SPACING, molecular_box, density
 
 from kdframe.batch import Batch
@@ -84,7 +83,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     atomic_write_text(args.out, f"""# HIP-NN energy + forces: all pairs vs cell list
 
-- command: `{' '.join(['python', *sys.argv])}`
+- command: `{command_line()}`
 - {provenance("cpu")}
 - model: HIP-NN {STUDENT}, float32, freshly initialised; hippynn "{custom_kernels.CUSTOM_KERNELS_ACTIVE}" kernels; one
   energy + forces call, median of {args.repeats} after a warm-up. Clusters: the cost suite's ({SPACING} Å grid, ≈ {density(atoms):.2f} g/cm³,

@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import command_line, provenance  # noqa: E402
 
 from kdframe.io import atomic_write, atomic_write_text  # noqa: E402
 from kdframe.potential import Potential  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     figure = plot(results, args.out.with_suffix(".png"))
     atomic_write_text(args.out, f"""# Learning curve: student errors vs teacher-labelled configurations
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - config: `{config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
   out for validation). Teacher ensemble and control do not depend on the size (control: first size's run).
   RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule. Runs finished by an

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import statistics
 import sys
 import time
@@ -298,7 +299,7 @@ def md_report(args: argparse.Namespace, models: dict[str, Potential | Ensemble],
                  "|---|---|---|---|---|---|"
     return f"""# MD acceptance: NVE stability, energy drift, structure and speed vs {reference}
 
-- command: `{' '.join(sys.argv)}`
+- command: `{shlex.join(['python', *sys.argv])}`
 - {provenance}; torch threads: {torch.get_num_threads()}
 - models: {', '.join(f'{name} ({type(m).__name__}{f", {len(m.members)} members" if isinstance(m, Ensemble) else ""})'
                      for name, m in models.items())}; reference: {reference}

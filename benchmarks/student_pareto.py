@@ -16,7 +16,6 @@ Writes a markdown table and ``<out>.png``: error / teacher against speed-up, one
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_and_write, provenance  # noqa: E402
+from common import command_line, print_and_write, provenance  # noqa: E402
 from student_speed import built, timed, workloads  # noqa: E402
 
 from kdframe.plugins import registry  # noqa: E402
@@ -75,7 +74,7 @@ def main() -> None:
     students |= {name: built(block, species).eval() for name, block in named(args.shapes, "--shapes").items()}
     teacher = registry().pretrained[args.pretrained]().eval()
     lines = ["# Students against their teacher: speed and accuracy", "",
-             f"- command: `python benchmarks/student_pareto.py {shlex.join(sys.argv[1:])}`",
+             f"- command: `{command_line()}`",
              f"- {provenance('cpu')}; teacher: {args.pretrained}",
              "- error: extensibility RMSE of the student / of the teacher ensemble in the same run's report.md; speed: "
              "the teacher's E+F time / the student's, median of interleaved calls", "",

@@ -1,5 +1,5 @@
-"""benchmarks/student_speed.py (untrained students from a YAML model block or a reshaped model file) and
-benchmarks/student_pareto.py (a run's extensibility errors from its report)."""
+"""benchmarks/student_speed.py (untrained students from a YAML model block or a reshaped model file),
+benchmarks/student_pareto.py (a run's extensibility errors from its report) and common.command_line."""
 
 import pytest
 import torch
@@ -63,3 +63,9 @@ def test_pareto_refuses_a_report_without_the_rows(tmp_path):
     report.write_text(REPORT.replace("| extensibility | student", "| test | student again"))
     with pytest.raises(SystemExit, match="no extensibility rows"):
         load_script("benchmarks/student_pareto.py").extensibility_rmse(report)
+
+
+def test_result_files_record_a_command_that_can_be_pasted(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["benchmarks/student_pareto.py", "--runs", "TorchANI, [64, 48]=runs/x"])
+    assert load_script("benchmarks/common.py").command_line() == \
+        "python benchmarks/student_pareto.py --runs 'TorchANI, [64, 48]=runs/x'"
