@@ -125,6 +125,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    """Print a run file with its ``extends:`` chain merged in: the keys a run of it reads (defaults left out)."""
+    import yaml
+
+    from .config import load_yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: object) -> bool:  # a table shared by several keys is written out at each
+            return True
+
+    print(yaml.dump(load_yaml(args.config), Dumper=Dumper, sort_keys=False, default_flow_style=None,
+                    allow_unicode=True, width=120), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .plugins import add_commands
 
@@ -138,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML run configuration")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_run_stage(until))
+    p = sub.add_parser("config", help="print a YAML run file with the files it extends merged in")
+    p.add_argument("config", help="YAML run configuration")
+    p.set_defaults(func=_config)
     p = sub.add_parser("plugins", help="list installed plugins and what they register")
     p.set_defaults(func=_plugins)
     p = sub.add_parser("evaluate", help="evaluate a saved model, an ensemble or a pretrained ensemble on an "

@@ -178,3 +178,20 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback():
     proc.stdout.close()  # before the command has started writing
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_config_command_prints_the_run_file_with_its_bases_merged(tmp_path, capsys):
+    import yaml
+
+    from kdframe.config import load_yaml
+
+    (tmp_path / "base.yaml").write_text("workflow: ekd\nseed: 0\nstudent:\n"
+                                        "  weights: {energy: 1, forces: &f {1: 10, 5: 1}}\n"
+                                        "  sources: {s: {path: a.h5, weights: {forces: *f}}}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nseed: 2\nstudent: {model: {architecture: toy}}\n")
+    assert main(["config", str(child)]) == 0
+    out = capsys.readouterr().out
+    assert "extends" not in out and "&" not in out and "*" not in out  # every table written out where it is used
+    assert yaml.safe_load(out) == load_yaml(child)
+    assert yaml.safe_load(out)["seed"] == 2 and yaml.safe_load(out)["student"]["weights"]["forces"] == {1: 10, 5: 1}
