@@ -4,7 +4,7 @@
     python benchmarks/student_speed.py --student MODEL.pt --pretrained ani1x --reshape aev.angular_cutoff=3.25  # untrained
     python benchmarks/student_speed.py --student "{architecture: mace, channels: 8, max_L: 0}" --pretrained ani1x
 
-An untrained student (``--reshape``, or a YAML model block as ``--student``, built for the teacher's elements) costs
+An untrained student (``--reshape``, or a YAML model block as ``--student``, built for the workloads' elements) costs
 what the trained one does: the cost does not depend on the weights.
 
 Workloads: every conformation of the bundled extensibility set as one batch (molecules), and condensed periodic

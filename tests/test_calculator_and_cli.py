@@ -195,3 +195,8 @@ def test_config_command_prints_the_run_file_with_its_bases_merged(tmp_path, caps
     assert "extends" not in out and "&" not in out and "*" not in out  # every table written out where it is used
     assert yaml.safe_load(out) == load_yaml(child)
     assert yaml.safe_load(out)["seed"] == 2 and yaml.safe_load(out)["student"]["weights"]["forces"] == {1: 10, 5: 1}
+
+
+def test_data_info_reads_a_bundled_dataset(capsys):
+    assert main(["data", "info", "bundled:extensibility.h5"]) == 0
+    assert "10 molecules, 112 conformations" in capsys.readouterr().out
