@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
 import statistics
 import sys
 import time
@@ -27,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdframe.errors import ConfigError
-from kdframe.io import atomic_write
-from kdframe.potential import Ensemble, Potential
-from kdframe.report import plt
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line  # noqa: E402
+
+from kdframe.errors import ConfigError  # noqa: E402
+from kdframe.io import atomic_write  # noqa: E402
+from kdframe.potential import Ensemble, Potential  # noqa: E402
+from kdframe.report import plt  # noqa: E402
 
 FAIL_DISTANCE = 0.5  # Å: two atoms closer than this end a run
 TEMPERATURE_K = 300
@@ -299,7 +301,7 @@ def md_report(args: argparse.Namespace, models: dict[str, Potential | Ensemble],
                  "|---|---|---|---|---|---|"
     return f"""# MD acceptance: NVE stability, energy drift, structure and speed vs {reference}
 
-- command: `{shlex.join(['python', *sys.argv])}`
+- command: `{command_line()}`
 - {provenance}; torch threads: {torch.get_num_threads()}
 - models: {', '.join(f'{name} ({type(m).__name__}{f", {len(m.members)} members" if isinstance(m, Ensemble) else ""})'
                      for name, m in models.items())}; reference: {reference}

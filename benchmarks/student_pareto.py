@@ -24,7 +24,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, print_and_write, provenance  # noqa: E402
-from student_speed import built, timed, workloads  # noqa: E402
+from student_speed import built, elements, timed, workloads  # noqa: E402
 
 from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Potential  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     runs = {name: Path(run) for name, run in named(args.runs, "--runs").items()}
     scores = {name: extensibility_rmse(run / "report.md") for name, run in runs.items()}  # before any timing
     loads = list(workloads([BOX_ATOMS]).values())
-    species = sorted({int(z) for batch in loads for z in batch.species.tolist()})
+    species = elements(loads)
     students = {name: Potential.load(run / "student" / "model.pt").eval() for name, run in runs.items()}
     students |= {name: built(block, species).eval() for name, block in named(args.shapes, "--shapes").items()}
     teacher = registry().pretrained[args.pretrained]().eval()
@@ -82,8 +82,8 @@ def main() -> None:
              f"{BOX_ATOMS}-atom box |", "|---|---|---|---|---|---|---|"]
     points = {}
     for name, student in students.items():
-        speed = [(lambda t: t["teacher"] / t["student"])(timed({"student": student, "teacher": teacher}, batch,
-                                                                args.repeats, "cpu")) for batch in loads]
+        times = [timed({"student": student, "teacher": teacher}, batch, args.repeats, "cpu") for batch in loads]
+        speed = [t["teacher"] / t["student"] for t in times]
         ratios = {c: scores[name]["student"][c] / scores[name]["teacher ensemble"][c] for c in COLUMNS} \
             if name in scores else None
         points[name] = (speed, ratios)

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,11 @@ def load(kind: str, args: argparse.Namespace, species: list[int]) -> torch.nn.Mo
     return model.to(args.device).eval()
 
 
+def elements(batches: Iterable[Batch]) -> list[int]:
+    """The atomic numbers that occur in ``batches``: what an untrained student is built for."""
+    return sorted({int(z) for batch in batches for z in batch.species.tolist()})
+
+
 def workloads(box_atoms: list[int]) -> dict[str, Batch]:
     data = read_dataset(resolve_path("bundled:extensibility.h5", Path.cwd()), {})
     out = {f"extensibility set ({len(data)} conformations, one batch)": data.batch(np.arange(len(data)), [])}
@@ -161,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     loads = workloads(args.box_atoms)
-    species = sorted({int(z) for batch in loads.values() for z in batch.species.tolist()})
+    species = elements(loads.values())
     if args.memory_of:  # one measurement in this fresh process
         kind, index = args.memory_of
         print(peak_bytes(load(kind, args, species), list(loads.values())[int(index)], args.device))
