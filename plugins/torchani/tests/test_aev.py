@@ -87,12 +87,12 @@ def test_floors_touch_only_values_below_the_smallest_normal_number():
     cos = torch.linspace(-1, 1, 500, dtype=torch.float64)  # angles between the two vectors from the central atom
     vectors = torch.stack([torch.stack([torch.ones_like(cos), torch.zeros_like(cos), torch.zeros_like(cos)], 1),
                            torch.stack([cos, (1 - cos**2).sqrt(), torch.zeros_like(cos)], 1)])
-    _, angle_terms = lean.angular_factors(computer.angular)(torch.ones((2, 500)), vectors.float(),
-                                                           torch.ones(500, dtype=torch.int8))
+    features = torch.stack([lean.angular_pair_features(computer.angular, torch.ones(500), v) for v in vectors.float()], 1)
+    _, angle_terms = lean.angular_factors(computer.angular)(features, torch.ones(500))
     sections = computer.angular.sections.double()
     exact_angles = 2 * ((1 + torch.cos(torch.acos(0.95 * cos)[:, None] - sections)) / 2) ** 32
-    for got, exact in [(lean.gaussians(distances, 16.0, computer.radial.shifts), exact_gaussians),
-                       (angle_terms, exact_angles)]:
+    for got, exact in [(lean.gaussians(distances, 16.0, computer.radial.shifts).T, exact_gaussians),
+                       (angle_terms.T, exact_angles)]:
         normal, floored = exact > 1e-36, exact < 3e-38  # the floor: e times float32's smallest normal number
         assert normal.any() and floored.any()
         torch.testing.assert_close(got[normal].double(), exact[normal], rtol=2e-5, atol=0)
@@ -136,22 +136,24 @@ def test_a_pair_without_triplets():
     torch.testing.assert_close(got, computer(species, coords), rtol=0, atol=1e-12)
 
 
-def test_chunked_sums_have_exact_second_derivatives(monkeypatch):
+@pytest.mark.parametrize("aev_name", AEVS)  # ANI-1x's ζ = 32 by squaring (PowerOfTwo), the custom ζ = 14.1 by pow
+def test_chunked_sums_have_exact_second_derivatives(aev_name, monkeypatch):
     """gradgradcheck: the backward's recomputation stays on the graph (forces in a loss, Hessian-vector products)."""
     monkeypatch.setattr(lean, "MAX_CHUNK", 4)
     monkeypatch.setattr(lean, "MIN_CHUNK", 4)
-    computer = build_aev(AEVS["custom, smooth cutoff"], 3).double()
+    computer = build_aev(AEVS[aev_name], 3).double()
     generator = torch.Generator().manual_seed(2)
     vectors = (torch.rand((6, 3), generator=generator, dtype=torch.float64) - 0.5) * 3
     distances = vectors.norm(dim=-1)
     pair = torch.randint(0, 6, (2, 11), generator=generator)
     pair[1] = (pair[0] + torch.randint(1, 6, (11,), generator=generator)) % 6  # two different pairs
-    sign = (torch.randint(0, 2, (11,), generator=generator) * 2 - 1).to(torch.int8)
+    sign = (torch.randint(0, 2, (11,), generator=generator) * 2 - 1).double()
     terms = lean.Terms(pair, sign, torch.randint(0, 5, (1, 11), generator=generator))
     factors = lean.angular_factors(computer.angular)
 
     def angular_sum(d: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return lean.ChunkedSum.apply(d, v, terms, (5, computer.angular.num_feats), factors, 1)
+        return lean.ChunkedSum.apply(lean.angular_pair_features(computer.angular, d, v), terms,
+                                     (5, computer.angular.num_feats), factors, 1)
 
     inputs = (distances.requires_grad_(), vectors.requires_grad_())
     assert torch.autograd.gradcheck(angular_sum, inputs)
