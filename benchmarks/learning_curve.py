@@ -1,9 +1,12 @@
 """A student's errors against the number of teacher-labelled configurations it trained on (issue 22).
 
     python benchmarks/learning_curve.py configs/scale/ani1ccx_to_hipnn_50k.yaml --sizes 1000 5000 20000 0 --seeds 0
+    python benchmarks/learning_curve.py CONFIG --source sampled conformers thermal --sizes 1000 5000 0
 
 Each size is the config's run with ``student.sources.SOURCE.limit`` = size (0: the whole file), in its own
-run_dir under ``runs/curve/``; subsets are nested (one seeded draw). The control and the teacher ensemble do
+run_dir under ``runs/curve/``; subsets are nested (one seeded draw). With several sources, a size is shared among
+them in proportion to their sizes in the config (each its ``limit``, or its whole file), and 0 is the config as
+it is. The control and the teacher ensemble do
 not depend on the size: the control is trained in the first size's run only. A size's run has its teacher label
 only the configurations it draws; the labels a run made are copied into the later runs' ``knowledge/``, so once the
 whole file is labelled (size 0) every later size reuses it (same teacher and file: the cached file a run would
@@ -36,12 +39,36 @@ from kdframe.workflows.base import Run, load_config  # noqa: E402
 COLUMNS = {"E": "E rmse (kcal/mol)", "dE": "dE rmse (kcal/mol)", "F": "F rmse (kcal/mol/Å)"}
 
 
-def one_run(config_path: Path, source: str, size: int, seed: int, run_root: Path, control: bool) -> dict:
+def limits(run: Run, names: list[str], size: int) -> dict[str, int | None]:
+    """Each named source's limit for ``size`` configurations in all: in proportion to its size in ``run``'s config
+    (largest remainders, so that they add up to ``size``); 0, or one source, as before (0: its whole file)."""
+    sources = run.config.student.sources
+    if len(names) == 1:
+        return {names[0]: size or None}
+    full = {name: sources[name].limit or len(run._source(name, sources[name], name)) for name in names}
+    if not size:
+        return {name: sources[name].limit for name in names}
+    total = sum(full.values())
+    if size > total:
+        raise SystemExit(f"--sizes {size}: more than the {total} configurations of sources {names}")
+    exact = {name: size * n / total for name, n in full.items()}
+    out = {name: int(x) for name, x in exact.items()}
+    for name in sorted(names, key=lambda n: out[n] - exact[n])[:size - sum(out.values())]:
+        out[name] += 1
+    return out
+
+
+def one_run(config_path: Path, names: list[str], size: int, seed: int, run_root: Path, control: bool) -> dict:
     """Scores (set -> model -> column -> value) of one size's run, and the number of configurations used."""
     workflow, config = load_config(config_path)
     block = config.student
     sources = dict(block.sources)
-    sources[source] = sources[source].model_copy(update={"limit": size or None})
+    for name in names:
+        if name not in sources:
+            raise SystemExit(f"--source {name}: not a source of {config_path} (its sources: {sorted(sources)})")
+    limit = limits(Run(config, config_path, workflow, progress=False), names, size)
+    for name in names:
+        sources[name] = sources[name].model_copy(update={"limit": limit[name]})
     run_dir = run_root / f"n{size or 'all'}_seed{seed}"
     first_knowledge = run_root / "knowledge"
     if first_knowledge.is_dir():  # the teacher labels earlier sizes' runs made (the whole file's serve every size)
@@ -61,9 +88,9 @@ def one_run(config_path: Path, source: str, size: int, seed: int, run_root: Path
               "student": Potential.load(run_dir / "student" / "model.pt").to(run.device)}
     if control:
         models["control"] = Potential.load(run_dir / "control" / "model.pt").to(run.device)
-    used = len(run._source(source, sources[source], source))
+    used = sum(limit[name] or len(run._source(name, sources[name], name)) for name in names)
     scores = run.scores(models)
-    return {"size": min(size, used) if size else used,
+    return {"size": used,
             "scores": {s: {m: {k: sc.values.get(c, np.nan) for k, c in COLUMNS.items()} for m, sc in by_model.items()}
                        for s, by_model in scores.items()}}
 
@@ -95,9 +122,11 @@ def plot(results: list[dict], path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
-    parser.add_argument("--source", default="sampled", help="the student source whose size varies")
+    parser.add_argument("--source", nargs="+", default=["sampled"], help="the student sources whose size varies")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000, 0], help="0: the whole file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no-control", action="store_true",
+                        help="train no control (by default the first size's run trains one: the config's `control`)")
     parser.add_argument("--run-root", type=Path, default=ROOT / "runs" / "curve")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_curve.md")
     args = parser.parse_args()
@@ -108,12 +137,14 @@ def main() -> None:
     finished = {tuple(r[k] for k in key): r for r in map(json.loads, done.read_text().splitlines())} \
         if done.is_file() else {}
     done.parent.mkdir(parents=True, exist_ok=True)
+    source = "+".join(args.source)
     for seed in args.seeds:
         for i, size in enumerate(args.sizes):
-            result = finished.get((config, args.source, size, seed))
+            result = finished.get((config, source, size, seed))
             if result is None:
-                result = {**one_run(args.config, args.source, size, seed, args.run_root, control=i == 0),
-                          "config": config, "source": args.source, "requested": size, "seed": seed,
+                result = {**one_run(args.config, args.source, size, seed, args.run_root,
+                                          control=i == 0 and not args.no_control),
+                          "config": config, "source": source, "requested": size, "seed": seed,
                           "provenance": provenance("cpu")}
                 with open(done, "a") as f:
                     f.write(json.dumps(result) + "\n")
@@ -130,8 +161,11 @@ def main() -> None:
     atomic_write_text(args.out, f"""# Learning curve: student errors vs teacher-labelled configurations
 
 - command: `{command_line()}`
-- config: `{config}`; source `{args.source}` limited to each size (nested seeded subsets; 5 % of them held
-  out for validation). Teacher ensemble and control do not depend on the size (control: first size's run).
+- config: `{config}`; source{"s" if len(args.source) > 1 else ""} `{source}` limited to each size (nested seeded subsets{
+  ", the size shared among the sources in proportion to their sizes in the config" if len(args.source) > 1 else ""};
+  5 % of them held out for validation). The teacher ensemble does not depend on the size{
+  "" if args.no_control else ", nor does the control (trained in the first size's run)"}; every size trains the
+  config's epochs, so larger sizes also take more optimiser steps.
   RMSE in kcal/mol and kcal/mol/Å; dE = conformer energy differences within a molecule. Runs finished by an
   earlier invocation are read from `{done.name}` (one JSON line per run); when each ran:
 {chr(10).join(runs)}

@@ -69,3 +69,23 @@ def test_result_files_record_a_command_that_can_be_pasted(monkeypatch):
     monkeypatch.setattr("sys.argv", ["benchmarks/student_pareto.py", "--runs", "TorchANI, [64, 48]=runs/x"])
     assert load_script("benchmarks/common.py").command_line() == \
         "python benchmarks/student_pareto.py --runs 'TorchANI, [64, 48]=runs/x'"
+
+
+def test_a_learning_curve_shares_each_size_among_its_sources_in_proportion():
+    """Several sources: a size is split as their sizes in the config are (a source's limit, or its whole file),
+    adding up exactly; 0 is the config as it is; one source keeps its old meaning (0: the whole file)."""
+    from types import SimpleNamespace
+
+    curve = load_script("benchmarks/learning_curve.py")
+    files = {"sampled": 47110, "conformers": 18024, "thermal": 18750}
+    sources = {"sampled": SimpleNamespace(limit=20000), "conformers": SimpleNamespace(limit=None),
+               "thermal": SimpleNamespace(limit=None)}
+    run = SimpleNamespace(config=SimpleNamespace(student=SimpleNamespace(sources=sources)),
+                          _source=lambda name, source, where: range(files[name]))
+    shares = curve.limits(run, list(files), 5000)
+    assert sum(shares.values()) == 5000
+    assert shares == {"sampled": 1762, "conformers": 1587, "thermal": 1651}  # 1761.4 : 1587.3 : 1651.3
+    assert curve.limits(run, list(files), 0) == {"sampled": 20000, "conformers": None, "thermal": None}
+    assert curve.limits(run, ["sampled"], 0) == {"sampled": None}
+    with pytest.raises(SystemExit, match="more than the 56774 configurations"):
+        curve.limits(run, list(files), 60000)

@@ -7,10 +7,10 @@ time and memory (issue 22, benchmarks/results/student_speed.md); the teacher ens
 single-network student has little else.
 
 :class:`ChunkedSum` computes the same sums chunk by chunk, each chunk's tensors small enough to stay in a core's
-cache, and keeps only its inputs: the pairs' distances and vectors, and integer indices. Its backward recomputes
-each chunk's terms under autograd and hands the chain rule of the one step it does by hand,
-``out[row] += left ⊗ right``, to ``torch.bmm``; every derivative of the terms themselves still comes from
-autograd. When the backward is itself differentiated (forces in a training loss, Hessian-vector products), the
+cache, and keeps only its inputs: the pairs' features (distances; for the angular terms also cutoff functions and
+unit vectors) and integer indices. Its backward recomputes each chunk's terms under autograd and does the chain rule
+of the one step it does by hand, ``out[row] += left ⊗ right``, as two contractions; every other derivative comes
+from autograd (and :class:`PowerOfTwo`'s, of ``x ** 32``, from its saved result). When the backward is itself differentiated (forces in a training loss, Hessian-vector products), the
 recomputation stays attached to the graph, so higher derivatives are exact too.
 
 The angular terms are torchani's ``ANIAngular`` (eq. 4 of the ANI paper) without ``acos``:
