@@ -39,15 +39,17 @@ from kdframe.workflows.base import Run, load_config  # noqa: E402
 COLUMNS = {"E": "E rmse (kcal/mol)", "dE": "dE rmse (kcal/mol)", "F": "F rmse (kcal/mol/Å)"}
 
 
-def limits(run: Run, names: list[str], size: int) -> dict[str, int | None]:
+def limits(run: Run | None, names: list[str], size: int) -> dict[str, int | None]:
     """Each named source's limit for ``size`` configurations in all: in proportion to its size in ``run``'s config
-    (largest remainders, so that they add up to ``size``); 0, or one source, as before (0: its whole file)."""
-    sources = run.config.student.sources
+    (largest remainders, so that they add up to ``size``); 0, or one source, as before (0: its whole file; no
+    ``run`` needed)."""
     if len(names) == 1:
         return {names[0]: size or None}
-    full = {name: sources[name].limit or len(run._source(name, sources[name], name)) for name in names}
+    assert run is not None
+    sources = run.config.student.sources
     if not size:
         return {name: sources[name].limit for name in names}
+    full = {name: sources[name].limit or len(run._source(name, sources[name], name)) for name in names}
     total = sum(full.values())
     if size > total:
         raise SystemExit(f"--sizes {size}: more than the {total} configurations of sources {names}")
@@ -55,6 +57,8 @@ def limits(run: Run, names: list[str], size: int) -> dict[str, int | None]:
     out = {name: int(x) for name, x in exact.items()}
     for name in sorted(names, key=lambda n: out[n] - exact[n])[:size - sum(out.values())]:
         out[name] += 1
+    if min(out.values()) < 2:  # a source's smallest limit
+        raise SystemExit(f"--sizes {size}: too few for sources {names} (shares {out}; each needs at least 2)")
     return out
 
 
@@ -66,7 +70,7 @@ def one_run(config_path: Path, names: list[str], size: int, seed: int, run_root:
     for name in names:
         if name not in sources:
             raise SystemExit(f"--source {name}: not a source of {config_path} (its sources: {sorted(sources)})")
-    limit = limits(Run(config, config_path, workflow, progress=False), names, size)
+    limit = limits(Run(config, config_path, workflow, progress=False) if len(names) > 1 else None, names, size)
     for name in names:
         sources[name] = sources[name].model_copy(update={"limit": limit[name]})
     run_dir = run_root / f"n{size or 'all'}_seed{seed}"
@@ -103,8 +107,8 @@ def plot(results: list[dict], path: Path) -> Path:
         for col, key in enumerate(COLUMNS):
             ax = axes[row][col]
             values = [[r["scores"][set_name]["student"][key] for r in results if r["size"] == n] for n in sizes]
-            ax.errorbar(sizes, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o",
-                        label="student")
+            spread = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]  # over seeds (sample std)
+            ax.errorbar(sizes, [np.mean(v) for v in values], yerr=spread, marker="o", label="student (mean ± std)")
             for model, style in (("teacher ensemble", "--"), ("control", ":")):
                 level = [r["scores"][set_name][model][key] for r in results if model in r["scores"][set_name]]
                 if level:

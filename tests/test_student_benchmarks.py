@@ -86,6 +86,8 @@ def test_a_learning_curve_shares_each_size_among_its_sources_in_proportion():
     assert sum(shares.values()) == 5000
     assert shares == {"sampled": 1762, "conformers": 1587, "thermal": 1651}  # 1761.4 : 1587.3 : 1651.3
     assert curve.limits(run, list(files), 0) == {"sampled": 20000, "conformers": None, "thermal": None}
-    assert curve.limits(run, ["sampled"], 0) == {"sampled": None}
+    assert curve.limits(None, ["sampled"], 0) == {"sampled": None}
     with pytest.raises(SystemExit, match="more than the 56774 configurations"):
         curve.limits(run, list(files), 60000)
+    with pytest.raises(SystemExit, match="each needs at least 2"):
+        curve.limits(run, list(files), 5)

@@ -10,8 +10,9 @@ single-network student has little else.
 cache, and keeps only its inputs: the pairs' features (distances; for the angular terms also cutoff functions and
 unit vectors) and integer indices. Its backward recomputes each chunk's terms under autograd and does the chain rule
 of the one step it does by hand, ``out[row] += left ⊗ right``, as two contractions; every other derivative comes
-from autograd (and :class:`PowerOfTwo`'s, of ``x ** 32``, from its saved result). When the backward is itself differentiated (forces in a training loss, Hessian-vector products), the
-recomputation stays attached to the graph, so higher derivatives are exact too.
+from autograd (and :class:`PowerOfTwo`'s, of ``x ** 32``, from its saved result). When the backward is itself
+differentiated (forces in a training loss, Hessian-vector products), the recomputation stays attached to the graph,
+so higher derivatives are exact too.
 
 The angular terms are torchani's ``ANIAngular`` (eq. 4 of the ANI paper) without ``acos``:
 ``cos(acos(0.95 c) - θs) = 0.95 c cos θs + sqrt(1 - (0.95 c)²) sin θs``, the same numbers to float32 rounding.
@@ -168,11 +169,11 @@ def angular_pair_features(angular: ANIAngular, distances: torch.Tensor, vectors:
 def angular_factors(angular: ANIAngular) -> Factors:
     """(radial (shifts, t), angular (sections, t)) of triplets, whose outer product is torchani's terms, from the
     :func:`angular_pair_features` of their two pairs (features: (5, 2, t))."""
-    eta, shifts = float(angular.eta), angular.shifts
-    power = _power(float(angular.zeta))
+    eta, zeta, shifts = float(angular.eta), float(angular.zeta), angular.shifts
+    power = _power(zeta)
     # 2 ((1 + cos(θ - θs)) / 2)^ζ = (c (1 + cos θ cos θs + sin θ sin θs))^ζ with c = 2^(1/ζ) / 2: one addmm, which
     # keeps only (2, t), and torchani's factor 2 inside the power
-    c = 2 ** (1 / float(angular.zeta)) / 2
+    c = 2 ** (1 / zeta) / 2
     half = torch.full_like(angular.sections, c)[:, None]
     rotation = c * torch.stack([torch.cos(angular.sections), torch.sin(angular.sections)], 1)
 
@@ -185,7 +186,7 @@ def angular_factors(angular: ANIAngular) -> Factors:
         cos = (x0 * x1 + y0 * y1 + z0 * z1) * signs
         cos = 0.95 * cos
         base = torch.addmm(half, rotation, torch.stack([cos, torch.sqrt(1 - cos * cos)]))
-        angle_term = power(_at_least(base, math.exp(_smallest_exponent(base.dtype) / angular.zeta)))  # as gaussians
+        angle_term = power(_at_least(base, math.exp(_smallest_exponent(base.dtype) / zeta)))  # as in gaussians
         # at the mean distance: exp(-η ((d0 + d1) / 2 - s)²) = exp(-η/4 (d0 + d1 - 2 s)²)
         radial_term = gaussians(d0 + d1, eta / 4, 2 * shifts)
         return cut0 * cut1 * radial_term, angle_term
@@ -194,7 +195,8 @@ def angular_factors(angular: ANIAngular) -> Factors:
 
 
 def _power(exponent: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x ** exponent`` of positive ``x``; by :class:`PowerOfTwo` where the exponent is 2, 4, ..., 64 (ANI's 32)."""
+    """``x ** exponent`` of positive ``x`` (the floored base of the angular terms); by :class:`PowerOfTwo` where the
+    exponent is 2, 4, ..., 64 (ANI's 32)."""
     squarings = math.log2(exponent)
     if squarings != int(squarings) or not 1 <= squarings <= 6:
         return lambda x: x.pow(exponent)
@@ -219,7 +221,7 @@ class PowerOfTwo(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         x, y = ctx.saved_tensors
-        return grad * y * ctx.exponent / x, None
+        return grad * (ctx.exponent * y / x), None
 
 
 def radial_terms(neighbors: Neighbors, flat_elements: torch.Tensor, n_species: int) -> Terms:
