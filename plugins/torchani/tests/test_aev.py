@@ -129,11 +129,15 @@ def test_batches_of_molecules_with_padding_equal_torchani(aev_name):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
 
-def test_a_pair_without_triplets():
+@pytest.mark.parametrize("distance", [0.97, 4.0])  # a pair within the angular cutoff, and one only within the radial
+def test_a_pair_without_triplets(distance):
     computer = build_aev("ani1x", 3).double()
-    species, coords = torch.tensor([[2, 0]]), torch.tensor([[[0.0, 0.0, 0.0], [0.97, 0.0, 0.0]]], dtype=torch.float64)
+    species = torch.tensor([[2, 0]])
+    coords = torch.tensor([[[0.0, 0.0, 0.0], [distance, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
     got = lean.aev_from_neighbors(computer, species, single_system_neighbors(coords, None, None, 5.2))
-    torch.testing.assert_close(got, computer(species, coords), rtol=0, atol=1e-12)
+    expected = computer(species, coords)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), coords)[0], torch.autograd.grad(expected.sum(), coords)[0])
 
 
 @pytest.mark.parametrize("aev_name", AEVS)  # ANI-1x's ζ = 32 by squaring (PowerOfTwo), the custom ζ = 14.1 by pow
