@@ -24,14 +24,14 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, print_and_write, provenance  # noqa: E402
+from seed_table import read_rows  # noqa: E402
 from student_speed import built, elements, timed, workloads  # noqa: E402
 
 from kdframe.plugins import registry  # noqa: E402
 from kdframe.potential import Potential  # noqa: E402
 from kdframe.report import plt, save_figure  # noqa: E402
 
-# report.md's cells: set, model, E rmse, E mae, E/atom rmse, dE rmse, dE mae, F rmse, F mae
-COLUMNS = {"E": 2, "dE": 5, "F": 7}
+COLUMNS = ("E", "dE", "F")  # the report's "E rmse", "dE rmse" and "F rmse"
 BOX_ATOMS = 3791
 
 
@@ -39,11 +39,9 @@ def extensibility_rmse(report: Path) -> dict[str, dict[str, float]]:
     """{'student': {'E': ..}, 'teacher ensemble': {..}} from a run's report table (kcal/mol, kcal/mol/Å)."""
     if not report.is_file():
         raise SystemExit(f"{report}: no report (has the run finished?)")
-    rows = {}
-    for line in report.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > max(COLUMNS.values()) and cells[0] == "extensibility":
-            rows[cells[1]] = {name: float(cells[i]) for name, i in COLUMNS.items()}
+    rows = {model: {c: values[f"{c} rmse"] for c in COLUMNS}
+            for (set_name, model), values in read_rows(report).items()
+            if set_name == "extensibility" and all(f"{c} rmse" in values for c in COLUMNS)}
     if not {"student", "teacher ensemble"} <= set(rows):
         raise SystemExit(f"{report}: no extensibility rows for the student and the teacher ensemble")
     return rows
