@@ -18,7 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance  # noqa: E402
+from common import command_line, provenance  # noqa: E402
 
 from kdframe.io import atomic_write_text  # noqa: E402
 from kdframe.potential import Potential  # noqa: E402
@@ -68,7 +68,7 @@ def main() -> None:
                          for name, runs in results.items() for seed, r in zip(args.seeds, runs) for s in sets)
     atomic_write_text(args.out, f"""# Multi-fidelity: one, two and three levels of theory
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - {provenance('cpu')}
 - configs: `configs/multifidelity/levels/` ({', '.join(args.configs)}); the CC head (EKD: the student) scored: E and dE
   (conformer energy differences within a molecule) against CCSD(T)/cc-pVDZ, F against wB97X/6-31G*; kcal/mol and

@@ -41,7 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import proc_status_kib, provenance  # noqa: E402
+from common import command_line, proc_status_kib, provenance  # noqa: E402
 
 from kdframe.batch import Batch  # noqa: E402
 from kdframe.errors import ConfigError, KdframeError  # noqa: E402
@@ -298,7 +298,7 @@ def cost_suite(args: argparse.Namespace, device: torch.device) -> str:
     plots = pareto(points, Path(args.out).with_suffix(""), len(boxes[largest]))
     return f"""# Cost: weights, time and memory per atom, test force error
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - {provenance(device.type)}
 - systems: {describe(boxes[largest], f"; {sizes} atoms")}; one energy + forces call per system,
   median of {args.repeats} after a warm-up. Memory: the peak the call adds ({memory_source}).
@@ -402,7 +402,7 @@ def accuracy_suite(args: argparse.Namespace, device: torch.device) -> str:
     plot = accuracy_plot(summary, Path(args.out).with_suffix(".png"))
     return f"""# Accuracy: cross-architecture EKD over seeds
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - {provenance(device.type)}
 - each config run with seeds {', '.join(map(str, args.seeds))} (the seed sets the data split unless a config
   fixes data.split.seed, the initial weights and the shuffles; seed {args.seeds[0]} is the config's own run); mean ± standard deviation over seeds.
@@ -505,7 +505,7 @@ def labelling_suite(args: argparse.Namespace, device: torch.device) -> str:
         print(rows[-1], flush=True)
     return f"""# Labelling throughput: ensemble-averaged teacher forces
 
-- command: `{' '.join(sys.argv)}`
+- command: `{command_line()}`
 - {provenance(device.type)}
 - data: the bundled training pool ({len(data)} conformations, {int(data.n_atoms.sum())} atoms,
   {data.n_atoms.min()}-{data.n_atoms.max()} atoms each);
